@@ -1,0 +1,205 @@
+"""TCSM objectives and the classical special cases they contain.
+
+Per position ``i`` let ``p = p_theta(x0^i = . | x_t)`` be the model's denoising
+posterior (``scores.model_log_probs``), ``q`` the target posterior at that position
+(``scores.posterior_log_probs`` of a clean-space target, or, for the *data* target,
+known only through the sample ``x = x0^i ~ q``), and ``N`` the posterior support
+(``scores.support``). With ``V = vocab_size``:
+
+* **score form** ``E_{x ~ q} (1/V) sum_{y in N} D(q(y)/q(x), p(y)/p(x))``: a Bregman
+  divergence between concrete scores on the 1-Hamming neighbourhood of the clean
+  sample, the centre drawn from the posterior (the proposal is the posterior).
+* **distribution form** ``sum_{y in N} D(q(y), p(y))`` (``kl``: ``KL(q || p)``).
+
+With the data target the estimators are unbiased up to a theta-independent constant
+(``divergences.py`` explains why every Bregman divergence allows this). In particular
+per position:
+
+* score form, ``gkl``: ``-log p(x) + 1/(V p(x)) + (1/V) sum_{y in N} log p(y)``;
+* distribution form, ``kl``: ``-log p(x)`` (cross-entropy).
+
+For ``kl`` in the score form the concrete scores are normalized over ``N`` first, which
+makes it identical to the distribution form. With exact targets the identity
+``V * score_gkl = V * KL(q || p) + sum_y IS(q(y), p(y))`` holds (tested).
+
+Special cases, implemented independently so that tests can compare them:
+
+* ``masked_elbo``: MDLM/MD4's continuous-time ELBO integrand; equals the ``kl``
+  distribution form with ``time_weight('masked_elbo')``.
+* ``score_entropy``: SEDD's denoising score entropy for a noisy-space score model;
+  equals a ``gkl`` Bregman divergence between noisy-space concrete scores.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax.numpy as jnp
+
+from tcsm_jax import _checks, divergences, scores
+from tcsm_jax.processes import Process
+
+FORMS = ("score", "distribution")
+WEIGHTINGS = ("constant", "dsigma", "masked_elbo")
+
+
+def _take(x, idx):
+  return jnp.take_along_axis(x, jnp.asarray(idx)[..., None], -1)[..., 0]
+
+
+def _mask(values, keep):
+  return jnp.where(keep, values, 0.0)
+
+
+def score_loss(log_p, x0, divergence: str = "gkl", *, log_q=None, support=None):
+  """Score-form TCSM loss at every position.
+
+  Args:
+    log_p: ``[..., V]`` model posterior log-probabilities.
+    x0: ``[...]`` clean tokens: the neighbourhood centre, a sample of the posterior.
+    divergence: ``gkl``, ``kl``, ``lsif`` or ``itakura_saito``.
+    log_q: ``[..., V]`` target posterior log-probabilities; ``None`` for the data
+      (Monte Carlo) target.
+    support: ``[..., V]`` bool neighbourhood; defaults to ``log_p > -inf``.
+  Returns:
+    ``[...]`` per-position losses (float32).
+  """
+  div = divergences.get(divergence)
+  log_p = log_p.astype(jnp.float32)
+  v = log_p.shape[-1]
+  keep = (log_p > -jnp.inf) if support is None else support
+  safe_p = jnp.where(keep, log_p, 0.0)
+  lp_x = _take(safe_p, x0)[..., None]
+  lb = safe_p - lp_x                                   # log model ratios p(y)/p(x)
+  if log_q is None:
+    if div.name == "kl":
+      return -lp_x[..., 0]
+    u = _mask(div.mc_u(lb), keep).sum(-1)
+    swap = _mask(div.mc_dphi(-lb), keep).sum(-1)       # sum_u phi'(p(x)/p(u))
+    return (u - swap) / v
+  log_q = log_q.astype(jnp.float32)
+  if div.name == "kl":
+    return divergences.kl_log(jnp.where(keep, log_q, -jnp.inf),
+                              jnp.where(keep, log_p, -jnp.inf))
+  la = jnp.where(keep, log_q, -jnp.inf) - _take(log_q, x0)[..., None]
+  return _mask(div.log_fn(la, jnp.where(keep, lb, -jnp.inf)), keep).sum(-1) / v
+
+
+def distribution_loss(log_p, x0, divergence: str = "kl", *, log_q=None, support=None):
+  """Distribution-form TCSM loss at every position (arguments as ``score_loss``)."""
+  div = divergences.get(divergence)
+  log_p = log_p.astype(jnp.float32)
+  keep = (log_p > -jnp.inf) if support is None else support
+  safe_p = jnp.where(keep, log_p, 0.0)
+  if log_q is None:
+    if div.name == "kl":
+      return -_take(safe_p, x0)
+    return _mask(div.mc_u(safe_p), keep).sum(-1) - div.mc_dphi(_take(safe_p, x0))
+  log_q = jnp.where(keep, log_q.astype(jnp.float32), -jnp.inf)
+  log_p = jnp.where(keep, log_p, -jnp.inf)
+  if div.name == "kl":
+    return divergences.kl_log(log_q, log_p)
+  return _mask(div.log_fn(log_q, log_p), keep).sum(-1)
+
+
+def tcsm_loss(logits, x0, x_t, sigma_bar, process: Process, *, form: str = "score",
+              divergence: str = "gkl", target_log_cond=None):
+  """TCSM loss per position from network logits.
+
+  Args:
+    logits: ``[batch, length, V]`` denoiser logits (any float dtype).
+    x0: ``[batch, length]`` clean tokens.
+    x_t: ``[batch, length]`` noisy tokens, a forward sample from ``x0``.
+    sigma_bar: scalar or ``[batch]`` noise level of ``x_t``.
+    process: the forward process.
+    form: ``score`` or ``distribution``.
+    divergence: a name from ``divergences.DIVERGENCES``.
+    target_log_cond: ``None`` for the data target, else ``[batch, length, V]`` clean-
+      space target log-conditionals ``log p_1(x0^i = y | x0^{-i})`` (up to a constant
+      per position), e.g. from ``targets.py``.
+  Returns:
+    ``[batch, length]`` float32 losses.
+  """
+  if form not in FORMS:
+    raise ValueError(f"unknown TCSM form {form!r}; choose one of {FORMS}")
+  _checks.check_tokens(x0, process.vocab_size, "x0")
+  _checks.check_tokens(x_t, process.num_states, "x_t")
+  if jnp.shape(x0) != jnp.shape(x_t):
+    raise ValueError(f"x0 {jnp.shape(x0)} and x_t {jnp.shape(x_t)} must have one shape")
+  log_p = scores.model_log_probs(logits, process, x_t, sigma_bar)
+  keep = scores.support(process, x_t, sigma_bar)
+  log_q = None
+  if target_log_cond is not None:
+    if target_log_cond.shape != logits.shape:
+      raise ValueError(f"target_log_cond {target_log_cond.shape} must match logits "
+                       f"{logits.shape}")
+    log_q = scores.posterior_log_probs(target_log_cond, process, x_t, sigma_bar)
+  fn = score_loss if form == "score" else distribution_loss
+  return fn(log_p, x0, divergence, log_q=log_q, support=keep)
+
+
+def time_weight(name: str, sigma_bar, dsigma):
+  """Weighting ``w(t)`` of the per-time loss.
+
+  * ``constant``: 1.
+  * ``dsigma``: ``d sigma_bar / dt``.
+  * ``masked_elbo``: ``dsigma / (exp(sigma_bar) - 1) = -alpha' / (1 - alpha)``, which turns
+    the ``kl`` distribution form into the MDLM/MD4 continuous-time ELBO.
+  """
+  if name == "constant":
+    return jnp.ones_like(jnp.asarray(sigma_bar, jnp.float32))
+  if name == "dsigma":
+    return jnp.asarray(dsigma, jnp.float32)
+  if name == "masked_elbo":
+    return dsigma / jnp.expm1(sigma_bar)
+  raise ValueError(f"unknown time weighting {name!r}; choose one of {WEIGHTINGS}")
+
+
+def masked_elbo(logits, x0, x_t, sigma_bar, dsigma, mask_id: int):
+  """MDLM/MD4 continuous-time negative ELBO integrand, per sequence.
+
+  ``dsigma / expm1(sigma_bar) * sum_{i: x_t^i = mask} -log p_theta(x0^i | x_t)``; its
+  integral over ``t in [0, 1]`` bounds ``-log p(x0)`` (plus the prior term).
+
+  Args:
+    logits: ``[batch, length, V]``; x0, x_t: ``[batch, length]``; sigma_bar, dsigma:
+      ``[batch]``; mask_id: the mask token.
+  Returns:
+    ``[batch]`` float32.
+  """
+  logits = logits.astype(jnp.float32)
+  log_p = logits - jnp.max(logits, -1, keepdims=True)
+  log_p = log_p - jnp.log(jnp.sum(jnp.exp(log_p), -1, keepdims=True))
+  nll = -_take(log_p, x0)
+  masked = (jnp.asarray(x_t) == mask_id)
+  w = jnp.asarray(dsigma, jnp.float32) / jnp.expm1(jnp.asarray(sigma_bar, jnp.float32))
+  return w * jnp.sum(jnp.where(masked, nll, 0.0), -1)
+
+
+def score_entropy(log_score, x0, x_t, sigma_bar, dsigma, process: Process):
+  """SEDD's denoising score entropy per position (Lou et al., 2024, eq. 10 + ELBO).
+
+  ``sum_{y != x_t} dsigma Q[y, x_t] (s_y - a_y log s_y + K(a_y))`` with the model's
+  noisy-space score ``s_y ~ p_t(x^{i<-y}) / p_t(x)``, the conditional target
+  ``a_y = P(x0, y) / P(x0, x_t)`` and ``K(a) = a (log a - 1)``.
+
+  Args:
+    log_score: ``[batch, length, S]`` log of the model's noisy-space concrete score.
+    x0, x_t: ``[batch, length]``; sigma_bar, dsigma: scalar or ``[batch]``.
+  Returns:
+    ``[batch, length]`` float32; summed over positions and integrated over ``t`` it is
+    SEDD's NLL bound (without the prior term).
+  """
+  x_t = jnp.asarray(x_t)
+  _checks.check_last_dim(log_score, process.num_states, "log_score")
+  lt = process.transition_log_probs(x0, sigma_bar)               # [..., S]
+  log_a = lt - _take(lt, x_t)[..., None]
+  w = _checks.expand_leading(dsigma, log_score.ndim) * process.rates_into(x_t)
+  not_self = jnp.arange(process.num_states) != x_t[..., None]
+  keep = not_self & (w > 0)
+  la = jnp.where(keep, log_a, 0.0)
+  a = jnp.where(keep & (log_a > -jnp.inf), jnp.exp(la), 0.0)
+  ls = jnp.where(keep, log_score.astype(jnp.float32), 0.0)
+  k_term = jnp.where(a > 0, a * (la - 1.0), 0.0)
+  terms = jnp.exp(ls) - a * ls + k_term
+  return jnp.sum(jnp.where(keep, w * terms, 0.0), -1)
