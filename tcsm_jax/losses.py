@@ -12,8 +12,9 @@ known only through the sample ``x = x0^i ~ q``), and ``N`` the posterior support
 * **distribution form** ``sum_{y in N} D(q(y), p(y))`` (``kl``: ``KL(q || p)``).
 
 With the data target the estimators are unbiased up to a theta-independent constant
-(``divergences.py`` explains why every Bregman divergence allows this). In particular
-per position:
+(``divergences.py`` explains why every Bregman divergence allows this); positions
+whose posterior is determined (support of one token) contribute exactly 0. In
+particular, per undetermined position:
 
 * score form, ``gkl``: ``-log p(x) + 1/(V p(x)) + (1/V) sum_{y in N} log p(y)``;
 * distribution form, ``kl``: ``-log p(x)`` (cross-entropy).
@@ -51,6 +52,17 @@ def _mask(values, keep):
   return jnp.where(keep, values, 0.0)
 
 
+def _undetermined(keep):
+  """Positions whose posterior has more than one possible value.
+
+  Where the support is a single token (an unmasked absorbing position, or
+  ``sigma_bar = 0``) both concrete scores are the vector ``[1]`` and every divergence
+  is exactly 0; the Monte Carlo estimators would return a theta-independent constant
+  there, which is dropped so that loss values are not inflated by clean positions.
+  """
+  return jnp.sum(keep, -1) > 1
+
+
 def score_loss(log_p, x0, divergence: str = "gkl", *, log_q=None, support=None):
   """Score-form TCSM loss at every position.
 
@@ -76,7 +88,7 @@ def score_loss(log_p, x0, divergence: str = "gkl", *, log_q=None, support=None):
       return -lp_x[..., 0]
     u = _mask(div.mc_u(lb), keep).sum(-1)
     swap = _mask(div.mc_dphi(-lb), keep).sum(-1)       # sum_u phi'(p(x)/p(u))
-    return (u - swap) / v
+    return _mask((u - swap) / v, _undetermined(keep))
   log_q = log_q.astype(jnp.float32)
   if div.name == "kl":
     return divergences.kl_log(jnp.where(keep, log_q, -jnp.inf),
@@ -94,7 +106,8 @@ def distribution_loss(log_p, x0, divergence: str = "kl", *, log_q=None, support=
   if log_q is None:
     if div.name == "kl":
       return -_take(safe_p, x0)
-    return _mask(div.mc_u(safe_p), keep).sum(-1) - div.mc_dphi(_take(safe_p, x0))
+    mc = _mask(div.mc_u(safe_p), keep).sum(-1) - div.mc_dphi(_take(safe_p, x0))
+    return _mask(mc, _undetermined(keep))
   log_q = jnp.where(keep, log_q.astype(jnp.float32), -jnp.inf)
   log_p = jnp.where(keep, log_p, -jnp.inf)
   if div.name == "kl":

@@ -1,0 +1,104 @@
+"""The diffusion training objective: sample times, corrupt, run the denoiser, score.
+
+``make_loss_fn`` turns ``config.loss`` into a pure function
+``loss_fn(params, x0, key, train) -> (loss, metrics)`` that the train and eval steps
+jit. Kinds:
+
+* ``tcsm``: ``losses.tcsm_loss`` with ``config.loss.form``/``divergence``/``weighting``;
+  the target is the data (Monte Carlo), a parametric teacher (``target_fn``) or a
+  mixture of both (``config.loss.teacher_weight``).
+* ``masked_elbo``: MDLM/MD4's continuous-time ELBO (absorbing only).
+* ``sedd``: SEDD's denoising score entropy, with the score computed from the
+  denoiser (``Process.noisy_log_score``).
+
+The loss is the batch mean of the time-weighted per-sequence sum, divided by the
+sequence length: nats per token for the ELBO-type objectives.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from tcsm_jax import losses, scores
+from tcsm_jax.processes import Process
+from tcsm_jax.schedules import Schedule
+
+KINDS = ("tcsm", "masked_elbo", "sedd")
+
+
+def sample_times(key, batch: int, t_min: float = 1e-5, stratified: bool = True):
+  """``[batch]`` times in ``[t_min, 1]``; stratified = one uniform offset + even grid."""
+  if stratified:
+    u = jnp.mod(jax.random.uniform(key, ()) + jnp.arange(batch) / batch, 1.0)
+  else:
+    u = jax.random.uniform(key, (batch,))
+  return t_min + (1.0 - t_min) * u
+
+
+def validate_loss_config(cfg: ml_collections.ConfigDict, process: Process) -> None:
+  if cfg.kind not in KINDS:
+    raise ValueError(f"loss.kind must be one of {KINDS}, got {cfg.kind!r}")
+  if cfg.kind == "masked_elbo" and process.mask_id is None:
+    raise ValueError("loss.kind='masked_elbo' needs process='absorbing'")
+  if cfg.kind == "tcsm":
+    if cfg.form not in losses.FORMS:
+      raise ValueError(f"loss.form must be one of {losses.FORMS}, got {cfg.form!r}")
+    if cfg.weighting not in losses.WEIGHTINGS:
+      raise ValueError(f"loss.weighting must be one of {losses.WEIGHTINGS}, got "
+                       f"{cfg.weighting!r}")
+    from tcsm_jax import divergences
+    divergences.get(cfg.divergence)
+  if not 0.0 <= cfg.t_min < 1.0:
+    raise ValueError(f"loss.t_min must lie in [0, 1), got {cfg.t_min}")
+
+
+def make_loss_fn(cfg: ml_collections.ConfigDict, process: Process, schedule: Schedule,
+                 apply_fn: Callable, target_fn: Optional[Callable] = None):
+  """Builds ``loss_fn(params, x0, key, train) -> (scalar loss, metrics)``.
+
+  Args:
+    cfg: ``config.loss``.
+    process, schedule: the forward corruption.
+    apply_fn: ``(params, x_t, sigma_bar, train, key) -> logits [batch, length, V]``.
+    target_fn: optional ``x0 [batch, length] -> [batch, length, V]`` clean-space
+      target log-conditionals (a teacher); used with weight ``cfg.teacher_weight``.
+  """
+  validate_loss_config(cfg, process)
+  teacher_w = float(cfg.get("teacher_weight", 0.0))
+  if teacher_w > 0 and target_fn is None:
+    raise ValueError("loss.teacher_weight > 0 needs a teacher (config.teacher)")
+
+  def loss_fn(params, x0, key, train: bool = True):
+    b, length = x0.shape
+    k_t, k_x, k_drop = jax.random.split(key, 3)
+    t = sample_times(k_t, b, cfg.t_min, cfg.get("stratified", True))
+    sigma, dsigma = schedule(t)
+    x_t = process.sample_forward(k_x, x0, sigma)
+    logits = apply_fn(params, x_t, sigma, train, k_drop)
+    if cfg.kind == "masked_elbo":
+      per_seq = losses.masked_elbo(logits, x0, x_t, sigma, dsigma, process.mask_id)
+    elif cfg.kind == "sedd":
+      log_p = scores.model_log_probs(logits, process, x_t, sigma)
+      log_score = process.noisy_log_score(log_p, x_t, sigma)
+      per_seq = losses.score_entropy(log_score, x0, x_t, sigma, dsigma, process).sum(-1)
+    else:
+      w = losses.time_weight(cfg.weighting, sigma, dsigma)
+      per_seq = 0.0
+      if teacher_w < 1.0:
+        per_seq = (1.0 - teacher_w) * losses.tcsm_loss(
+            logits, x0, x_t, sigma, process, form=cfg.form,
+            divergence=cfg.divergence).sum(-1)
+      if teacher_w > 0.0:
+        target = jax.lax.stop_gradient(target_fn(x0))
+        per_seq = per_seq + teacher_w * losses.tcsm_loss(
+            logits, x0, x_t, sigma, process, form=cfg.form, divergence=cfg.divergence,
+            target_log_cond=target).sum(-1)
+      per_seq = w * per_seq
+    loss = jnp.mean(per_seq) / length
+    return loss, {"loss": loss}
+
+  return loss_fn

@@ -1,0 +1,37 @@
+"""Small configs and datasets shared by the training tests."""
+
+import numpy as np
+
+from experiments.configs import kjv_tiny
+from tcsm_jax.data import pipeline
+
+
+def tiny_config(**overrides):
+  c = kjv_tiny.get_config()
+  c.data.seq_len = 32
+  c.model.num_layers = 1
+  c.model.width = 32
+  c.model.num_heads = 2
+  c.model.cond_width = 32
+  c.train.batch_size = 16
+  c.train.num_steps = 10
+  c.train.log_every = 1
+  c.train.eval_every = 1000
+  c.train.eval_batches = 1
+  c.train.checkpoint_every = 1000
+  c.train.async_checkpoint = False
+  c.optim.warmup_steps = 2
+  for k, v in overrides.items():
+    node = c
+    parts = k.split(".")
+    for p in parts[:-1]:
+      node = node[p]
+    node[parts[-1]] = v
+  return c
+
+
+def small_dataset(n_train=20000, n_val=4000, seed=0):
+  """A slice of the bundled corpus (fast to load repeatedly)."""
+  ds = pipeline.load_bundled()
+  return pipeline.TokenDataset(ds.train[:n_train], ds.validation[:n_val], ds.vocab_size,
+                               ds.decode, "kjv-slice")
