@@ -97,3 +97,60 @@ def test_sampler_errors_and_eval_batches():
   assert len(batches) == 25
   np.testing.assert_array_equal(batches[0][1], tokens[10:20])
   assert len(list(pipeline.eval_batches(tokens, 10, 4, max_batches=3))) == 3
+
+
+def _doc_file(tmp_path, n_docs=60):
+  text = pipeline.load_bundled().decode(pipeline.load_bundled().train[:n_docs * 1500])
+  docs = [text[i * 1500:(i + 1) * 1500] for i in range(n_docs)]
+  p = tmp_path / "docs.txt"
+  p.write_text("\n\n".join(docs))
+  return str(p), docs
+
+
+def test_wordpiece_trains_sentencepiece_and_packs(tmp_path):
+  from tcsm_jax.data import wordpiece
+  from tcsm_jax.training import config as config_lib
+  path, docs = _doc_file(tmp_path)
+  cfg = config_lib.default_config().data
+  cfg.name, cfg.path, cfg.spm_vocab_size = "wordpiece", path, 300
+  cfg.spm_model = str(tmp_path / "spm" / "m.model")
+  ds = wordpiece.load(cfg)
+  assert os.path.exists(cfg.spm_model)
+  assert ds.vocab_size <= 300 and ds.train.max() < ds.vocab_size
+  import sentencepiece as spm
+  sp = spm.SentencePieceProcessor(model_file=cfg.spm_model)
+  # One </s> per document; documents decode back exactly.
+  n_train = int(len(docs) * 0.95)
+  assert int((ds.train == sp.eos_id()).sum()) == n_train
+  first_doc = ds.train[:int(np.argmax(ds.train == sp.eos_id()))]
+  assert ds.decode(first_doc) == docs[0].strip()
+  chunks = pipeline.ChunkSampler(ds.train, 64, 4).batch(0)
+  assert chunks.shape == (4, 64)
+  # A second load reuses the saved model (same ids).
+  np.testing.assert_array_equal(wordpiece.load(cfg).train, ds.train)
+
+
+def test_wordpiece_reads_tfds_without_tensorflow(tmp_path, monkeypatch):
+  import tensorflow_datasets as tfds
+  from tcsm_jax.data import wordpiece
+  from tcsm_jax.training import config as config_lib
+  _, docs = _doc_file(tmp_path, 40)
+  calls = []
+
+  def fake_source(name, split, data_dir, download):
+    calls.append((name, split, download))
+    return [{"text": d.encode()} for d in (docs[:36] if split == "train" else docs[36:])]
+
+  monkeypatch.setattr(tfds, "data_source", fake_source)
+  cfg = config_lib.default_config().data
+  cfg.name, cfg.tfds_name, cfg.spm_vocab_size = "wordpiece", "openwebtext", 200
+  ds = wordpiece.load(cfg, workdir=str(tmp_path))
+  assert calls and all(c[2] is False for c in calls)      # never downloads
+  assert os.path.exists(tmp_path / "spm.model") and len(ds.validation) > 0
+
+  def missing(*a, **k):
+    raise OSError("not found")
+
+  monkeypatch.setattr(tfds, "data_source", missing)
+  with pytest.raises(FileNotFoundError, match="never downloads"):
+    list(wordpiece.tfds_documents("lm1b", "train", "", "text"))

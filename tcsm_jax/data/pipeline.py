@@ -147,8 +147,9 @@ def eval_batches(tokens: np.ndarray, seq_len: int, batch: int,
     yield sl[process_index * local:(process_index + 1) * local]
 
 
-def load(config: ml_collections.ConfigDict) -> TokenDataset:
-  """Loads the dataset named by ``config.data.name``."""
+def load(config: ml_collections.ConfigDict, workdir: str = "") -> TokenDataset:
+  """Loads the dataset named by ``config.data.name`` (``workdir`` keeps a trained
+  sentencepiece model for word-piece data)."""
   name = config.data.name
   if name == "bundled":
     return load_bundled()
@@ -158,7 +159,7 @@ def load(config: ml_collections.ConfigDict) -> TokenDataset:
     return load_text_file(config.data.path)
   if name == "wordpiece":
     from tcsm_jax.data import wordpiece
-    return wordpiece.load(config.data)
+    return wordpiece.load(config.data, workdir)
   if name == "markov":
     from tcsm_jax.data import synthetic
     return synthetic.load(config.data)

@@ -61,10 +61,11 @@ def schedule_from_config(cfg: ml_collections.ConfigDict) -> schedules.Schedule:
 
 
 def build(config: ml_collections.ConfigDict,
-          dataset: Optional[pipeline.TokenDataset] = None) -> Experiment:
+          dataset: Optional[pipeline.TokenDataset] = None,
+          workdir: str = "") -> Experiment:
   """Validates ``config`` and builds the experiment (loads data unless given)."""
   config_lib.validate(config)
-  dataset = pipeline.load(config) if dataset is None else dataset
+  dataset = pipeline.load(config, workdir) if dataset is None else dataset
   proc = processes.get(config.process, dataset.vocab_size)
   sched = schedule_from_config(config.schedule)
   model = models.build_denoiser(config, dataset.vocab_size, proc.num_states)
@@ -125,7 +126,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   Returns:
     The last logged and evaluated scalars.
   """
-  exp = build(config) if experiment is None else experiment
+  exp = build(config, workdir=workdir) if experiment is None else experiment
   ds, tcfg = exp.dataset, config.train
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:

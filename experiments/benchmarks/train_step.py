@@ -1,0 +1,126 @@
+r"""Train-step throughput and memory for several model sizes and losses.
+
+  python -m experiments.benchmarks.train_step [--sizes=tiny,small,gpt2_small]
+      [--batch=16] [--seq_len=256] [--dtype=bfloat16] [--losses=tcsm_score,masked_elbo]
+
+Prints one row per (size, loss): parameters, step time, steps/s, tokens/s, model
+FLOPs utilisation (when the device's peak FLOP/s is known) and peak memory (device
+allocator peak where the backend reports it, else XLA's compiled-memory estimate).
+"""
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from experiments.configs import base
+from tcsm_jax import models, objective
+from tcsm_jax.data import pipeline, text8
+from tcsm_jax.training import optim, partition, state as state_lib, step as step_lib
+from tcsm_jax.training import trainer
+
+_SIZES = flags.DEFINE_list("sizes", ["tiny", "small", "gpt2_small"], "Model sizes.")
+_BATCH = flags.DEFINE_integer("batch", 16, "Global batch size.")
+_SEQ = flags.DEFINE_integer("seq_len", 256, "Sequence length.")
+_DTYPE = flags.DEFINE_string("dtype", "float32", "Activation dtype.")
+_LOSSES = flags.DEFINE_list("losses", ["tcsm_score", "tcsm_distribution", "masked_elbo"],
+                            "Objectives to compare.")
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after one warm-up step).")
+_REMAT = flags.DEFINE_bool("remat", False, "Rematerialize blocks.")
+
+# Dense peak FLOP/s per device for MFU (bfloat16 tensor cores where relevant).
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12,
+              "TPU v5": 459e12}
+
+LOSSES = {"tcsm_score": dict(kind="tcsm", form="score", divergence="gkl"),
+          "tcsm_distribution": dict(kind="tcsm", form="distribution", divergence="kl"),
+          "masked_elbo": dict(kind="masked_elbo")}
+
+
+def peak_flops():
+  kind = jax.devices()[0].device_kind
+  for k, v in PEAK_FLOPS.items():
+    if k in kind:
+      return v
+  return None
+
+
+def model_flops_per_token(n_params_nonembed, layers, width, seq):
+  # 6N for matmuls (forward + backward) + attention scores 12 * L * d * T.
+  return 6 * n_params_nonembed + 12 * layers * width * seq
+
+
+def bench(size, loss_name):
+  config = base.get_config()
+  config.model.size = size
+  config.model.dtype = _DTYPE.value
+  config.model.remat = _REMAT.value
+  config.data.seq_len = _SEQ.value
+  config.train.batch_size = _BATCH.value
+  for k, v in LOSSES[loss_name].items():
+    config.loss[k] = v
+  tokens = np.random.default_rng(0).integers(0, 27, 200_000).astype(np.uint8)
+  ds = pipeline.TokenDataset(tokens, tokens[:10000], text8.VOCAB_SIZE, text8.decode, "rand")
+  exp = trainer.build(config, ds)
+  mesh = partition.make_mesh(1)
+  optimizer, sched = optim.make_optimizer(config.optim, 1000)
+  loss_fn = objective.make_loss_fn(config.loss, exp.process, exp.schedule, exp.apply_fn)
+  create = lambda k: state_lib.create(exp.init_params(k), optimizer, k)
+  abstract = jax.eval_shape(create, jax.random.PRNGKey(0))
+  sh = partition.state_shardings(abstract, mesh)
+  bsh = partition.batch_sharding(mesh)
+  state = jax.jit(create, out_shardings=sh)(jax.random.PRNGKey(0))
+  step = jax.jit(step_lib.make_train_step(loss_fn, optimizer, sched, 0.999),
+                 in_shardings=(sh, bsh), out_shardings=(sh, partition.replicated(mesh)),
+                 donate_argnums=(0,))
+  sampler = pipeline.ChunkSampler(tokens, _SEQ.value, _BATCH.value)
+  batch = partition.to_global(sampler.batch(0), bsh)
+  compiled = step.lower(state, batch).compile()
+  state, m = compiled(state, batch)
+  jax.block_until_ready(m)
+  t0 = time.perf_counter()
+  for i in range(_STEPS.value):
+    state, m = compiled(state, batch)
+  jax.block_until_ready(m)
+  dt = (time.perf_counter() - t0) / _STEPS.value
+  n = models.count_params(state.params)
+  embed = exp.model.cfg.num_input_states * exp.model.cfg.width
+  tok_s = _BATCH.value * _SEQ.value / dt
+  fl = model_flops_per_token(n - embed, exp.model.cfg.num_layers, exp.model.cfg.width,
+                             _SEQ.value)
+  pk = peak_flops()
+  mfu = fl * tok_s / (pk * jax.device_count()) if pk else None
+  stats = jax.devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    mem, src = stats["peak_bytes_in_use"], "allocator"
+  else:
+    ma = compiled.memory_analysis()
+    mem = (ma.argument_size_in_bytes + ma.output_size_in_bytes + ma.temp_size_in_bytes
+           - ma.alias_size_in_bytes) if ma is not None else float("nan")
+    src = "xla-estimate"
+  return dict(size=size, loss=loss_name, params=n, step_ms=dt * 1e3, steps_s=1 / dt,
+              tok_s=tok_s, mfu=mfu, mem_gib=mem / 2 ** 30, mem_src=src)
+
+
+def main(_):
+  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()} | batch "
+        f"{_BATCH.value} x {_SEQ.value} tokens | {_DTYPE.value}")
+  head = (f"{'size':<11}{'loss':<19}{'params':>12}{'step ms':>10}{'steps/s':>9}"
+          f"{'tokens/s':>11}{'MFU':>7}{'peak GiB':>10}  mem source")
+  print(head)
+  print("-" * len(head))
+  for size in _SIZES.value:
+    base_tok = None
+    for loss in _LOSSES.value:
+      r = bench(size, loss)
+      base_tok = base_tok or r["tok_s"]
+      mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
+      print(f"{r['size']:<11}{r['loss']:<19}{r['params']:>12,}{r['step_ms']:>10.1f}"
+            f"{r['steps_s']:>9.2f}{r['tok_s']:>11,.0f}{mfu:>7}{r['mem_gib']:>10.3f}"
+            f"  {r['mem_src']}", flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
