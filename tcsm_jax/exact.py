@@ -96,3 +96,27 @@ def entropy(p: np.ndarray) -> float:
   """Shannon entropy in nats."""
   p = p[p > 0]
   return float(-(p * np.log(p)).sum())
+
+
+def true_denoiser(p0: np.ndarray, process: Process, length: int):
+  """Jittable exact denoiser ``(x_t [b, L], sigma [b]) -> log p(x0^i | x_t) [b, L, V]``.
+
+  Marginals of the exact posterior ``p(x0 | x_t) ~ p0(x0) prod_i P(x0^i, x_t^i)`` over all
+  ``V^L`` clean sequences (``-inf`` where a value is impossible): the Bayes-optimal
+  factorized denoiser, used as ground truth for losses, bounds and samplers.
+  """
+  import jax
+  import jax.numpy as jnp
+  v = process.vocab_size
+  x0s = jnp.asarray(all_sequences(v, length))                      # [N0, L]
+  log_p0 = jnp.log(jnp.asarray(p0, jnp.float32))
+  onehot = jax.nn.one_hot(x0s, v)                                  # [N0, L, V]
+
+  def fn(x_t, sigma):
+    lik = process.likelihood_log_probs(x_t, sigma)                 # [b, L, V]
+    per = jnp.take_along_axis(lik[:, None], x0s[None, ..., None], -1)[..., 0]  # [b,N0,L]
+    post = jax.nn.softmax(log_p0 + per.sum(-1), -1)                # [b, N0]
+    marg = jnp.einsum("bn,nlv->blv", post, onehot)
+    return jnp.log(marg)
+
+  return fn

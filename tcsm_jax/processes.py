@@ -86,6 +86,16 @@ class Process:
     """``[..., S]``: ``Q[y, x]`` for all ``y``, the column of ``Q`` at state ``x``."""
     raise NotImplementedError
 
+  def prior_log_probs(self, sigma_bar) -> jnp.ndarray:
+    """``[S]``: the reverse process's starting law at noise ``sigma_bar`` (scalar).
+
+    The forward marginal at ``sigma_bar`` of uniformly random clean tokens:
+    ``(1/V) sum_a P[a, .]``. It is uniform for ``Uniform`` and, for ``Absorbing``,
+    ``1 - alpha`` on the mask and ``alpha / V`` on each data token, so the prior term
+    of the NLL bound stays finite when the schedule ends at ``alpha(1) = eps > 0``.
+    """
+    raise NotImplementedError
+
   def sample_forward(self, key, x0, sigma_bar) -> jnp.ndarray:
     """Samples ``x_t ~ p(. | x0)``; same shape and dtype as ``x0``."""
     raise NotImplementedError
@@ -180,6 +190,9 @@ class Uniform(Process):
     onehot = jax.nn.one_hot(x, v)
     return jnp.full(x.shape + (v,), 1.0 / v) - onehot
 
+  def prior_log_probs(self, sigma_bar):
+    return jnp.full((self.vocab_size,), -jnp.log(self.vocab_size))
+
   def sample_forward(self, key, x0, sigma_bar):
     x0 = jnp.asarray(x0)
     _checks.check_tokens(x0, self.num_states, "x0")
@@ -273,6 +286,11 @@ class Absorbing(Process):
     is_mask = (x == self.mask_id)[..., None]
     return jnp.where(is_mask, into_mask, -onehot)
 
+  def prior_log_probs(self, sigma_bar):
+    sigma = jnp.asarray(sigma_bar, jnp.float32)
+    data = jnp.full((self.vocab_size,), -sigma - jnp.log(self.vocab_size))
+    return jnp.concatenate([data, _log_one_minus_alpha(sigma)[None]])
+
   def sample_forward(self, key, x0, sigma_bar):
     x0 = jnp.asarray(x0)
     _checks.check_tokens(x0, self.num_states, "x0")
@@ -359,6 +377,10 @@ class Dense(Process):
 
   def rates_into(self, x):
     return jnp.take(self._q.T, jnp.asarray(x), axis=0)
+
+  def prior_log_probs(self, sigma_bar):
+    kern = self.transition_matrix(jnp.asarray(sigma_bar, jnp.float32))
+    return jnp.log(kern[:self.vocab_size].mean(0))
 
   def sample_forward(self, key, x0, sigma_bar):
     logp = self.transition_log_probs(x0, sigma_bar)
