@@ -1,0 +1,207 @@
+"""Reverse-CTMC samplers: Euler (tau-leaping), analytic (Tweedie), masked ancestral.
+
+All samplers run the reverse chain from ``t = 1`` (a draw from the process's prior) to
+``t_end`` on ``steps`` equal time steps, in parallel over positions, with a factorized
+denoiser ``(x_t [b, l], sigma_bar [b]) -> logits [b, l, V]``; then a final denoising step
+draws ``x0 ~ p_theta(x0 | x_{t_end})``.
+
+* ``euler``: per position a categorical over ``[1 + dt R(x, x), dt R(x, y)]`` with the
+  reverse rates ``R`` built from the model's noisy-space concrete score
+  (``Process.noisy_log_score`` + ``Process.reverse_rates``): first-order tau-leaping.
+* ``analytic``: the exact reverse transition of the factorized posterior,
+  ``p(x_s | x_t) = sum_a p_theta(a | x_t) P_s(a, x_s) P_{s->t}(x_s, x_t) / P_t(a, x_t)``
+  (Tweedie tau-leaping; for the absorbing process it is MDLM/MD4's ancestral step).
+* ``ancestral``: the analytic step plus the unchanged-sequence cache (MDLM, RADD): when
+  a step changes no token the next step reuses the previous logits instead of calling
+  the network. Exact for a denoiser that does not depend on ``sigma_bar`` at masked
+  positions (true for the Bayes denoiser of the absorbing process); an approximation
+  otherwise.
+
+Options: ``temperature`` and nucleus ``top_p`` on the denoiser's logits; prompting and
+infilling by clamping any positions (``clamp_mask``, ``clamp_tokens``): clamped
+positions hold their tokens at every step, so the network conditions on them.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+from tcsm_jax import _checks, scores
+from tcsm_jax.processes import Absorbing, Process, Uniform
+from tcsm_jax.schedules import Schedule
+
+SAMPLERS = ("euler", "analytic", "ancestral")
+
+
+def top_p_filter(logits, top_p: float):
+  """Keeps the smallest set of tokens whose probability reaches ``top_p`` (>= 1 token)."""
+  if top_p >= 1.0:
+    return logits
+  probs = jax.nn.softmax(logits, -1)
+  order = jnp.argsort(-probs, -1)
+  sorted_p = jnp.take_along_axis(probs, order, -1)
+  before = jnp.cumsum(sorted_p, -1) - sorted_p           # mass strictly above each token
+  keep_sorted = before < top_p
+  keep = jnp.zeros_like(keep_sorted).at[
+      tuple(jnp.indices(order.shape)[:-1]) + (order,)].set(keep_sorted)
+  return jnp.where(keep, logits, -jnp.inf)
+
+
+def _log_normalize(x):
+  return x - jax.nn.logsumexp(x, -1, keepdims=True)
+
+
+def reverse_transition_log_probs(process: Process, log_probs, x_t, sigma_t, sigma_s):
+  """``[..., S]``: ``log p(x_s = . | x_t)`` under the factorized posterior, ``s < t``.
+
+  Args:
+    log_probs: ``[..., V]`` denoiser log-probabilities (support-masked).
+    x_t: ``[...]``; sigma_t > sigma_s >= 0: noise levels aligned with leading axes.
+  """
+  x_t = jnp.asarray(x_t)
+  st = _checks.expand_leading(sigma_t, log_probs.ndim)
+  ss = _checks.expand_leading(sigma_s, log_probs.ndim)
+  a_t, a_s = jnp.exp(-st), jnp.exp(-ss)
+  if isinstance(process, Absorbing):
+    # Masked: data z w.p. p(z) (a_s - a_t) / (1 - a_t), mask w.p. (1 - a_s) / (1 - a_t).
+    log_den = jnp.log(-jnp.expm1(-st))
+    data = log_probs + jnp.log(a_s - a_t) - log_den
+    mask = jnp.log(-jnp.expm1(-ss)) - log_den
+    at_mask = jnp.concatenate([data, jnp.broadcast_to(mask, data.shape[:-1] + (1,))], -1)
+    stay = jnp.where(jax.nn.one_hot(x_t, process.num_states, dtype=bool), 0.0, -jnp.inf)
+    return jnp.where((x_t == process.mask_id)[..., None], at_mask, stay)
+  if isinstance(process, Uniform):
+    v = process.vocab_size
+    p = jnp.exp(log_probs)
+    onehot = jax.nn.one_hot(x_t, v)
+    b_t, b_s = (1 - a_t) / v, (1 - a_s) / v
+    a_ts = a_t / a_s
+    b_ts = (1 - a_ts) / v
+    k_t_x = b_t + a_t * onehot                                  # P_t(a, x_t) over a
+    c = jnp.sum(p / k_t_x, -1, keepdims=True)
+    k_ts = b_ts + a_ts * onehot                                 # P_{s->t}(z, x_t) over z
+    probs = k_ts * (b_s * c + a_s * p / k_t_x)
+    return _log_normalize(jnp.log(jnp.maximum(probs, 0.0)))
+  # Dense: explicit kernels (small state spaces only).
+  v = process.vocab_size
+  k_t = process.transition_matrix(jnp.broadcast_to(st[..., 0], x_t.shape))[..., :v, :]
+  k_s = process.transition_matrix(jnp.broadcast_to(ss[..., 0], x_t.shape))[..., :v, :]
+  k_ts = process.transition_matrix(jnp.broadcast_to((st - ss)[..., 0], x_t.shape))
+  col_t = jnp.take_along_axis(k_t, x_t[..., None, None], -1)[..., 0]      # [..., V]
+  col_ts = jnp.take_along_axis(k_ts, x_t[..., None, None], -1)[..., 0]    # [..., S]
+  w = jnp.where(col_t > 0, jnp.exp(log_probs) / jnp.where(col_t > 0, col_t, 1.0), 0.0)
+  probs = jnp.einsum("...a,...az->...z", w, k_s) * col_ts
+  return _log_normalize(jnp.log(jnp.maximum(probs, 0.0)))
+
+
+def _euler_log_probs(process, log_probs, x_t, sigma_t, dsigma_t, dt):
+  log_score = process.noisy_log_score(log_probs, x_t, sigma_t)
+  rates = process.reverse_rates(x_t, log_score, dsigma_t)
+  onehot = jax.nn.one_hot(x_t, process.num_states)
+  probs = jnp.maximum(onehot + _checks.expand_leading(dt, rates.ndim) * rates, 0.0)
+  return jnp.log(probs / probs.sum(-1, keepdims=True))
+
+
+def sample(key, denoise_fn: Callable, process: Process, schedule: Schedule, shape,
+           *, steps: int, sampler: str = "analytic", temperature: float = 1.0,
+           top_p: float = 1.0, clamp_tokens=None, clamp_mask=None, t_end: float = 1e-5,
+           final_denoise: bool = True, return_path: bool = False,
+           progress: Optional[Callable] = None):
+  """Draws ``shape = (batch, length)`` sequences by running the reverse chain.
+
+  Args:
+    key: PRNG key.
+    denoise_fn: ``(x_t, sigma_bar [batch]) -> logits [batch, length, V]``.
+    process, schedule: the forward corruption the model was trained on.
+    shape: ``(batch, length)``.
+    steps: number of reverse steps between ``t = 1`` and ``t_end``.
+    sampler: ``euler``, ``analytic`` or ``ancestral``.
+    temperature, top_p: applied to the denoiser logits.
+    clamp_tokens, clamp_mask: ``[batch, length]``; where ``clamp_mask`` is True the
+      token is held at ``clamp_tokens`` (prompting, infilling).
+    t_end: last time of the chain (> 0).
+    final_denoise: draw ``x0 ~ p_theta(. | x_{t_end})`` at the end.
+    return_path: also return every intermediate state ``[steps + 1, batch, length]``.
+    progress: host callback ``f(step)`` called after each step (progress bars).
+  Returns:
+    ``(tokens [batch, length], info)`` with ``info['nfe']`` the number of network calls
+    (and ``info['path']`` if requested).
+  """
+  if sampler not in SAMPLERS:
+    raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
+  if steps < 1:
+    raise ValueError(f"steps must be >= 1, got {steps}")
+  if temperature <= 0 or not 0 < top_p <= 1:
+    raise ValueError("temperature must be > 0 and top_p in (0, 1]")
+  if sampler == "ancestral" and not isinstance(process, Absorbing):
+    raise ValueError("the ancestral (cached) sampler needs the absorbing process")
+  b, length = shape
+  if (clamp_mask is None) != (clamp_tokens is None):
+    raise ValueError("clamp_mask and clamp_tokens go together")
+  if clamp_mask is None:
+    clamp_mask = jnp.zeros(shape, bool)
+    clamp_tokens = jnp.zeros(shape, jnp.int32)
+  clamp_mask, clamp_tokens = jnp.asarray(clamp_mask, bool), jnp.asarray(clamp_tokens,
+                                                                         jnp.int32)
+  if clamp_mask.shape != tuple(shape) or clamp_tokens.shape != tuple(shape):
+    raise ValueError(f"clamp arrays must have shape {tuple(shape)}")
+  _checks.check_tokens(jnp.where(clamp_mask, clamp_tokens, 0), process.vocab_size,
+                       "clamp_tokens")
+  clamp = lambda x: jnp.where(clamp_mask, clamp_tokens, x)
+
+  def model_log_probs(x, sigma):
+    logits = denoise_fn(x, sigma).astype(jnp.float32) / temperature
+    logits = top_p_filter(logits, top_p)
+    return scores.model_log_probs(logits, process, x, sigma)
+
+  ts = jnp.linspace(1.0, t_end, steps + 1)
+  k_init, k_loop, k_final = jax.random.split(key, 3)
+  sigma1 = schedule.sigma_bar(1.0)
+  x = jax.random.categorical(k_init, process.prior_log_probs(sigma1), shape=shape)
+  x = clamp(x.astype(jnp.int32))
+  full = lambda v: jnp.full((b,), v)
+
+  def body(carry, k):
+    x, lp, fresh, nfe = carry
+    t, s = ts[k], ts[k + 1]
+    sig_t, dsig_t = schedule(full(t))
+    sig_s = schedule.sigma_bar(full(s))
+    if sampler == "ancestral":
+      lp, nfe = jax.lax.cond(fresh, lambda: (lp, nfe),
+                             lambda: (model_log_probs(x, sig_t), nfe + 1))
+    else:
+      lp, nfe = model_log_probs(x, sig_t), nfe + 1
+    if sampler == "euler":
+      logq = _euler_log_probs(process, lp, x, sig_t, dsig_t, full(t - s))
+    else:
+      logq = reverse_transition_log_probs(process, lp, x, sig_t, sig_s)
+    new = clamp(jax.random.categorical(jax.random.fold_in(k_loop, k), logq).astype(
+        jnp.int32))
+    fresh = jnp.all(new == x)          # unchanged: cached logits stay valid
+    if progress is not None:
+      jax.debug.callback(progress, k)
+    return (new, lp, fresh, nfe), (new if return_path else None)
+
+  lp0 = jnp.zeros(shape + (process.vocab_size,), jnp.float32)
+  (x, lp, fresh, nfe), path = jax.lax.scan(
+      body, (x, lp0, jnp.asarray(False), jnp.asarray(0)), jnp.arange(steps))
+  if final_denoise:
+    s_end = schedule.sigma_bar(full(t_end))
+    lp_end = model_log_probs(x, s_end)
+    x = clamp(jax.random.categorical(k_final, lp_end).astype(jnp.int32))
+    nfe = nfe + 1
+  info = {"nfe": nfe}
+  if return_path:
+    info["path"] = path
+  return x, info
+
+
+def clamp_from_template(template, vocab_size: int, hole: int = -1):
+  """``(clamp_tokens, clamp_mask)`` from a ``[batch, length]`` template with ``hole`` ids."""
+  template = jnp.asarray(template, jnp.int32)
+  mask = template != hole
+  _checks.check_tokens(jnp.where(mask, template, 0), vocab_size, "template")
+  return jnp.where(mask, template, 0), mask
