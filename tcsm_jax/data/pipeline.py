@@ -22,6 +22,13 @@ from tcsm_jax.data import text8
 BUNDLED_PATH = os.path.join(os.path.dirname(__file__), "bundled", "kjv_text8.txt.xz")
 
 
+def encode_text(text: str) -> np.ndarray:
+  """Prompt text -> ids with the text8 rule; spaces at the ends are kept."""
+  lead = " " if text[:1].isspace() else ""
+  trail = " " if text[-1:].isspace() and text.strip() else ""
+  return text8.encode(lead + text8.clean_text(text) + trail)
+
+
 @dataclasses.dataclass
 class TokenDataset:
   """Token ids split into train/validation plus what a model needs to know."""
@@ -31,6 +38,7 @@ class TokenDataset:
   vocab_size: int
   decode: object          # ids [length] -> str
   name: str
+  encode: object = None   # str -> ids [length] (prompts); None if not text
 
 
 def load_bundled(validation_fraction: float = 0.05) -> TokenDataset:
@@ -38,7 +46,8 @@ def load_bundled(validation_fraction: float = 0.05) -> TokenDataset:
   with lzma.open(BUNDLED_PATH, "rt", encoding="ascii") as f:
     ids = text8.encode(f.read())
   cut = int(len(ids) * (1 - validation_fraction))
-  return TokenDataset(ids[:cut], ids[cut:], text8.VOCAB_SIZE, text8.decode, "kjv")
+  return TokenDataset(ids[:cut], ids[cut:], text8.VOCAB_SIZE, text8.decode, "kjv",
+                      encode_text)
 
 
 def load_text8(path: str) -> TokenDataset:
@@ -49,7 +58,8 @@ def load_text8(path: str) -> TokenDataset:
                      "(truncated file?)")
   a, b = text8.TEXT8_SPLITS["train"]
   c, d = text8.TEXT8_SPLITS["validation"]
-  return TokenDataset(ids[a:b], ids[c:d], text8.VOCAB_SIZE, text8.decode, "text8")
+  return TokenDataset(ids[a:b], ids[c:d], text8.VOCAB_SIZE, text8.decode, "text8",
+                      encode_text)
 
 
 def load_text_file(path: str, validation_fraction: float = 0.05) -> TokenDataset:
@@ -64,7 +74,7 @@ def load_text_file(path: str, validation_fraction: float = 0.05) -> TokenDataset
   ids = text8.encode(clean)
   cut = int(len(ids) * (1 - validation_fraction))
   return TokenDataset(ids[:cut], ids[cut:], text8.VOCAB_SIZE, text8.decode,
-                      os.path.basename(path))
+                      os.path.basename(path), encode_text)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -113,7 +113,8 @@ def load(data_cfg: ml_collections.ConfigDict) -> pipeline.TokenDataset:
   n = int(data_cfg.markov_tokens)
   return pipeline.TokenDataset(chain.sample(n, seed=1), chain.sample(max(n // 10, 4096),
                                                                       seed=2),
-                               chain.vocab, _decode, f"markov{chain.vocab}o{chain.order}")
+                               chain.vocab, _decode, f"markov{chain.vocab}o{chain.order}",
+                               lambda s: np.asarray([int(t) for t in s.split()], np.int32))
 
 
 def chain_from_config(data_cfg: ml_collections.ConfigDict) -> MarkovChain:

@@ -114,4 +114,5 @@ def load(data_cfg: ml_collections.ConfigDict, workdir: str = "") -> pipeline.Tok
     return sp.decode([int(i) for i in ids])
 
   return pipeline.TokenDataset(train, val, sp.get_piece_size(), decode,
-                               data_cfg.tfds_name or os.path.basename(data_cfg.path))
+                               data_cfg.tfds_name or os.path.basename(data_cfg.path),
+                               lambda s: np.asarray(sp.encode(s), np.int32))

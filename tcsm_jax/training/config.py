@@ -43,6 +43,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.schedule.sigma_max = 20.0
 
   c.model = ml_collections.ConfigDict()
+  c.model.arch = "diffusion"         # diffusion | causal (AR teacher / judge / baseline)
   c.model.size = "tiny"              # tiny | small | medium | gpt2_small | gpt2_medium
   c.model.dtype = "float32"          # float32 | bfloat16 (activations; params float32)
   c.model.num_layers = 0             # 0 = from size
@@ -139,5 +140,7 @@ def validate(config: ml_collections.ConfigDict, schema=None) -> None:
     raise ValueError(f"data.seq_len must be >= 1, got {config.data.seq_len}")
   if config.process not in ("absorbing", "uniform"):
     raise ValueError(f"process must be 'absorbing' or 'uniform', got {config.process!r}")
+  if config.model.arch not in ("diffusion", "causal"):
+    raise ValueError(f"model.arch must be 'diffusion' or 'causal', got {config.model.arch!r}")
   if config.optim.lr <= 0:
     raise ValueError(f"optim.lr must be > 0, got {config.optim.lr}")

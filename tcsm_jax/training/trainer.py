@@ -39,17 +39,50 @@ class Experiment:
   dataset: pipeline.TokenDataset
   process: processes.Process
   schedule: schedules.Schedule
-  model: models.DiffusionTransformer
+  model: object          # DiffusionTransformer or CausalTransformer
+
+  @property
+  def causal(self) -> bool:
+    return self.config.model.arch == "causal"
 
   def apply_fn(self, params, x_t, sigma, train: bool = False, key=None):
+    """Denoiser logits ``[b, l, V]`` (diffusion models only)."""
     rngs = {"dropout": key} if (train and key is not None) else None
     return self.model.apply({"params": params}, x_t, sigma, deterministic=not train,
                             rngs=rngs)
 
   def init_params(self, key):
     seq = self.config.data.seq_len
-    return self.model.init({"params": key}, jnp.zeros((1, seq), jnp.int32),
-                           jnp.ones((1,)))["params"]
+    tokens = jnp.zeros((1, seq), jnp.int32)
+    if self.causal:
+      return self.model.init({"params": key}, tokens)["params"]
+    return self.model.init({"params": key}, tokens, jnp.ones((1,)))["params"]
+
+  def loss_fns(self, target_fn=None):
+    """``(train loss_fn, eval loss_fn)``; eval is the NLL (bound) in nats/token."""
+    if self.causal:
+      fn = ar_loss_fn(self.model)
+      return fn, fn
+    train = objective.make_loss_fn(self.config.loss, self.process, self.schedule,
+                                   self.apply_fn, target_fn=target_fn)
+    ev = objective.make_loss_fn(elbo_loss_config(self.process), self.process,
+                                self.schedule, self.apply_fn)
+    return train, ev
+
+
+def ar_loss_fn(model):
+  """Next-token cross-entropy (nats/token) of a causal model, first token after BOS."""
+
+  def loss_fn(params, x0, key, train: bool = True):
+    bos = jnp.full(x0.shape[:1] + (1,), model.cfg.vocab_size, x0.dtype)
+    inp = jnp.concatenate([bos, x0[:, :-1]], 1)
+    rngs = {"dropout": key} if train else None
+    logits = model.apply({"params": params}, inp, deterministic=not train, rngs=rngs)
+    lp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+    loss = -jnp.mean(jnp.take_along_axis(lp, x0[..., None], -1))
+    return loss, {"loss": loss}
+
+  return loss_fn
 
 
 def schedule_from_config(cfg: ml_collections.ConfigDict) -> schedules.Schedule:
@@ -68,8 +101,11 @@ def build(config: ml_collections.ConfigDict,
   dataset = pipeline.load(config, workdir) if dataset is None else dataset
   proc = processes.get(config.process, dataset.vocab_size)
   sched = schedule_from_config(config.schedule)
-  model = models.build_denoiser(config, dataset.vocab_size, proc.num_states)
-  objective.validate_loss_config(config.loss, proc)
+  if config.model.arch == "causal":
+    model = models.build_causal(config, dataset.vocab_size)
+  else:
+    model = models.build_denoiser(config, dataset.vocab_size, proc.num_states)
+    objective.validate_loss_config(config.loss, proc)
   return Experiment(config, dataset, proc, sched, model)
 
 
@@ -80,6 +116,17 @@ def elbo_loss_config(process: processes.Process) -> ml_collections.ConfigDict:
       divergence="gkl", weighting="constant", t_min=1e-5, stratified=True,
       teacher_weight=0.0))
   return cfg
+
+
+def state_factory(exp: Experiment):
+  """``(create(key) -> TrainState, optimizer, lr_schedule)`` for an experiment."""
+  optimizer, lr_sched = optim.make_optimizer(exp.config.optim, exp.config.train.num_steps)
+
+  def create(key):
+    k_init, k_run = jax.random.split(key)
+    return state_lib.create(exp.init_params(k_init), optimizer, k_run)
+
+  return create, optimizer, lr_sched
 
 
 class _Preemption:
@@ -136,19 +183,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   mesh = partition.make_mesh(config.mesh.fsdp)
   batch_sh = partition.batch_sharding(mesh)
   repl = partition.replicated(mesh)
-  optimizer, lr_sched = optim.make_optimizer(config.optim, tcfg.num_steps)
-
-  def create(key):
-    k_init, k_run = jax.random.split(key)
-    return state_lib.create(exp.init_params(k_init), optimizer, k_run)
-
+  create, optimizer, lr_sched = state_factory(exp)
   abstract = jax.eval_shape(create, jax.random.PRNGKey(config.seed))
   state_sh = partition.state_shardings(abstract, mesh)
 
-  loss_fn = objective.make_loss_fn(config.loss, exp.process, exp.schedule, exp.apply_fn,
-                                   target_fn=target_fn)
-  eval_fn = objective.make_loss_fn(elbo_loss_config(exp.process), exp.process,
-                                   exp.schedule, exp.apply_fn)
+  loss_fn, eval_fn = exp.loss_fns(target_fn)
   train_step = jax.jit(
       step_lib.make_train_step(loss_fn, optimizer, lr_sched, tcfg.ema_decay,
                                tcfg.accum_steps),
