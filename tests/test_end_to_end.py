@@ -1,0 +1,134 @@
+"""End to end: Markov data with a known entropy, binaries, judge and quality metrics."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tcsm_jax import likelihood, quality
+from tcsm_jax.data import pipeline, synthetic
+from tcsm_jax.models import transformer
+from tcsm_jax.training import restore, trainer
+
+from helpers import tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _markov_run(tmp_path, steps, **extra):
+  cfg = tiny_config(**{"data.name": "markov", "data.markov_vocab": 4,
+                       "data.markov_order": 1, "data.markov_tokens": 200_000,
+                       "data.seq_len": 16, "train.num_steps": steps,
+                       "train.batch_size": 64, "train.log_every": 100,
+                       "train.eval_every": 100000, "train.ema_decay": 0.9,
+                       "model.width": 64, "model.num_heads": 4, "model.num_layers": 2,
+                       "optim.lr": 3e-3, "optim.warmup_steps": 20,
+                       "loss.form": "distribution", "loss.divergence": "kl", **extra})
+  ds = synthetic.load(cfg.data)
+  chain = synthetic.chain_from_config(cfg.data)
+  h = chain.chunk_entropy(cfg.data.seq_len) / cfg.data.seq_len
+  exp = trainer.build(cfg, ds)
+  trainer.train_and_evaluate(cfg, str(tmp_path), experiment=exp)
+  run = restore.load_run(str(tmp_path), cfg, dataset=ds)
+  denoise = lambda x, s: exp.apply_fn(run.params, x, s)
+  batches = pipeline.eval_batches(ds.validation, cfg.data.seq_len, 64, 8)
+  rep = likelihood.evaluate(jax.random.PRNGKey(0), denoise, batches, exp.process,
+                            exp.schedule, num_t=16)
+  return rep, h
+
+
+def test_markov_bound_stays_above_exact_entropy_and_approaches_it(tmp_path):
+  before, h = _markov_run(tmp_path / "a", 1)
+  after, _ = _markov_run(tmp_path / "b", 300)
+  for rep in (before, after):
+    assert rep.nats_per_token > h - 3 * rep.stderr, (rep, h)
+  assert after.nats_per_token < before.nats_per_token - 0.2
+  assert after.nats_per_token - h < 0.5 * (before.nats_per_token - h), (before, after, h)
+
+
+@pytest.mark.slow
+def test_markov_long_run_gets_close_to_entropy(tmp_path):
+  rep, h = _markov_run(tmp_path, 3000)
+  assert rep.nats_per_token > h - 3 * rep.stderr
+  assert rep.nats_per_token - h < 0.06, (rep, h)
+
+
+def test_unigram_entropy_and_generative_perplexity_are_exact():
+  np.testing.assert_allclose(quality.unigram_entropy(np.array([[0, 0, 0, 0],
+                                                               [0, 1, 2, 3]])),
+                             0.5 * np.log(4))
+  cfg = transformer.TransformerConfig(vocab_size=5, num_input_states=6, max_length=8,
+                                      num_layers=1, width=16, num_heads=2, causal=True)
+  model = transformer.CausalTransformer(cfg)
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
+  # A judge whose head is zero predicts uniformly: perplexity = vocab size exactly.
+  params = jax.tree_util.tree_map(lambda x: x, params)
+  params["trunk"]["head"]["kernel"] = jnp.zeros_like(params["trunk"]["head"]["kernel"])
+  params["trunk"]["head"]["bias"] = jnp.zeros_like(params["trunk"]["head"]["bias"])
+  toks = np.random.default_rng(0).integers(0, 5, (7, 8))
+  np.testing.assert_allclose(quality.generative_perplexity(model, params, toks), 5.0,
+                             rtol=1e-5)
+  with pytest.raises(ValueError, match="outside the judge's vocabulary"):
+    quality.generative_perplexity(model, params, toks + 5)
+
+
+def test_causal_model_is_causal():
+  cfg = transformer.TransformerConfig(vocab_size=5, num_input_states=6, max_length=8,
+                                      num_layers=2, width=16, num_heads=2, causal=True)
+  model = transformer.CausalTransformer(cfg)
+  x = jnp.asarray(np.random.default_rng(1).integers(0, 5, (1, 8)))
+  params = model.init(jax.random.PRNGKey(0), x)["params"]
+  params = jax.tree_util.tree_map(lambda p: p + 0.1, params)   # non-trivial head
+  a = model.apply({"params": params}, x)
+  b = model.apply({"params": params}, x.at[0, 5].set((x[0, 5] + 1) % 5))
+  np.testing.assert_allclose(a[0, :5], b[0, :5], atol=1e-6)
+  assert not np.allclose(a[0, 5:], b[0, 5:])
+
+
+def _run(args, **kw):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  return subprocess.run([sys.executable, "-m"] + args, cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=600, **kw)
+
+
+def test_binaries_train_evaluate_sample_and_refuse_empty_workdirs(tmp_path):
+  small = ["--config.data.seq_len=32", "--config.model.num_layers=1",
+           "--config.model.width=32", "--config.model.num_heads=2",
+           "--config.train.batch_size=8", "--config.train.num_steps=4",
+           "--config.train.log_every=2", "--config.train.eval_every=4",
+           "--config.eval.num_batches=2", "--config.eval.batch_size=8"]
+  wd, jd = str(tmp_path / "model"), str(tmp_path / "judge")
+  r = _run(["experiments.train", "--config=experiments/configs/kjv_tiny.py",
+            f"--workdir={wd}"] + small)
+  assert r.returncode == 0, r.stderr[-3000:]
+  r = _run(["experiments.train", "--config=experiments/configs/kjv_judge.py",
+            f"--workdir={jd}"] + small)
+  assert r.returncode == 0, r.stderr[-3000:]
+  r = _run(["experiments.evaluate", f"--workdir={wd}", "--num_t=2"])
+  assert r.returncode == 0, r.stderr[-3000:]
+  rep = json.load(open(os.path.join(wd, "eval_report.json")))
+  assert rep["step"] == 4 and 0 < rep["nats_per_token"] < 6 and rep["stderr"] > 0
+  assert "bits/token" in r.stdout
+  r = _run(["experiments.evaluate", f"--workdir={jd}"])
+  assert r.returncode == 0 and "exact NLL" in r.stdout, r.stderr[-3000:]
+  r = _run(["experiments.sample", f"--workdir={wd}", "--num_samples=3", "--steps=8",
+            "--prompt=in the beginning", "--suffix= amen", f"--judge_workdir={jd}"])
+  assert r.returncode == 0, r.stderr[-3000:]
+  lines = open(os.path.join(wd, "samples", "analytic_8steps.txt")).read().splitlines()
+  assert len(lines) == 3 and all(len(l) == 32 for l in lines)
+  assert all(l.startswith("in the beginning") and l.endswith(" amen") for l in lines)
+  q = json.load(open(os.path.join(wd, "samples", "analytic_8steps.json")))
+  assert q["gen_perplexity"] > 1 and q["unigram_entropy"] > 0
+  for binary in ("experiments.evaluate", "experiments.sample"):
+    r = _run([binary, f"--workdir={tmp_path / 'empty'}"])
+    assert r.returncode != 0 and "no config.json" in r.stderr, r.stderr[-2000:]
+  os.makedirs(tmp_path / "nockpt")
+  with open(tmp_path / "nockpt" / "config.json", "w") as f:
+    f.write(open(os.path.join(wd, "config.json")).read())
+  r = _run(["experiments.evaluate", f"--workdir={tmp_path / 'nockpt'}"])
+  assert r.returncode != 0 and "no checkpoint" in r.stderr, r.stderr[-2000:]
