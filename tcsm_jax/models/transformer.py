@@ -146,15 +146,20 @@ class _Trunk(nn.Module):
   cfg: TransformerConfig
 
   @nn.compact
-  def __call__(self, tokens, cond, deterministic):
+  def __call__(self, tokens, cond, deterministic, soft_tokens=None):
     cfg = self.cfg
     if tokens.ndim != 2:
       raise ValueError(f"tokens must be [batch, length], got shape {tokens.shape}")
     if tokens.shape[1] > cfg.max_length:
       raise ValueError(f"sequence length {tokens.shape[1]} exceeds the model's "
                        f"max_length {cfg.max_length}")
-    x = nn.Embed(cfg.num_input_states, cfg.width, name="embed",
-                 embedding_init=nn.initializers.normal(0.02))(tokens).astype(cfg.dtype)
+    embed = nn.Embed(cfg.num_input_states, cfg.width, name="embed",
+                     embedding_init=nn.initializers.normal(0.02))
+    x = embed(tokens)
+    if soft_tokens is not None:
+      # [batch, length, num_input_states] weights (e.g. one-hot): differentiable input.
+      x = soft_tokens.astype(jnp.float32) @ embed.embedding
+    x = x.astype(cfg.dtype)
     block = nn.remat(Block, static_argnums=(3,)) if cfg.remat else Block
     for i in range(cfg.num_layers):
       x = block(cfg, name=f"block_{i}")(x, cond, deterministic)
@@ -193,10 +198,12 @@ class CausalTransformer(nn.Module):
   cfg: TransformerConfig
 
   @nn.compact
-  def __call__(self, tokens, deterministic: bool = True):
+  def __call__(self, tokens, deterministic: bool = True, soft_tokens=None):
+    """``soft_tokens [b, l, V + 1]`` replaces the embedding lookup by a weighted sum
+    (one-hot inputs give the same output and make it differentiable in the input)."""
     if not self.cfg.causal:
       raise ValueError("CausalTransformer needs a TransformerConfig with causal=True")
-    return _Trunk(self.cfg, name="trunk")(tokens, None, deterministic)
+    return _Trunk(self.cfg, name="trunk")(tokens, None, deterministic, soft_tokens)
 
 
 def ar_log_likelihood(model: CausalTransformer, params, tokens, bos: Optional[int] = None):

@@ -63,6 +63,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.loss.stratified = True
   c.loss.teacher_weight = 0.0        # 0 = data target only; 1 = teacher only
 
+  c.teacher = ml_collections.ConfigDict()
+  c.teacher.kind = "none"            # none | ar | mlm: parametric clean-space target
+  c.teacher.workdir = ""             # the teacher's training workdir
+  c.teacher.mode = "taylor"          # ar: exact | top_k | taylor
+  c.teacher.top_k = 8
+
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 3e-4
   c.optim.warmup_steps = 100
@@ -142,5 +148,12 @@ def validate(config: ml_collections.ConfigDict, schema=None) -> None:
     raise ValueError(f"process must be 'absorbing' or 'uniform', got {config.process!r}")
   if config.model.arch not in ("diffusion", "causal"):
     raise ValueError(f"model.arch must be 'diffusion' or 'causal', got {config.model.arch!r}")
+  if config.teacher.kind not in ("none", "ar", "mlm"):
+    raise ValueError(f"teacher.kind must be none, ar or mlm, got {config.teacher.kind!r}")
+  tw = config.loss.teacher_weight
+  if not 0.0 <= tw <= 1.0:
+    raise ValueError(f"loss.teacher_weight must lie in [0, 1], got {tw}")
+  if tw > 0 and config.teacher.kind == "none":
+    raise ValueError("loss.teacher_weight > 0 needs teacher.kind = 'ar' or 'mlm'")
   if config.optim.lr <= 0:
     raise ValueError(f"optim.lr must be > 0, got {config.optim.lr}")

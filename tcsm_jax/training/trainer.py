@@ -174,6 +174,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     The last logged and evaluated scalars.
   """
   exp = build(config, workdir=workdir) if experiment is None else experiment
+  if target_fn is None and config.teacher.kind != "none" and config.loss.teacher_weight > 0:
+    from tcsm_jax.posttrain import distill
+    target_fn = distill.load_teacher(config, exp.dataset.vocab_size)
   ds, tcfg = exp.dataset, config.train
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
@@ -238,6 +241,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                  nll / np.log(2.0))
     return out
 
+  train_time = 0.0          # seconds spent in train steps (this process, this run)
   with _Preemption() as preempt:
     t0, s0 = time.time(), start
     step = start
@@ -248,9 +252,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       if step % tcfg.log_every == 0 or step == end:
         m = jax.device_get(m)
         dt = time.time() - t0
+        train_time += dt
         sps = (step - s0) / max(dt, 1e-9)
         last = {k: float(v) for k, v in m.items()}
-        last.update({"steps_per_sec": sps, "tokens_per_sec": sps * tokens_per_step})
+        last.update({"steps_per_sec": sps, "tokens_per_sec": sps * tokens_per_step,
+                     "train_time_sec": train_time})
         writer.write(step, last)
         logging.info("step %d/%d | loss %.4f | grad %.3f | %.2f steps/s | %.0f tok/s | "
                      "skipped %d | ETA %s", step, tcfg.num_steps, last["loss"],

@@ -1,0 +1,180 @@
+"""Clean-space targets for TCSM: teachers that return log-conditionals / log-ratios.
+
+A *target function* maps clean tokens ``x0 [batch, length]`` to ``[batch, length, V]``
+target log-conditionals ``log p_1(x0^i = y | x0^{-i})`` up to an additive constant per
+position -- equivalently the log concrete score ``log p_1(x0^{i<-y}) - log p_1(x0)``
+on the 1-Hamming neighbourhood. ``losses.tcsm_loss(target_log_cond=...)`` turns it into
+the posterior target through the path identity. ``-inf`` marks a neighbour the target
+gives no mass (Top-K leaves the rest out).
+
+* ``mlm_teacher``: a bidirectional (masked-LM / absorbing-diffusion) model; its output
+  at position ``i`` with only ``i`` masked is ``p(x^i = . | x^{-i})`` directly
+  (``length`` forward passes, mapped sequentially to bound memory).
+* ``ar_exact``: ``log p_AR(x^{i<-y}) - log p_AR(x)`` for every neighbour
+  (``length * V`` sequence evaluations: ground truth for small V and length).
+* ``ar_top_k``: the same for the ``K`` most likely replacements at each position under
+  the teacher's own next-token distribution ``p_AR(. | x_{<i})``; others ``-inf``.
+* ``ar_taylor``: first order in the one-hot input, ``g[i, y] - g[i, x^i]`` with
+  ``g = d log p_AR(X) / dX`` at ``X = onehot(x)``: one forward and backward pass; exact
+  when ``log p_AR`` is linear in its one-hot input.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+MODES = ("exact", "top_k", "taylor")
+
+
+# ---- causal-model adapters ----------------------------------------------------------
+def ar_log_prob_fn(model, params) -> Callable:
+  """``tokens [n, L] -> log p_AR(tokens) [n]`` for a ``CausalTransformer`` (BOS = V)."""
+  from tcsm_jax.models.transformer import ar_log_likelihood
+  return lambda tokens: ar_log_likelihood(model, params, tokens)
+
+
+def ar_soft_log_prob_fn(model, params) -> Callable:
+  """``onehot [n, L, V] -> log p_AR [n]``, differentiable in the one-hot input.
+
+  The one-hot matrix enters twice, as in the exact function: shifted right (after a
+  BOS row) as the network input, and as the selector of each position's
+  log-probability.
+  """
+  v = model.cfg.vocab_size
+
+  def fn(onehot):
+    n, length, _ = onehot.shape
+    padded = jnp.pad(onehot, ((0, 0), (0, 0), (0, 1)))               # room for BOS
+    bos = jax.nn.one_hot(jnp.full((n, 1), v), v + 1)
+    soft = jnp.concatenate([bos, padded[:, :-1]], 1)
+    dummy = jnp.zeros((n, length), jnp.int32)
+    logits = model.apply({"params": params}, dummy, soft_tokens=soft)
+    lp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+    return jnp.sum(onehot * lp, (-1, -2))
+
+  return fn
+
+
+# ---- neighbour log-ratios ---------------------------------------------------------
+def _at_position(x0, i, values):
+  """``[K, b, L]``: ``x0`` with position ``i`` set to each of ``values [K, b]``."""
+  return jax.vmap(lambda val: x0.at[:, i].set(val))(values)
+
+
+def ar_exact(log_prob_fn: Callable, x0, vocab_size: int):
+  """``[b, L, V]`` exact neighbour log-ratios of a sequence model.
+
+  Args:
+    log_prob_fn: ``tokens [n, L] -> [n]`` log-probabilities.
+    x0: ``[b, L]`` clean tokens.
+  """
+  b, length = x0.shape
+  base = log_prob_fn(x0)
+  ys = jnp.broadcast_to(jnp.arange(vocab_size)[:, None], (vocab_size, b))
+
+  def per_position(i):
+    seqs = _at_position(x0, i, ys).reshape(vocab_size * b, length)
+    return log_prob_fn(seqs).reshape(vocab_size, b).T                # [b, V]
+
+  lp = jax.lax.map(per_position, jnp.arange(length))                 # [L, b, V]
+  return jnp.transpose(lp, (1, 0, 2)) - base[:, None, None]
+
+
+def next_token_log_probs(model, params, x0):
+  """``[b, L, V]``: ``log p_AR(x^i = . | x^{<i})`` at every position (one pass)."""
+  v = model.cfg.vocab_size
+  inp = jnp.concatenate([jnp.full(x0.shape[:1] + (1,), v, x0.dtype), x0[:, :-1]], 1)
+  return jax.nn.log_softmax(model.apply({"params": params}, inp).astype(jnp.float32), -1)
+
+
+def ar_top_k(log_prob_fn: Callable, x0, candidate_log_probs, k: int):
+  """``[b, L, V]`` neighbour log-ratios for the top-``k`` candidates; others ``-inf``.
+
+  Args:
+    log_prob_fn: ``tokens [n, L] -> [n]``.
+    x0: ``[b, L]``.
+    candidate_log_probs: ``[b, L, V]`` scores ranking the replacements at each position
+      (the teacher's next-token distribution).
+    k: candidates per position; the clean token itself always gets ratio 1.
+  """
+  b, length = x0.shape
+  v = candidate_log_probs.shape[-1]
+  _, cand = jax.lax.top_k(candidate_log_probs, k)                     # [b, L, k]
+  base = log_prob_fn(x0)
+
+  def per_position(i):
+    vals = cand[:, i].T                                               # [k, b]
+    lp = log_prob_fn(_at_position(x0, i, vals).reshape(k * b, length)).reshape(k, b)
+    out = jnp.full((b, v), -jnp.inf).at[jnp.arange(b)[:, None], vals.T].set(lp.T)
+    return out.at[jnp.arange(b), x0[:, i]].set(base)
+
+  lp = jax.lax.map(per_position, jnp.arange(length))                 # [L, b, V]
+  return jnp.transpose(lp, (1, 0, 2)) - base[:, None, None]
+
+
+def ar_taylor(soft_log_prob_fn: Callable, x0, vocab_size: int):
+  """``[b, L, V]`` first-order (one-hot gradient) estimate of the neighbour log-ratios."""
+  onehot = jax.nn.one_hot(x0, vocab_size)
+  g = jax.grad(lambda x: soft_log_prob_fn(x).sum())(onehot)
+  return g - jnp.take_along_axis(g, x0[..., None], -1)
+
+
+def ar_teacher(model, params, mode: str = "taylor", top_k: int = 8) -> Callable:
+  """A target function from a causal transformer (see module docstring)."""
+  if mode not in MODES:
+    raise ValueError(f"unknown AR teacher mode {mode!r}; choose one of {MODES}")
+  v = model.cfg.vocab_size
+  lp_fn = ar_log_prob_fn(model, params)
+  if mode == "exact":
+    return lambda x0: ar_exact(lp_fn, x0, v)
+  if mode == "top_k":
+    if not 1 <= top_k <= v:
+      raise ValueError(f"top_k must lie in [1, {v}], got {top_k}")
+    return lambda x0: ar_top_k(lp_fn, x0, next_token_log_probs(model, params, x0), top_k)
+  return lambda x0: ar_taylor(ar_soft_log_prob_fn(model, params), x0, v)
+
+
+def mlm_teacher(apply_fn: Callable, params, mask_id: int) -> Callable:
+  """Target function of a bidirectional masked model: ``p(x^i = . | x^{-i})``.
+
+  Args:
+    apply_fn: ``(params, x_t [b, L], sigma_bar [b]) -> logits [b, L, V]``, e.g. an
+      absorbing diffusion denoiser (``Experiment.apply_fn``).
+    mask_id: the mask token.
+  """
+
+  def target(x0):
+    b, length = x0.shape
+    # One masked token out of L is the noise level where alpha = 1 - 1/L.
+    sigma = jnp.full((b,), -jnp.log1p(-1.0 / length))
+
+    def per_position(i):
+      logits = apply_fn(params, x0.at[:, i].set(mask_id), sigma)
+      return jax.nn.log_softmax(logits[:, i].astype(jnp.float32), -1)  # [b, V]
+
+    out = jax.lax.map(per_position, jnp.arange(length))
+    return jnp.transpose(out, (1, 0, 2))
+
+  return target
+
+
+def approximation_error(exact_log_ratios, approx_log_ratios):
+  """Errors of approximate neighbour log-ratios against exact ones, per position mean.
+
+  Returns a dict: ``kl`` = ``KL(exact conditional || approx conditional)`` (``inf`` if
+  the approximation drops mass), ``mass_covered`` = exact conditional mass on the
+  neighbours the approximation keeps, ``mae_kept`` = mean absolute log-ratio error on
+  the kept neighbours.
+  """
+  p = jax.nn.softmax(exact_log_ratios, -1)
+  kept = approx_log_ratios > -jnp.inf
+  lq = jax.nn.log_softmax(jnp.where(kept, approx_log_ratios, -jnp.inf), -1)
+  lp = jax.nn.log_softmax(exact_log_ratios, -1)
+  kl = jnp.sum(jnp.where(p > 0, p * (lp - jnp.where(kept, lq, -jnp.inf)), 0.0), -1)
+  mae = jnp.sum(jnp.where(kept, jnp.abs(exact_log_ratios - approx_log_ratios), 0.0), -1)
+  mae = mae / jnp.maximum(kept.sum(-1), 1)
+  return {"kl": jnp.mean(kl), "mass_covered": jnp.mean(jnp.sum(jnp.where(kept, p, 0), -1)),
+          "mae_kept": jnp.mean(mae)}

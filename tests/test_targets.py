@@ -1,0 +1,176 @@
+"""Teachers: exact / Top-K / Taylor AR ratios, masked-LM conditionals, minimizers."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tcsm_jax import exact, losses, processes, targets
+from tcsm_jax.models import transformer
+
+
+def _index(toks, v):
+  length = toks.shape[-1]
+  w = v ** jnp.arange(length - 1, -1, -1)
+  return jnp.sum(toks * w, -1)
+
+
+def _tiny_causal(v=4, length=5, seed=0):
+  cfg = transformer.TransformerConfig(vocab_size=v, num_input_states=v + 1,
+                                      max_length=length, num_layers=2, width=16,
+                                      num_heads=2, causal=True)
+  model = transformer.CausalTransformer(cfg)
+  params = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, length), jnp.int32))["params"]
+  params = jax.tree_util.tree_map(
+      lambda p: p + 0.3 * jax.random.normal(jax.random.PRNGKey(seed + 1), p.shape), params)
+  return model, params
+
+
+def test_exact_ratios_equal_true_conditionals():
+  v, length = 3, 3
+  p0 = exact.random_distribution(np.random.default_rng(0), v, length)
+  table = jnp.log(jnp.asarray(p0, jnp.float32))
+  lp_fn = lambda toks: table[_index(toks, v)]
+  x0 = jnp.asarray(exact.all_sequences(v, length))
+  got = np.asarray(targets.ar_exact(lp_fn, x0, v))
+  cond = exact.conditionals(p0, v, length)
+  want = np.log(cond) - np.log(np.take_along_axis(cond, np.asarray(x0)[..., None], -1))
+  np.testing.assert_allclose(got, want, atol=2e-4)
+
+
+def test_soft_one_hot_input_matches_token_input():
+  model, params = _tiny_causal()
+  x = jnp.asarray(np.random.default_rng(1).integers(0, 4, (3, 5)))
+  a = targets.ar_log_prob_fn(model, params)(x)
+  b = targets.ar_soft_log_prob_fn(model, params)(jax.nn.one_hot(x, 4))
+  np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_top_k_with_k_equal_vocab_is_exact():
+  model, params = _tiny_causal()
+  x = jnp.asarray(np.random.default_rng(2).integers(0, 4, (3, 5)))
+  ex = targets.ar_teacher(model, params, "exact")(x)
+  tk = targets.ar_teacher(model, params, "top_k", top_k=4)(x)
+  np.testing.assert_allclose(tk, ex, atol=1e-5)
+  # Smaller K keeps exactly K neighbours (plus the token itself) with exact values.
+  t2 = np.asarray(targets.ar_teacher(model, params, "top_k", top_k=2)(x))
+  kept = np.isfinite(t2)
+  assert np.all((kept.sum(-1) >= 2) & (kept.sum(-1) <= 3))
+  np.testing.assert_allclose(t2[kept], np.asarray(ex)[kept], atol=1e-5)
+  err = targets.approximation_error(ex, jnp.asarray(t2))
+  assert 0 < float(err["mass_covered"]) < 1 and float(err["mae_kept"]) < 1e-4
+
+
+def test_taylor_is_exact_for_a_teacher_linear_in_its_one_hot_input():
+  v, length = 5, 4
+  w = jnp.asarray(np.random.default_rng(3).normal(size=(length, v)), jnp.float32)
+  soft = lambda onehot: jnp.sum(onehot * w, (-1, -2)) + 0.7
+  hard = lambda toks: jnp.sum(jnp.take_along_axis(w[None], toks[..., None], -1)[..., 0],
+                              -1) + 0.7
+  x = jnp.asarray(np.random.default_rng(4).integers(0, v, (6, length)))
+  np.testing.assert_allclose(targets.ar_taylor(soft, x, v), targets.ar_exact(hard, x, v),
+                             atol=1e-5)
+  # For a real transformer the first-order estimate is only an approximation.
+  model, params = _tiny_causal()
+  xx = jnp.asarray(np.random.default_rng(5).integers(0, 4, (4, 5)))
+  err = targets.approximation_error(targets.ar_teacher(model, params, "exact")(xx),
+                                    targets.ar_teacher(model, params, "taylor")(xx))
+  assert float(err["kl"]) > 1e-6 and float(err["mass_covered"]) == pytest.approx(1.0)
+
+
+def test_mlm_teacher_with_bayes_denoiser_gives_true_conditionals():
+  v, length = 3, 3
+  proc = processes.Absorbing(v)
+  p0 = exact.random_distribution(np.random.default_rng(6), v, length)
+  den = exact.true_denoiser(p0, proc, length)
+  target = targets.mlm_teacher(lambda params, x, s: den(x, s), None, proc.mask_id)
+  x0 = jnp.asarray(exact.all_sequences(v, length))
+  got = np.exp(np.asarray(target(x0)))
+  np.testing.assert_allclose(got, exact.conditionals(p0, v, length), atol=1e-5)
+
+
+@pytest.mark.parametrize("form,div", [("distribution", "kl"), ("score", "gkl")])
+def test_teacher_equal_to_truth_is_minimized_by_true_posterior(form, div):
+  """Teacher = p0 (exact ratios of an enumerable model): the expected teacher-target
+  loss is stationary at the true posterior marginals (score form: factorized p0)."""
+  v, length, sigma = 3, 2, 0.9
+  proc = processes.Absorbing(v)
+  rng = np.random.default_rng(7)
+  x0s_np = exact.all_sequences(v, length)
+  if form == "score":
+    m = rng.dirichlet(np.ones(v), size=length)
+    p0 = np.prod(m[np.arange(length), x0s_np], -1)
+  else:
+    p0 = exact.random_distribution(rng, v, length)
+  table = jnp.log(jnp.asarray(p0, jnp.float32))
+  x0s = jnp.asarray(x0s_np)
+  teacher = targets.ar_exact(lambda t: table[_index(t, v)], x0s, v)
+  _, post = exact.posterior(p0, proc, sigma, length)
+  marg = exact.position_marginals(post, v, length)
+  xts = exact.all_sequences(proc.num_states, length)
+
+  @jax.jit
+  def expected(logits, xt, w):
+    first = jnp.argmax(w > 0)
+    x0v = jnp.where((w > 0)[:, None], x0s, x0s[first])
+    tg = jnp.where((w > 0)[:, None, None], teacher, teacher[first])
+    n = x0s.shape[0]
+    per = losses.tcsm_loss(jnp.broadcast_to(logits, (n,) + logits.shape), x0v,
+                           jnp.broadcast_to(xt, x0s.shape), sigma, proc, form=form,
+                           divergence=div, target_log_cond=tg)
+    return jnp.sum(w * per.sum(-1))
+
+  checked = 0
+  for t in range(len(xts)):
+    if not np.any(xts[t] == proc.mask_id):
+      continue
+    ok = np.isfinite(np.log(np.maximum(marg[t], 0)))
+    truth = jnp.asarray(np.where(marg[t] > 0, np.log(np.maximum(marg[t], 1e-30)), 0.0),
+                        jnp.float32)
+    g = np.asarray(jax.grad(expected)(truth, jnp.asarray(xts[t]),
+                                      jnp.asarray(post[t], jnp.float32)))
+    assert np.abs(g).max() < 2e-4, (t, g)
+    checked += 1
+  assert checked >= 5
+
+
+def test_teacher_errors():
+  model, params = _tiny_causal()
+  with pytest.raises(ValueError, match="unknown AR teacher mode"):
+    targets.ar_teacher(model, params, "second_order")
+  with pytest.raises(ValueError, match="top_k"):
+    targets.ar_teacher(model, params, "top_k", top_k=0)
+
+
+def test_distillation_and_mlm_teacher_train_through_the_trainer(tmp_path):
+  from helpers import small_dataset, tiny_config
+  from tcsm_jax.training import config as config_lib
+  from tcsm_jax.training import trainer
+  ds = small_dataset(20000, 4000)
+  small = {"data.seq_len": 16, "train.num_steps": 3, "train.eval_every": 3,
+           "train.batch_size": 8}
+  teacher_cfg = tiny_config(**small, **{"model.arch": "causal"})
+  trainer.train_and_evaluate(teacher_cfg, str(tmp_path / "ar"),
+                             experiment=trainer.build(teacher_cfg, ds))
+  mlm_cfg = tiny_config(**small)
+  trainer.train_and_evaluate(mlm_cfg, str(tmp_path / "mlm"),
+                             experiment=trainer.build(mlm_cfg, ds))
+  for kind, mode, weight, form in [("ar", "top_k", 1.0, "score"),
+                                   ("ar", "taylor", 0.5, "distribution"),
+                                   ("ar", "exact", 1.0, "distribution"),
+                                   ("mlm", "taylor", 0.7, "score")]:
+    cfg = tiny_config(**small, **{"teacher.kind": kind, "teacher.mode": mode,
+                                  "teacher.top_k": 3, "loss.teacher_weight": weight,
+                                  "loss.form": form,
+                                  "loss.divergence": "gkl" if form == "score" else "kl",
+                                  "teacher.workdir": str(tmp_path / kind)})
+    out = trainer.train_and_evaluate(cfg, str(tmp_path / f"student_{kind}_{mode}"),
+                                     experiment=trainer.build(cfg, ds))
+    assert np.isfinite(out["loss"]) and out["skipped"] == 0, (kind, mode, out)
+    assert np.isfinite(out["eval/nll_bound"])
+  with pytest.raises(ValueError, match="needs teacher.kind"):
+    config_lib.validate(tiny_config(**{"loss.teacher_weight": 0.5}))
+  bad = tiny_config(**small, **{"teacher.kind": "ar", "loss.teacher_weight": 1.0,
+                                "teacher.workdir": str(tmp_path / "mlm")})
+  with pytest.raises(ValueError, match="holds a diffusion model"):
+    trainer.train_and_evaluate(bad, str(tmp_path / "bad"), experiment=trainer.build(bad, ds))
