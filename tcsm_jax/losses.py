@@ -116,7 +116,7 @@ def distribution_loss(log_p, x0, divergence: str = "kl", *, log_q=None, support=
 
 
 def tcsm_loss(logits, x0, x_t, sigma_bar, process: Process, *, form: str = "score",
-              divergence: str = "gkl", target_log_cond=None):
+              divergence: str = "gkl", target_log_cond=None, target_log_posterior=None):
   """TCSM loss per position from network logits.
 
   Args:
@@ -130,6 +130,9 @@ def tcsm_loss(logits, x0, x_t, sigma_bar, process: Process, *, form: str = "scor
     target_log_cond: ``None`` for the data target, else ``[batch, length, V]`` clean-
       space target log-conditionals ``log p_1(x0^i = y | x0^{-i})`` (up to a constant
       per position), e.g. from ``targets.py``.
+    target_log_posterior: alternatively the target *posterior* ``[batch, length, V]``
+      log-probabilities directly (already conditioned on ``x_t``), as in reward
+      fine-tuning where it is the reference denoiser tilted by the reward.
   Returns:
     ``[batch, length]`` float32 losses.
   """
@@ -142,6 +145,13 @@ def tcsm_loss(logits, x0, x_t, sigma_bar, process: Process, *, form: str = "scor
   log_p = scores.model_log_probs(logits, process, x_t, sigma_bar)
   keep = scores.support(process, x_t, sigma_bar)
   log_q = None
+  if target_log_cond is not None and target_log_posterior is not None:
+    raise ValueError("give target_log_cond or target_log_posterior, not both")
+  if target_log_posterior is not None:
+    if target_log_posterior.shape != logits.shape:
+      raise ValueError(f"target_log_posterior {target_log_posterior.shape} must match "
+                       f"logits {logits.shape}")
+    log_q = jnp.where(keep, target_log_posterior.astype(jnp.float32), -jnp.inf)
   if target_log_cond is not None:
     if target_log_cond.shape != logits.shape:
       raise ValueError(f"target_log_cond {target_log_cond.shape} must match logits "
