@@ -34,4 +34,4 @@ def small_dataset(n_train=20000, n_val=4000, seed=0):
   """A slice of the bundled corpus (fast to load repeatedly)."""
   ds = pipeline.load_bundled()
   return pipeline.TokenDataset(ds.train[:n_train], ds.validation[:n_val], ds.vocab_size,
-                               ds.decode, "kjv-slice")
+                               ds.decode, "kjv-slice", pipeline.encode_text)

@@ -69,6 +69,18 @@ def default_config() -> ml_collections.ConfigDict:
   c.teacher.mode = "taylor"          # ar: exact | top_k | taylor
   c.teacher.top_k = 8
 
+  c.finetune = ml_collections.ConfigDict()
+  c.finetune.kind = "none"           # none | reward | preference
+  c.finetune.ref_workdir = ""        # the frozen reference diffusion model's workdir
+  c.finetune.beta = 1.0              # target p_ref exp(r / beta)
+  c.finetune.reward = "classifier"   # classifier | token
+  c.finetune.reward_mode = "taylor"  # neighbour reward differences: exact | taylor
+  c.finetune.classifier_dir = ""     # default: <workdir>/classifier (trained if absent)
+  c.finetune.classifier_steps = 300
+  c.finetune.token_weights = "aeiou=1"  # token reward: "chars=weight,chars=weight"
+  c.finetune.num_pairs = 256         # preference pairs generated from the reference
+  c.finetune.pair_sample_steps = 64
+
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 3e-4
   c.optim.warmup_steps = 100
@@ -155,5 +167,18 @@ def validate(config: ml_collections.ConfigDict, schema=None) -> None:
     raise ValueError(f"loss.teacher_weight must lie in [0, 1], got {tw}")
   if tw > 0 and config.teacher.kind == "none":
     raise ValueError("loss.teacher_weight > 0 needs teacher.kind = 'ar' or 'mlm'")
+  ft = config.finetune
+  if ft.kind not in ("none", "reward", "preference"):
+    raise ValueError(f"finetune.kind must be none, reward or preference, got {ft.kind!r}")
+  if ft.kind != "none":
+    if not ft.ref_workdir:
+      raise ValueError("finetune.ref_workdir must name the reference model's workdir")
+    if ft.beta <= 0:
+      raise ValueError(f"finetune.beta must be > 0, got {ft.beta}")
+    if ft.reward not in ("classifier", "token"):
+      raise ValueError(f"finetune.reward must be classifier or token, got {ft.reward!r}")
+    if ft.reward_mode not in ("exact", "taylor"):
+      raise ValueError(f"finetune.reward_mode must be exact or taylor, got "
+                       f"{ft.reward_mode!r}")
   if config.optim.lr <= 0:
     raise ValueError(f"optim.lr must be > 0, got {config.optim.lr}")

@@ -58,6 +58,13 @@ class Experiment:
       return self.model.init({"params": key}, tokens)["params"]
     return self.model.init({"params": key}, tokens, jnp.ones((1,)))["params"]
 
+  def train_tokens(self):
+    """The flat token array the train batches are cut from."""
+    return self.dataset.train
+
+  def train_chunk_len(self) -> int:
+    return self.config.data.seq_len
+
   def loss_fns(self, target_fn=None):
     """``(train loss_fn, eval loss_fn)``; eval is the NLL (bound) in nats/token."""
     if self.causal:
@@ -98,6 +105,9 @@ def build(config: ml_collections.ConfigDict,
           workdir: str = "") -> Experiment:
   """Validates ``config`` and builds the experiment (loads data unless given)."""
   config_lib.validate(config)
+  if config.finetune.kind != "none":
+    from tcsm_jax.posttrain import finetune
+    return finetune.build(config, workdir, dataset)
   dataset = pipeline.load(config, workdir) if dataset is None else dataset
   proc = processes.get(config.process, dataset.vocab_size)
   sched = schedule_from_config(config.schedule)
@@ -211,7 +221,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     start = 0
     logging.info("initialized %s parameters", f"{models.count_params(state.params):,}")
 
-  sampler = pipeline.ChunkSampler(ds.train, config.data.seq_len, tcfg.batch_size,
+  sampler = pipeline.ChunkSampler(exp.train_tokens(), exp.train_chunk_len(), tcfg.batch_size,
                                   seed=config.seed, process_index=jax.process_index(),
                                   process_count=jax.process_count())
   writer = metrics_lib.MetricWriter(workdir)
