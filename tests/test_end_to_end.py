@@ -132,3 +132,27 @@ def test_binaries_train_evaluate_sample_and_refuse_empty_workdirs(tmp_path):
     f.write(open(os.path.join(wd, "config.json")).read())
   r = _run(["experiments.evaluate", f"--workdir={tmp_path / 'nockpt'}"])
   assert r.returncode != 0 and "no checkpoint" in r.stderr, r.stderr[-2000:]
+
+
+def test_finetune_and_distill_binaries(tmp_path):
+  small = ["--config.data.seq_len=16", "--config.model.num_layers=1",
+           "--config.model.width=32", "--config.model.num_heads=2",
+           "--config.train.batch_size=8", "--config.train.num_steps=2",
+           "--config.train.log_every=1", "--config.train.eval_every=2",
+           "--config.train.eval_batches=1"]
+  ref, jd = str(tmp_path / "ref"), str(tmp_path / "judge")
+  for cfg, wd in [("kjv_tiny", ref), ("kjv_judge", jd)]:
+    r = _run(["experiments.train", f"--config=experiments/configs/{cfg}.py",
+              f"--workdir={wd}"] + small)
+    assert r.returncode == 0, r.stderr[-3000:]
+  r = _run(["experiments.finetune", "--config=experiments/configs/kjv_reward.py",
+            f"--workdir={tmp_path / 'ft'}", f"--config.finetune.ref_workdir={ref}",
+            "--config.finetune.reward=token", "--num_samples=4", "--sample_steps=4"]
+           + small)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "mean reward of samples: reference" in r.stdout
+  r = _run(["experiments.distill", "--config=experiments/configs/kjv_tiny.py",
+            f"--workdir={tmp_path / 'student'}", f"--teacher_workdir={jd}",
+            "--mode=top_k", "--top_k=2"] + small)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "student NLL bound" in r.stdout
