@@ -2,7 +2,8 @@
 
 * TPU pods and SLURM jobs are detected by JAX itself (``initialize()`` with no args).
 * Explicit GPU clusters/local multi-process runs set ``TCSM_COORDINATOR`` (host:port),
-  ``TCSM_NUM_PROCESSES`` and ``TCSM_PROCESS_ID``.
+  ``TCSM_NUM_PROCESSES`` and ``TCSM_PROCESS_ID`` (with ``JAX_PLATFORMS=cpu`` the CPU
+  devices of the processes talk through gloo: ``launch/local.sh``).
 * A single process with none of these does nothing.
 """
 
@@ -17,6 +18,9 @@ from absl import logging
 def initialize() -> None:
   coord = os.environ.get("TCSM_COORDINATOR")
   if coord:
+    if os.environ.get("JAX_PLATFORMS", "") == "cpu":
+      # Cross-process collectives between CPU devices (local multi-process runs).
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
         coordinator_address=coord,
         num_processes=int(os.environ["TCSM_NUM_PROCESSES"]),

@@ -160,6 +160,12 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._old)
 
 
+def _log0(*args):
+  """INFO log from process 0 only (one line per step for the whole job)."""
+  if jax.process_index() == 0:
+    logging.info(*args)
+
+
 def _fmt_eta(seconds: float) -> str:
   seconds = int(max(seconds, 0))
   h, rem = divmod(seconds, 3600)
@@ -247,7 +253,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     nll = float(np.mean(vals))
     out = {"eval/nll_bound": nll, "eval/bits_per_token": nll / np.log(2.0)}
     writer.write(step, out)
-    logging.info("eval step %d | NLL bound %.4f nats/token | %.4f bits/token", step, nll,
+    _log0("eval step %d | NLL bound %.4f nats/token | %.4f bits/token", step, nll,
                  nll / np.log(2.0))
     return out
 
@@ -268,7 +274,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         last.update({"steps_per_sec": sps, "tokens_per_sec": sps * tokens_per_step,
                      "train_time_sec": train_time})
         writer.write(step, last)
-        logging.info("step %d/%d | loss %.4f | grad %.3f | %.2f steps/s | %.0f tok/s | "
+        _log0("step %d/%d | loss %.4f | grad %.3f | %.2f steps/s | %.0f tok/s | "
                      "skipped %d | ETA %s", step, tcfg.num_steps, last["loss"],
                      last["grad_norm"], sps, sps * tokens_per_step, int(state.skipped),
                      _fmt_eta((tcfg.num_steps - step) / max(sps, 1e-9)))

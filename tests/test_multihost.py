@@ -1,0 +1,70 @@
+"""Several local processes joined by jax.distributed.initialize (CPU devices, gloo)."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tcsm_jax.training import metrics as metrics_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = ["--config=experiments/configs/kjv_tiny.py", "--config.data.seq_len=32",
+         "--config.model.num_layers=1", "--config.model.width=32",
+         "--config.model.num_heads=2", "--config.train.batch_size=16",
+         "--config.train.log_every=1", "--config.train.eval_every=1000",
+         "--config.train.checkpoint_every=1000", "--config.optim.lr_schedule=constant"]
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _env(devices, **extra):
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  env.pop("TCSM_COORDINATOR", None)
+  env.update(extra)
+  return env
+
+
+def _train_multi(workdir, steps, n=2):
+  """Runs launch/local.sh: n processes with 2 CPU devices each."""
+  r = subprocess.run(["bash", "launch/local.sh", str(n), "2", "--",
+                      f"--workdir={workdir}"] + SMALL +
+                     [f"--config.train.num_steps={steps}"], cwd=REPO,
+                     env=_env(2, TCSM_PORT=str(_free_port())), capture_output=True,
+                     text=True, timeout=400)
+  assert r.returncode == 0, r.stderr[-3000:]
+  return r.stderr
+
+
+def _train_single(workdir, steps, devices=4):
+  r = subprocess.run([sys.executable, "-m", "experiments.train", f"--workdir={workdir}"]
+                     + SMALL + [f"--config.train.num_steps={steps}"], cwd=REPO,
+                     env=_env(devices), capture_output=True, text=True, timeout=400)
+  assert r.returncode == 0, r.stderr[-3000:]
+
+
+def _losses(workdir):
+  rows = metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def test_two_processes_match_one_and_their_checkpoint_restores_in_one(tmp_path):
+  multi, single = str(tmp_path / "multi"), str(tmp_path / "single")
+  log = _train_multi(multi, 4)
+  assert "process 0/2" in log and "process 1/2" in log
+  _train_single(single, 6)
+  a, b = _losses(multi), _losses(single)
+  assert sorted(a) == [1, 2, 3, 4]            # only process 0 writes metrics
+  np.testing.assert_allclose([a[s] for s in a], [b[s] for s in a], rtol=2e-5)
+  # The checkpoint written by 2 processes restores in 1 and training continues.
+  _train_single(multi, 6)
+  a = _losses(multi)
+  assert sorted(a) == list(range(1, 7))
+  np.testing.assert_allclose([a[5], a[6]], [b[5], b[6]], rtol=2e-5)
