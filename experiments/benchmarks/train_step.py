@@ -3,7 +3,7 @@ r"""Train-step throughput and memory for several model sizes and losses.
   python -m experiments.benchmarks.train_step [--sizes=tiny,small,gpt2_small]
       [--batch=16] [--seq_len=256] [--dtype=bfloat16] [--losses=tcsm_score,masked_elbo]
 
-Prints one row per (size, loss): parameters, step time, steps/s, tokens/s, model
+Prints one row per (size, loss): parameters, compile time, step time, steps/s, tokens/s, model
 FLOPs utilisation (when the device's peak FLOP/s is known) and peak memory (device
 allocator peak where the backend reports it, else XLA's compiled-memory estimate).
 """
@@ -29,6 +29,7 @@ _LOSSES = flags.DEFINE_list("losses", ["tcsm_score", "tcsm_distribution", "maske
                             "Objectives to compare.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after one warm-up step).")
 _REMAT = flags.DEFINE_bool("remat", False, "Rematerialize blocks.")
+_SCAN = flags.DEFINE_bool("scan_layers", False, "lax.scan over layers.")
 
 # Dense peak FLOP/s per device for MFU (bfloat16 tensor cores where relevant).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12,
@@ -57,6 +58,7 @@ def bench(size, loss_name):
   config.model.size = size
   config.model.dtype = _DTYPE.value
   config.model.remat = _REMAT.value
+  config.model.scan_layers = _SCAN.value
   config.data.seq_len = _SEQ.value
   config.train.batch_size = _BATCH.value
   for k, v in LOSSES[loss_name].items():
@@ -77,7 +79,9 @@ def bench(size, loss_name):
                  donate_argnums=(0,))
   sampler = pipeline.ChunkSampler(tokens, _SEQ.value, _BATCH.value)
   batch = partition.to_global(sampler.batch(0), bsh)
+  t_c = time.perf_counter()
   compiled = step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - t_c
   state, m = compiled(state, batch)
   jax.block_until_ready(m)
   t0 = time.perf_counter()
@@ -100,24 +104,25 @@ def bench(size, loss_name):
     mem = (ma.argument_size_in_bytes + ma.output_size_in_bytes + ma.temp_size_in_bytes
            - ma.alias_size_in_bytes) if ma is not None else float("nan")
     src = "xla-estimate"
-  return dict(size=size, loss=loss_name, params=n, step_ms=dt * 1e3, steps_s=1 / dt,
+  return dict(size=size, loss=loss_name, params=n, compile_s=compile_s,
+              step_ms=dt * 1e3, steps_s=1 / dt,
               tok_s=tok_s, mfu=mfu, mem_gib=mem / 2 ** 30, mem_src=src)
 
 
 def main(_):
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()} | batch "
         f"{_BATCH.value} x {_SEQ.value} tokens | {_DTYPE.value}")
-  head = (f"{'size':<11}{'loss':<19}{'params':>12}{'step ms':>10}{'steps/s':>9}"
+  head = (f"{'size':<11}{'loss':<19}{'params':>12}{'compile s':>10}{'step ms':>10}"
+          f"{'steps/s':>9}"
           f"{'tokens/s':>11}{'MFU':>7}{'peak GiB':>10}  mem source")
   print(head)
   print("-" * len(head))
   for size in _SIZES.value:
-    base_tok = None
     for loss in _LOSSES.value:
       r = bench(size, loss)
-      base_tok = base_tok or r["tok_s"]
       mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
-      print(f"{r['size']:<11}{r['loss']:<19}{r['params']:>12,}{r['step_ms']:>10.1f}"
+      print(f"{r['size']:<11}{r['loss']:<19}{r['params']:>12,}{r['compile_s']:>10.1f}"
+            f"{r['step_ms']:>10.1f}"
             f"{r['steps_s']:>9.2f}{r['tok_s']:>11,.0f}{mfu:>7}{r['mem_gib']:>10.3f}"
             f"  {r['mem_src']}", flush=True)
 

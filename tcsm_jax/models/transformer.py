@@ -54,6 +54,7 @@ class TransformerConfig:
   dropout: float = 0.0
   dtype: Dtype = jnp.float32
   remat: bool = False
+  scan_layers: bool = False       # one compiled block, scanned (faster compiles)
   causal: bool = False
   rope_base: float = 10000.0
 
@@ -82,7 +83,8 @@ def config_from(model_cfg: ml_collections.ConfigDict, vocab_size: int,
       num_heads=model_cfg.get("num_heads") or heads,
       mlp_ratio=model_cfg.get("mlp_ratio", 4), cond_width=model_cfg.get("cond_width", 128),
       dropout=model_cfg.get("dropout", 0.0), dtype=dtypes[model_cfg.dtype],
-      remat=model_cfg.get("remat", False), causal=causal)
+      remat=model_cfg.get("remat", False),
+      scan_layers=model_cfg.get("scan_layers", False), causal=causal)
 
 
 def rotary(x, base: float):
@@ -142,6 +144,18 @@ class Block(nn.Module):
     return x + (g2[:, None] * y if cond is not None else y)
 
 
+class _ScanBlock(nn.Module):
+  """``Block`` in the ``(carry, x) -> (carry, y)`` form that ``nn.scan`` needs."""
+
+  cfg: TransformerConfig
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, x, cond):
+    block = nn.remat(Block, static_argnums=(3,)) if self.cfg.remat else Block
+    return block(self.cfg, name="block")(x, cond, self.deterministic), None
+
+
 class _Trunk(nn.Module):
   cfg: TransformerConfig
 
@@ -160,9 +174,15 @@ class _Trunk(nn.Module):
       # [batch, length, num_input_states] weights (e.g. one-hot): differentiable input.
       x = soft_tokens.astype(jnp.float32) @ embed.embedding
     x = x.astype(cfg.dtype)
-    block = nn.remat(Block, static_argnums=(3,)) if cfg.remat else Block
-    for i in range(cfg.num_layers):
-      x = block(cfg, name=f"block_{i}")(x, cond, deterministic)
+    if cfg.scan_layers:
+      scanned = nn.scan(_ScanBlock, variable_axes={"params": 0},
+                        split_rngs={"params": True, "dropout": True},
+                        in_axes=nn.broadcast, length=cfg.num_layers)
+      x, _ = scanned(cfg, deterministic, name="blocks")(x, cond)
+    else:
+      block = nn.remat(Block, static_argnums=(3,)) if cfg.remat else Block
+      for i in range(cfg.num_layers):
+        x = block(cfg, name=f"block_{i}")(x, cond, deterministic)
     y = nn.LayerNorm(use_bias=False, use_scale=cond is None, dtype=cfg.dtype,
                      name="ln_final")(x)
     if cond is not None:

@@ -53,6 +53,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.cond_width = 128
   c.model.dropout = 0.0
   c.model.remat = False
+  c.model.scan_layers = False        # lax.scan over layers: compile time flat in depth
 
   c.loss = ml_collections.ConfigDict()
   c.loss.kind = "tcsm"               # tcsm | masked_elbo | sedd
