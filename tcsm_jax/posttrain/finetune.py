@@ -16,6 +16,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from tcsm_jax import losses, models, objective, sampling
 from tcsm_jax.posttrain import classifier as classifier_lib
@@ -114,8 +115,10 @@ def make_reward(config, dataset, workdir: str):
     return (lambda toks: jnp.sum(w[toks], -1),
             lambda x0: reward_lib.token_reward_deltas(w, x0))
   cdir = ft.classifier_dir or os.path.join(workdir or ".", "classifier")
-  model, params, _ = classifier_lib.load_or_train(cdir, dataset, length,
-                                                  ft.classifier_steps)
+  model, params, acc = classifier_lib.load_or_train(cdir, dataset, length,
+                                                    ft.classifier_steps)
+  if acc is not None:
+    logging.info("trained the reward classifier (%s): held-out accuracy %.3f", cdir, acc)
   soft = lambda onehot: model.apply({"params": params}, onehot)
   hard = lambda toks: soft(jax.nn.one_hot(toks, v))
   return hard, lambda x0: reward_lib.sequence_reward_deltas(hard, x0, v, ft.reward_mode,
