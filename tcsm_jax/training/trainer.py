@@ -227,8 +227,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     start = 0
     logging.info("initialized %s parameters", f"{models.count_params(state.params):,}")
 
-  sampler = pipeline.ChunkSampler(exp.train_tokens(), exp.train_chunk_len(), tcfg.batch_size,
-                                  seed=config.seed, process_index=jax.process_index(),
+  sampler = pipeline.ChunkSampler(exp.train_tokens(), exp.train_chunk_len(),
+                                  tcfg.batch_size, seed=config.seed,
+                                  process_index=jax.process_index(),
                                   process_count=jax.process_count())
   writer = metrics_lib.MetricWriter(workdir)
   meta = {"config": json.loads(config.to_json_best_effort()),
@@ -254,17 +255,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     out = {"eval/nll_bound": nll, "eval/bits_per_token": nll / np.log(2.0)}
     writer.write(step, out)
     _log0("eval step %d | NLL bound %.4f nats/token | %.4f bits/token", step, nll,
-                 nll / np.log(2.0))
+          nll / np.log(2.0))
     return out
 
   train_time = 0.0          # seconds spent in train steps (this process, this run)
   with _Preemption() as preempt:
     t0, s0 = time.time(), start
     step = start
+    prev_m = None
     while step < end:
       batch = partition.to_global(sampler.batch(step), batch_sh)
       state, m = train_step(state, batch)
       step += 1
+      # Keep at most two steps in flight: the host still runs one step ahead of the
+      # devices, and a deep queue of dispatched collectives cannot starve XLA:CPU's
+      # rendezvous (8 virtual devices on 2 cores deadlocked with ~100 queued steps).
+      if prev_m is not None:
+        jax.block_until_ready(prev_m)
+      prev_m = m
       if step % tcfg.log_every == 0 or step == end:
         m = jax.device_get(m)
         dt = time.time() - t0
@@ -275,16 +283,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                      "train_time_sec": train_time})
         writer.write(step, last)
         _log0("step %d/%d | loss %.4f | grad %.3f | %.2f steps/s | %.0f tok/s | "
-                     "skipped %d | ETA %s", step, tcfg.num_steps, last["loss"],
-                     last["grad_norm"], sps, sps * tokens_per_step, int(state.skipped),
-                     _fmt_eta((tcfg.num_steps - step) / max(sps, 1e-9)))
+              "skipped %d | ETA %s", step, tcfg.num_steps, last["loss"],
+              last["grad_norm"], sps, sps * tokens_per_step, int(state.skipped),
+              _fmt_eta((tcfg.num_steps - step) / max(sps, 1e-9)))
         if last["skipped"]:
           logging.warning("step %d skipped: non-finite loss or gradient", step)
         t0, s0 = time.time(), step
+      t_pause = time.time()   # eval and checkpointing do not count as train time
       if step % tcfg.eval_every == 0 or step == tcfg.num_steps:
         last.update(evaluate(step))
       if step % tcfg.checkpoint_every == 0 or step == end or preempt.requested:
         ckpt.save(step, state, dict(meta, step=step))
+      t0 += time.time() - t_pause
       if preempt.requested:
         logging.warning("stopping at step %d after SIGTERM", step)
         break
