@@ -248,3 +248,13 @@ def test_bad_semantic_configs_fail_before_training(tmp_path):
                   small_dataset(2000, 2000))
   with pytest.raises(FileNotFoundError, match="does not exist"):
     trainer.build(tiny_config(**{"data.name": "text8", "data.path": "/nonexistent.zip"}))
+
+
+def test_batch_not_divisible_by_devices_fails_before_training(tmp_path):
+  assert jax.device_count() == 8
+  cfg = tiny_config(**{"train.batch_size": 12})
+  with pytest.raises(ValueError, match="'train.batch_size' = 12 must be a multiple of "
+                                       "the 8 devices"):
+    trainer.train_and_evaluate(cfg, str(tmp_path), experiment=trainer.build(
+        cfg, small_dataset(2000, 2000)))
+  assert not os.listdir(tmp_path)          # nothing written

@@ -29,6 +29,18 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(BATCH_AXES))
 
 
+def check_batch_size(batch_size: int, mesh: Mesh, name: str = "train.batch_size") -> None:
+  """Raises a ValueError naming ``name`` unless the batch splits evenly over the mesh.
+
+  The global batch is split over every device of every process, so it must be a
+  multiple of the device count (which also makes every host's share equal).
+  """
+  n = mesh.devices.size
+  if batch_size % n:
+    raise ValueError(f"config key {name!r} = {batch_size} must be a multiple of the "
+                     f"{n} devices of the mesh (each device takes an equal share)")
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 

@@ -194,12 +194,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     from tcsm_jax.posttrain import distill
     target_fn = distill.load_teacher(config, exp.dataset.vocab_size)
   ds, tcfg = exp.dataset, config.train
+  mesh = partition.make_mesh(config.mesh.fsdp)
+  partition.check_batch_size(tcfg.batch_size, mesh)
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
 
-  mesh = partition.make_mesh(config.mesh.fsdp)
   batch_sh = partition.batch_sharding(mesh)
   repl = partition.replicated(mesh)
   create, optimizer, lr_sched = state_factory(exp)
