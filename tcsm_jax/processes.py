@@ -49,6 +49,11 @@ def _log_one_minus_alpha(sigma):
   return jnp.log(-jnp.expm1(-sigma))
 
 
+def _log_expm1(sigma):
+  """``log(exp(sigma) - 1)`` without overflow for large ``sigma`` (``-inf`` at 0)."""
+  return sigma + _log_one_minus_alpha(sigma)
+
+
 class Process:
   """Interface shared by all forward processes (see module docstring)."""
 
@@ -211,11 +216,11 @@ class Uniform(Process):
     sigma = self._sigma(sigma_bar, log_probs.ndim)
     log_probs = log_probs.astype(jnp.float32)
     log_px = jnp.take_along_axis(log_probs, x_t[..., None], -1)
-    log_em1 = jnp.log(jnp.expm1(sigma))                  # log(e^sigma - 1)
+    log_em1 = _log_expm1(sigma)                          # log(e^sigma - 1)
     # 1 - p(x) a/(a+b) = (1 - p(x)) + p(x) * (e/V) / (1 + e/V), e = e^sigma - 1.
     log_c = jnp.logaddexp(
         log1mexp(jnp.minimum(log_px, 0.0)),
-        log_px + log_em1 - jnp.log(v) - jnp.log1p(jnp.expm1(sigma) / v))
+        log_px + jax.nn.log_sigmoid(log_em1 - jnp.log(v)))
     log_r = jnp.logaddexp(log_c, jnp.log(v) - log_em1 + log_probs)
     onehot = jax.nn.one_hot(x_t, v, dtype=bool)
     return jnp.where(onehot, 0.0, log_r)
@@ -302,7 +307,7 @@ class Absorbing(Process):
     x_t = jnp.asarray(x_t)
     _checks.check_last_dim(log_probs, self.vocab_size, "log_probs")
     sigma = self._sigma(sigma_bar, log_probs.ndim)
-    log_em1 = jnp.log(jnp.expm1(sigma))
+    log_em1 = _log_expm1(sigma)
     s = self.num_states
     pad = jnp.zeros(log_probs.shape[:-1] + (1,), jnp.float32)
     # At a masked position: p(y) * alpha / (1 - alpha) for data y, 1 for the mask.

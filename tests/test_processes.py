@@ -121,6 +121,22 @@ def test_noisy_score_from_true_posterior_is_exact(kind, sigma):
   np.testing.assert_allclose(got[used], want[ok][used], rtol=2e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["uniform", "absorbing"])
+def test_noisy_score_has_no_nan_at_huge_noise(kind):
+  """``exp(sigma)`` overflows float32 above ~88; the closed forms must not."""
+  v = 5
+  proc = processes.Uniform(v) if kind == "uniform" else processes.Absorbing(v)
+  log_p = jax.nn.log_softmax(jnp.asarray(np.random.default_rng(3).normal(size=(4, v)),
+                                         jnp.float32))
+  x = jnp.asarray([0, 1, 2, proc.num_states - 1])
+  ref = proc.noisy_log_score(log_p, x, 40.0)
+  for sigma in (100.0, 300.0):
+    got = np.asarray(proc.noisy_log_score(log_p, x, sigma))
+    assert not np.isnan(got).any(), (sigma, got)
+    if kind == "uniform":   # the score has converged to its sigma -> inf limit
+      np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
 @pytest.mark.parametrize("proc", all_processes(3), ids=lambda p: type(p).__name__)
 def test_reverse_rates(proc):
   rng = np.random.default_rng(2)
