@@ -14,6 +14,23 @@ for ((i = 0; i < N; i++)); do
     python -m experiments.train "$@" &
   pids+=($!)
 done
+# SIGTERM/SIGINT to the launcher reach every process (each checkpoints and stops).
+preempted=0
+trap 'preempted=1; kill -TERM "${pids[@]}" 2>/dev/null || true' TERM INT
+# If one process fails, the others would wait forever in a collective: stop them, and
+# KILL after a grace period those stuck on their dead peer.
+killer=0
+alive() { for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && return 0; done; return 1; }
+while alive; do
+  rc=0; wait -n || rc=$?
+  if (( rc != 0 && !preempted && !killer )); then
+    killer=1
+    echo "launch/local.sh: a process exited with status $rc; stopping the others" >&2
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    (sleep "${TCSM_KILL_GRACE:-20}"; kill -KILL "${pids[@]}" 2>/dev/null || true) &
+    disown $!
+  fi
+done
 status=0
-for p in "${pids[@]}"; do wait "$p" || status=$?; done
+for p in "${pids[@]}"; do rc=0; wait "$p" || rc=$?; (( status == 0 )) && status=$rc; done
 exit $status

@@ -1,9 +1,12 @@
 """Several local processes joined by jax.distributed.initialize (CPU devices, gloo)."""
 
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -68,3 +71,52 @@ def test_two_processes_match_one_and_their_checkpoint_restores_in_one(tmp_path):
   a = _losses(multi)
   assert sorted(a) == list(range(1, 7))
   np.testing.assert_allclose([a[5], a[6]], [b[5], b[6]], rtol=2e-5)
+
+
+def _pid_of_process(workdir, process_id):
+  """The pid of the training process with TCSM_PROCESS_ID = ``process_id``."""
+  for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+      with open(f"/proc/{pid}/cmdline", "rb") as f:
+        cmd = f.read().decode(errors="replace")
+      with open(f"/proc/{pid}/environ", "rb") as f:
+        env = f.read().decode(errors="replace").split("\0")
+    except OSError:
+      continue
+    if "experiments.train" in cmd and f"--workdir={workdir}" in cmd and \
+        f"TCSM_PROCESS_ID={process_id}" in env:
+      return int(pid)
+  return None
+
+
+def test_sigterm_to_one_process_stops_all_at_the_same_checkpointed_step(tmp_path):
+  """A pod's hosts see SIGTERM at different steps; they must save one step together."""
+  workdir = str(tmp_path / "run")
+  cmd = (["bash", "launch/local.sh", "2", "1", "--", f"--workdir={workdir}"] + SMALL +
+         ["--config.train.num_steps=100000", "--config.train.preemption_sync_every=5"])
+  proc = subprocess.Popen(cmd, cwd=REPO, env=_env(1, TCSM_PORT=str(_free_port())),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True)
+  try:
+    deadline = time.time() + 200
+    while time.time() < deadline:
+      path = os.path.join(workdir, "metrics.jsonl")
+      if os.path.exists(path) and len(_losses(workdir)) >= 3:
+        break
+      assert proc.poll() is None, proc.stdout.read()[-3000:]
+      time.sleep(0.5)
+    pid = _pid_of_process(workdir, 1)
+    assert pid is not None
+    os.kill(pid, signal.SIGTERM)                   # process 1 only
+    out, _ = proc.communicate(timeout=200)
+  finally:
+    if proc.poll() is None:                        # never leave training processes
+      os.killpg(proc.pid, signal.SIGKILL)
+      proc.wait()
+  assert proc.returncode == 0, out[-3000:]
+  stops = re.findall(r"stopping at step (\d+) after SIGTERM", out)
+  assert len(stops) == 2 and stops[0] == stops[1], out[-3000:]
+  step = int(stops[0])
+  assert step % 5 == 0
+  assert os.listdir(os.path.join(workdir, "checkpoints")) == [str(step)]
+  assert max(_losses(workdir)) == step

@@ -104,6 +104,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 500
   c.train.keep_checkpoints = 3
   c.train.async_checkpoint = True
+  # Multi-process runs: every this many steps the processes agree on whether any of
+  # them received SIGTERM, so that all checkpoint and stop at the same step.
+  c.train.preemption_sync_every = 10
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.fsdp = 1                    # devices per parameter shard group
@@ -147,7 +150,7 @@ def validate(config: ml_collections.ConfigDict, schema=None) -> None:
   _check(config, schema, "")
   t = config.train
   for key in ("batch_size", "num_steps", "log_every", "eval_every", "checkpoint_every",
-              "accum_steps", "keep_checkpoints"):
+              "accum_steps", "keep_checkpoints", "preemption_sync_every"):
     if t[key] < 1:
       raise ValueError(f"config key 'train.{key}' must be >= 1, got {t[key]}")
   if t.batch_size % t.accum_steps:

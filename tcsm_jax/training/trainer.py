@@ -160,6 +160,14 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._old)
 
 
+def _any_process(flag: bool) -> bool:
+  """True on every process if ``flag`` is True on any (a collective: all must call)."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils
+  return bool(np.any(multihost_utils.process_allgather(np.asarray([flag], np.int32))))
+
+
 def _log0(*args):
   """INFO log from process 0 only (one line per step for the whole job)."""
   if jax.process_index() == 0:
@@ -291,12 +299,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           logging.warning("step %d skipped: non-finite loss or gradient", step)
         t0, s0 = time.time(), step
       t_pause = time.time()   # eval and checkpointing do not count as train time
+      # A SIGTERM may reach the hosts of a pod at different steps: act on it only at
+      # steps where all processes agree, so that they save the same step together.
+      stop = preempt.requested
+      if jax.process_count() > 1:
+        stop = (step % tcfg.preemption_sync_every == 0 or step == end) and _any_process(
+            preempt.requested)
       if step % tcfg.eval_every == 0 or step == tcfg.num_steps:
         last.update(evaluate(step))
-      if step % tcfg.checkpoint_every == 0 or step == end or preempt.requested:
+      if step % tcfg.checkpoint_every == 0 or step == end or stop:
         ckpt.save(step, state, dict(meta, step=step))
       t0 += time.time() - t_pause
-      if preempt.requested:
+      if stop:
         logging.warning("stopping at step %d after SIGTERM", step)
         break
   ckpt.close()
