@@ -174,3 +174,59 @@ def test_distillation_and_mlm_teacher_train_through_the_trainer(tmp_path):
                                 "teacher.workdir": str(tmp_path / "mlm")})
   with pytest.raises(ValueError, match="holds a diffusion model"):
     trainer.train_and_evaluate(bad, str(tmp_path / "bad"), experiment=trainer.build(bad, ds))
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_markov_oracle_teacher_gives_the_true_conditionals(order):
+  from tcsm_jax.data import synthetic
+  v, length = 3, 4
+  chain = synthetic.MarkovChain.random(v, order, 0.5, seed=order)
+  seqs = exact.all_sequences(v, length)
+  logp = chain.log_prob(seqs)
+  np.testing.assert_allclose(np.exp(logp).sum(), 1.0, rtol=1e-6)
+  x0 = seqs[::7]
+  got = jax.nn.log_softmax(synthetic.oracle_teacher(chain)(jnp.asarray(x0)), -1)
+  idx = {tuple(s): i for i, s in enumerate(seqs)}
+  for b, x in enumerate(x0):
+    for i in range(length):
+      nb = [logp[idx[tuple(np.where(np.arange(length) == i, y, x))]] for y in range(v)]
+      want = np.asarray(nb) - np.logaddexp.reduce(nb)        # p(x^i = . | x^{-i})
+      np.testing.assert_allclose(got[b, i], want, atol=2e-5)
+
+
+def test_oracle_teacher_target_has_the_data_target_gradient_with_less_variance():
+  """The mechanism behind parametric targets: the teacher target is the data target
+  Rao-Blackwellized over the clean token (same expected gradient, lower variance)."""
+  from jax.flatten_util import ravel_pytree
+  from helpers import tiny_config
+  from tcsm_jax.data import synthetic
+  from tcsm_jax import objective
+  from tcsm_jax.training import trainer
+  cfg = tiny_config(**{"data.name": "markov", "data.markov_vocab": 4,
+                       "data.markov_tokens": 40_000, "data.seq_len": 12,
+                       "loss.form": "distribution", "loss.divergence": "kl",
+                       "loss.weighting": "constant"})
+  exp = trainer.build(cfg, synthetic.load(cfg.data))
+  params = exp.init_params(jax.random.PRNGKey(0))
+  oracle = synthetic.oracle_teacher(synthetic.chain_from_config(cfg.data))
+  grads = {}
+  for name, w in [("data", 0.0), ("teacher", 1.0)]:
+    c = cfg.loss.copy_and_resolve_references()
+    c.teacher_weight = w
+    fn = objective.make_loss_fn(c, exp.process, exp.schedule, exp.apply_fn,
+                                target_fn=oracle if w else None)
+    flat = jax.jit(lambda p, x, k: ravel_pytree(
+        jax.grad(lambda q: fn(q, x, k, False)[0])(p))[0])
+    gs = []
+    for i in range(48):   # same clean batches, times and corruptions for both targets
+      x = exp.dataset.train[i * 96:(i + 1) * 96].reshape(8, 12).astype(np.int32)
+      gs.append(np.asarray(flat(params, jnp.asarray(x), jax.random.PRNGKey(i))))
+    grads[name] = np.stack(gs)
+  mean_d, mean_t = grads["data"].mean(0), grads["teacher"].mean(0)
+  var_d = ((grads["data"] - mean_d) ** 2).sum(1).mean()
+  var_t = ((grads["teacher"] - mean_t) ** 2).sum(1).mean()
+  assert var_t < 0.7 * var_d, (var_t, var_d)
+  # Same expectation: the means differ by no more than their sampling error.
+  se = np.sqrt(var_d / len(grads["data"]))
+  assert np.linalg.norm(mean_d - mean_t) < 2.0 * se, (np.linalg.norm(mean_d - mean_t), se)
+  assert np.linalg.norm(mean_d) > 2.0 * se          # the gradient is not just noise

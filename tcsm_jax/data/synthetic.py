@@ -100,6 +100,43 @@ class MarkovChain:
     return lp
 
 
+def jax_log_prob_fn(chain: MarkovChain):
+  """Jittable ``tokens [n, L] -> log p(tokens) [n]`` of stationary chunks (``L >= k``).
+
+  The exact sequence law, usable as an oracle teacher: ``targets.ar_exact`` of it gives
+  the true clean-space concrete score on the 1-Hamming neighbourhood.
+  """
+  import jax
+  import jax.numpy as jnp
+  log_pi = jnp.asarray(np.log(np.maximum(chain.stationary(), 1e-30)), jnp.float32)
+  log_t = jnp.asarray(np.log(chain.trans), jnp.float32)
+  v, k = chain.vocab, chain.order
+  s = v ** k
+
+  def fn(tokens):
+    tokens = jnp.asarray(tokens)
+    state = jnp.zeros(tokens.shape[:1], jnp.int32)
+    for j in range(k):
+      state = state * v + tokens[:, j]
+
+    def step(carry, y):
+      st, lp = carry
+      return ((st * v + y) % s, lp + log_t[st, y]), None
+
+    (_, lp), _ = jax.lax.scan(step, (state, log_pi[state]), tokens[:, k:].T)
+    return lp
+
+  return fn
+
+
+def oracle_teacher(chain: MarkovChain):
+  """Target function ``x0 [b, L] -> [b, L, V]``: the chain's exact neighbour log-ratios
+  (``log p(x^{i<-y}) - log p(x)``), a perfect parametric target for TCSM."""
+  from tcsm_jax import targets
+  lp = jax_log_prob_fn(chain)
+  return lambda x0: targets.ar_exact(lp, x0, chain.vocab)
+
+
 def _decode(ids):
   ids = np.asarray(ids)
   if ids.ndim > 1:

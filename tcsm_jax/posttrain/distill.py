@@ -4,6 +4,7 @@
 target function for ``losses.tcsm_loss``: with ``loss.teacher_weight = 1`` training
 distils the teacher into the diffusion student; with ``0 < teacher_weight < 1`` the
 teacher target is mixed with the data target (parametric pre-training).
+``teacher.kind = 'markov'`` is the oracle: the exact law of the synthetic Markov data.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ def load_teacher(config: ml_collections.ConfigDict, vocab_size: int) -> Callable
   """
   from tcsm_jax.training import restore
   t = config.teacher
+  if t.kind == "markov":
+    from tcsm_jax.data import synthetic
+    return synthetic.oracle_teacher(synthetic.chain_from_config(config.data))
   if not t.workdir:
     raise ValueError("teacher.workdir is empty: point it at a trained run")
   run = restore.load_run(t.workdir)

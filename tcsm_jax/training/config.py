@@ -65,7 +65,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.loss.teacher_weight = 0.0        # 0 = data target only; 1 = teacher only
 
   c.teacher = ml_collections.ConfigDict()
-  c.teacher.kind = "none"            # none | ar | mlm: parametric clean-space target
+  c.teacher.kind = "none"            # none | ar | mlm | markov: parametric clean-space
+                                     # target (markov: the exact law of markov data)
   c.teacher.workdir = ""             # the teacher's training workdir
   c.teacher.mode = "taylor"          # ar: exact | top_k | taylor
   c.teacher.top_k = 8
@@ -164,13 +165,18 @@ def validate(config: ml_collections.ConfigDict, schema=None) -> None:
     raise ValueError(f"process must be 'absorbing' or 'uniform', got {config.process!r}")
   if config.model.arch not in ("diffusion", "causal"):
     raise ValueError(f"model.arch must be 'diffusion' or 'causal', got {config.model.arch!r}")
-  if config.teacher.kind not in ("none", "ar", "mlm"):
-    raise ValueError(f"teacher.kind must be none, ar or mlm, got {config.teacher.kind!r}")
+  if config.teacher.kind not in ("none", "ar", "mlm", "markov"):
+    raise ValueError(f"teacher.kind must be none, ar, mlm or markov, got "
+                     f"{config.teacher.kind!r}")
+  if config.teacher.kind == "markov" and config.data.name != "markov":
+    raise ValueError("teacher.kind='markov' (the exact law of the data) needs "
+                     "data.name='markov'")
   tw = config.loss.teacher_weight
   if not 0.0 <= tw <= 1.0:
     raise ValueError(f"loss.teacher_weight must lie in [0, 1], got {tw}")
   if tw > 0 and config.teacher.kind == "none":
-    raise ValueError("loss.teacher_weight > 0 needs teacher.kind = 'ar' or 'mlm'")
+    raise ValueError("loss.teacher_weight > 0 needs teacher.kind = 'ar', 'mlm' or "
+                     "'markov'")
   ft = config.finetune
   if ft.kind not in ("none", "reward", "preference"):
     raise ValueError(f"finetune.kind must be none, reward or preference, got {ft.kind!r}")
