@@ -19,7 +19,7 @@ from ml_collections import config_flags
 from experiments import cli, common
 from tcsm_jax import likelihood
 from tcsm_jax.data import pipeline
-from tcsm_jax.training import log_setup
+from tcsm_jax.training import log_setup, partition
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config (default: the "
                                           "workdir's config.json).")
@@ -43,13 +43,17 @@ def main(_):
   key = jax.random.PRNGKey(cfg.seed + 2)
   if exp.causal:
     from tcsm_jax.models.transformer import ar_log_likelihood
-    fn = jax.jit(lambda x: ar_log_likelihood(exp.model, run.params, x))
-    ll = np.concatenate([np.asarray(fn(jnp.asarray(b))) for b in batches])
+    fn = jax.jit(lambda p, x: ar_log_likelihood(exp.model, p, x))
+    ll = np.concatenate([np.asarray(fn(run.params, jnp.asarray(b))) for b in batches])
     rep = likelihood.summarize(-ll, np.zeros_like(ll), cfg.data.seq_len)
     kind = "exact NLL (causal model)"
   else:
-    denoise = lambda x, s: exp.apply_fn(run.params, x, s)
-    rep = likelihood.evaluate(key, denoise, batches, exp.process, exp.schedule, num_t)
+    # Data parallel over every local device: params replicated, batches split.
+    mesh = partition.make_mesh(1, jax.local_devices())
+    partition.check_batch_size(cfg.eval.batch_size, mesh, "eval.batch_size")
+    params = jax.device_put(run.params, partition.replicated(mesh))
+    rep = likelihood.evaluate(key, exp.apply_fn, batches, exp.process, exp.schedule, num_t,
+                              batch_sharding=partition.batch_sharding(mesh), params=params)
     kind = f"NLL upper bound (ELBO, {num_t} time samples/sequence)"
   out = dict(rep.as_dict(), step=run.step, split=_SPLIT.value, dataset=exp.dataset.name,
              kind=kind, process=cfg.process, loss=dict(cfg.loss))

@@ -37,14 +37,14 @@ flags.mark_flags_as_required(["config", "outdir"])
 
 
 def evaluate(exp, params, ref, ref_params, reward_fn, judge, length):
-  x, _ = jax.jit(lambda k: sampling.sample(
-      k, lambda xt, s: exp.apply_fn(params, xt, s), exp.process, exp.schedule,
-      (_NUM.value, length), steps=_STEPS.value))(jax.random.PRNGKey(0))
+  x, _ = jax.jit(lambda p, k: sampling.sample(
+      k, lambda xt, s: exp.apply_fn(p, xt, s), exp.process, exp.schedule,
+      (_NUM.value, length), steps=_STEPS.value))(params, jax.random.PRNGKey(0))
   x = np.asarray(x)
   rew = float(np.mean(np.asarray(jax.jit(reward_fn)(jnp.asarray(x)))))
-  nll = jax.jit(lambda k, xx: likelihood.nll_bound(
-      k, lambda xt, s: ref.apply_fn(ref_params, xt, s), xx, ref.process, ref.schedule,
-      num_t=16)["bound"])(jax.random.PRNGKey(1), jnp.asarray(x))
+  nll = jax.jit(lambda p, k, xx: likelihood.nll_bound(
+      k, lambda xt, s: ref.apply_fn(p, xt, s), xx, ref.process, ref.schedule,
+      num_t=16)["bound"])(ref_params, jax.random.PRNGKey(1), jnp.asarray(x))
   q = quality.report(x, judge)
   return dict(reward=rew, ref_nll_per_token=float(np.mean(nll)) / length,
               gen_perplexity=q.get("gen_perplexity", float("nan")),

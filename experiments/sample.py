@@ -87,16 +87,17 @@ def main(_):
     raise SystemExit(f"error: {e}")
   if int(jnp.max(jnp.where(mask, tokens, 0))) >= exp.dataset.vocab_size:
     raise SystemExit("error: prompt token outside the vocabulary")
-  denoise = lambda x, s: exp.apply_fn(run.params, x, s)
 
   from tqdm import tqdm
   bar = tqdm(total=_NUM.value * _STEPS.value, unit="step", desc="sampling",
              disable=None)
   progress = lambda k: bar.update(b)
-  fn = jax.jit(lambda k: sampling.sample(
-      k, denoise, exp.process, exp.schedule, (b, length), steps=_STEPS.value,
-      sampler=_SAMPLER.value, temperature=_TEMP.value, top_p=_TOP_P.value,
-      clamp_tokens=tokens, clamp_mask=mask, progress=progress))
+  # Parameters are an argument of the jitted sampler, not constants baked into it.
+  jitted = jax.jit(lambda p, k: sampling.sample(
+      k, lambda x, s: exp.apply_fn(p, x, s), exp.process, exp.schedule, (b, length),
+      steps=_STEPS.value, sampler=_SAMPLER.value, temperature=_TEMP.value,
+      top_p=_TOP_P.value, clamp_tokens=tokens, clamp_mask=mask, progress=progress))
+  fn = lambda k: jitted(run.params, k)
   out, t0 = [], time.time()
   for i in range(0, _NUM.value, b):
     x, info = fn(jax.random.fold_in(jax.random.PRNGKey(_SEED.value), i))

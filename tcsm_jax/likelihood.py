@@ -119,12 +119,30 @@ def summarize(bounds: np.ndarray, prior: np.ndarray, seq_len: int) -> Report:
 
 
 def evaluate(key, denoise_fn: Callable, batches: Iterable[np.ndarray], process: Process,
-             schedule: Schedule, num_t: int = 8) -> Report:
-  """NLL bound over an iterable of ``[batch, length]`` arrays (jits one batch shape)."""
-  fn = jax.jit(lambda k, x: nll_bound(k, denoise_fn, x, process, schedule, num_t))
+             schedule: Schedule, num_t: int = 8, batch_sharding=None,
+             params=None) -> Report:
+  """NLL bound over an iterable of ``[batch, length]`` arrays (jits one batch shape).
+
+  Args:
+    denoise_fn: ``(x_t, sigma_bar) -> logits``, or ``(params, x_t, sigma_bar) ->
+      logits`` when ``params`` is given. Prefer passing ``params``: they are then an
+      argument of the jitted computation instead of constants baked into it (with
+      jax 0.10.2 on a host with several CPU devices, closed-over parameters sometimes
+      came out as garbage, giving NaN bounds; explicit arguments never did).
+    batch_sharding: e.g. ``partition.batch_sharding(mesh)``: splits every batch over
+      the devices of a mesh (data parallel; ``params`` should be replicated on it).
+      The result does not depend on the sharding.
+  """
+  if params is None:
+    fn = jax.jit(lambda p, k, x: nll_bound(k, denoise_fn, x, process, schedule, num_t))
+  else:
+    fn = jax.jit(lambda p, k, x: nll_bound(k, lambda xt, s: denoise_fn(p, xt, s), x,
+                                           process, schedule, num_t))
+  put = jnp.asarray if batch_sharding is None else (
+      lambda x: jax.device_put(np.asarray(x), batch_sharding))
   bounds, priors, length = [], [], None
   for i, x in enumerate(batches):
-    out = fn(jax.random.fold_in(key, i), jnp.asarray(x))
+    out = fn(params, jax.random.fold_in(key, i), put(x))
     bounds.append(np.asarray(out["bound"]))
     priors.append(np.asarray(out["prior"]))
     length = x.shape[1]

@@ -35,10 +35,9 @@ def _markov_run(tmp_path, steps, **extra):
   exp = trainer.build(cfg, ds)
   trainer.train_and_evaluate(cfg, str(tmp_path), experiment=exp)
   run = restore.load_run(str(tmp_path), cfg, dataset=ds)
-  denoise = lambda x, s: exp.apply_fn(run.params, x, s)
   batches = pipeline.eval_batches(ds.validation, cfg.data.seq_len, 64, 8)
-  rep = likelihood.evaluate(jax.random.PRNGKey(0), denoise, batches, exp.process,
-                            exp.schedule, num_t=16)
+  rep = likelihood.evaluate(jax.random.PRNGKey(0), exp.apply_fn, batches, exp.process,
+                            exp.schedule, num_t=16, params=run.params)
   return rep, h
 
 

@@ -129,3 +129,22 @@ def test_markov_chain_entropy_is_exact():
     sel = path[2:][ctx == s]
     freq = np.bincount(sel, minlength=3) / len(sel)
     np.testing.assert_allclose(freq, chain.trans[s], atol=0.02)
+
+
+def test_evaluate_sharded_over_eight_devices_equals_one_device():
+  from tcsm_jax.training import partition
+  assert jax.device_count() == 8
+  proc, sched = processes.Absorbing(5), schedules.get("log_linear")
+  w = jnp.asarray(np.random.default_rng(2).normal(size=(6, 5)), jnp.float32)
+  denoise = lambda x_t, sigma: w[x_t] * jnp.exp(-sigma)[:, None, None]
+  batches = [np.random.default_rng(i).integers(0, 5, (16, 6)) for i in range(3)]
+  one = likelihood.evaluate(jax.random.PRNGKey(0), denoise, batches, proc, sched, 4)
+  mesh = partition.make_mesh(1)
+  w8 = jax.device_put(w, partition.replicated(mesh))
+  eight = likelihood.evaluate(jax.random.PRNGKey(0),
+                              lambda p, x_t, s: p[x_t] * jnp.exp(-s)[:, None, None],
+                              batches, proc, sched, 4, params=w8,
+                              batch_sharding=partition.batch_sharding(mesh))
+  assert one.num_sequences == eight.num_sequences == 48
+  np.testing.assert_allclose(eight.nats_per_token, one.nats_per_token, rtol=1e-5)
+  np.testing.assert_allclose(eight.stderr, one.stderr, rtol=1e-4)

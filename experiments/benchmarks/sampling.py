@@ -49,15 +49,15 @@ def main(_):
           f"{'entropy':>9}")
   print(head)
   print("-" * len(head))
-  denoise = lambda x, s: exp.apply_fn(run.params, x, s)
   rows = []
   for sampler in _SAMPLERS.value:
     if sampler == "ancestral" and not isinstance(exp.process, Absorbing):
       continue
     for steps in map(int, _STEPS.value):
-      fn = jax.jit(lambda k: sampling.sample(k, denoise, exp.process, exp.schedule,
-                                             (_NUM.value, length), steps=steps,
-                                             sampler=sampler))
+      jitted = jax.jit(lambda p, k: sampling.sample(
+          k, lambda x, s: exp.apply_fn(p, x, s), exp.process, exp.schedule,
+          (_NUM.value, length), steps=steps, sampler=sampler))
+      fn = lambda k: jitted(run.params, k)
       jax.block_until_ready(fn(jax.random.PRNGKey(0)))           # compile
       t0 = time.perf_counter()
       x, info = fn(jax.random.PRNGKey(1))
