@@ -230,3 +230,7 @@ def test_oracle_teacher_target_has_the_data_target_gradient_with_less_variance()
   se = np.sqrt(var_d / len(grads["data"]))
   assert np.linalg.norm(mean_d - mean_t) < 2.0 * se, (np.linalg.norm(mean_d - mean_t), se)
   assert np.linalg.norm(mean_d) > 2.0 * se          # the gradient is not just noise
+  from tcsm_jax.training import config as config_lib
+  with pytest.raises(ValueError, match="needs data.name='markov'"):
+    config_lib.validate(tiny_config(**{"teacher.kind": "markov",
+                                       "loss.teacher_weight": 1.0}))
