@@ -267,7 +267,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           nll / np.log(2.0))
     return out
 
-  if start < end:
+  if start >= end:
+    logging.info("%s is already at step %d (train.num_steps = %d): nothing to train; "
+                 "raise --config.train.num_steps to continue", workdir, start,
+                 tcfg.num_steps)
+  else:
     # Compile ahead of time so that step times (and equal-compute comparisons) do not
     # include compilation; the compile time is logged and written once.
     t_c = time.time()
