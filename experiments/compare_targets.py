@@ -84,10 +84,9 @@ def main(_):
     if judge is not None:
       run = common.load_or_exit(wd)
       exp = run.experiment
-      x, _ = jax.jit(lambda p, k: sampling.sample(
-          k, lambda xt, s: exp.apply_fn(p, xt, s), exp.process, exp.schedule,
-          (_SAMPLES.value, cfg.data.seq_len), steps=_STEPS.value))(
-              run.params, jax.random.PRNGKey(0))
+      x, _ = sampling.jit_sampler(exp.apply_fn, exp.process, exp.schedule,
+                                  (_SAMPLES.value, cfg.data.seq_len),
+                                  steps=_STEPS.value)(run.params, jax.random.PRNGKey(0))
       info.update(quality.report(np.asarray(x), judge))
       info["example"] = exp.dataset.decode(np.asarray(x)[0])
     summary[name] = info

@@ -26,9 +26,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def samples_and_reward(exp, params, reward_fn, num, steps, seed=0):
   """``(samples [num, L], mean reward)`` of ``exp`` with ``params``."""
   length = exp.config.data.seq_len
-  x, _ = jax.jit(lambda p, k: sampling.sample(
-      k, lambda xt, s: exp.apply_fn(p, xt, s), exp.process, exp.schedule,
-      (num, length), steps=steps))(params, jax.random.PRNGKey(seed))
+  x, _ = sampling.jit_sampler(exp.apply_fn, exp.process, exp.schedule, (num, length),
+                              steps=steps)(params, jax.random.PRNGKey(seed))
   return np.asarray(x), float(np.mean(np.asarray(jax.jit(reward_fn)(x))))
 
 

@@ -37,9 +37,9 @@ flags.mark_flags_as_required(["config", "outdir"])
 
 
 def evaluate(exp, params, ref, ref_params, reward_fn, judge, length):
-  x, _ = jax.jit(lambda p, k: sampling.sample(
-      k, lambda xt, s: exp.apply_fn(p, xt, s), exp.process, exp.schedule,
-      (_NUM.value, length), steps=_STEPS.value))(params, jax.random.PRNGKey(0))
+  x, _ = sampling.jit_sampler(exp.apply_fn, exp.process, exp.schedule,
+                              (_NUM.value, length), steps=_STEPS.value)(
+                                  params, jax.random.PRNGKey(0))
   x = np.asarray(x)
   rew = float(np.mean(np.asarray(jax.jit(reward_fn)(jnp.asarray(x)))))
   nll = jax.jit(lambda p, k, xx: likelihood.nll_bound(

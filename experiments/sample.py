@@ -92,11 +92,10 @@ def main(_):
   bar = tqdm(total=_NUM.value * _STEPS.value, unit="step", desc="sampling",
              disable=None)
   progress = lambda k: bar.update(b)
-  # Parameters are an argument of the jitted sampler, not constants baked into it.
-  jitted = jax.jit(lambda p, k: sampling.sample(
-      k, lambda x, s: exp.apply_fn(p, x, s), exp.process, exp.schedule, (b, length),
-      steps=_STEPS.value, sampler=_SAMPLER.value, temperature=_TEMP.value,
-      top_p=_TOP_P.value, clamp_tokens=tokens, clamp_mask=mask, progress=progress))
+  jitted = sampling.jit_sampler(
+      exp.apply_fn, exp.process, exp.schedule, (b, length), steps=_STEPS.value,
+      sampler=_SAMPLER.value, temperature=_TEMP.value, top_p=_TOP_P.value,
+      clamp_tokens=tokens, clamp_mask=mask, progress=progress)
   fn = lambda k: jitted(run.params, k)
   out, t0 = [], time.time()
   for i in range(0, _NUM.value, b):

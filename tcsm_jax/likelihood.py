@@ -133,11 +133,9 @@ def evaluate(key, denoise_fn: Callable, batches: Iterable[np.ndarray], process: 
       the devices of a mesh (data parallel; ``params`` should be replicated on it).
       The result does not depend on the sharding.
   """
-  if params is None:
-    fn = jax.jit(lambda p, k, x: nll_bound(k, denoise_fn, x, process, schedule, num_t))
-  else:
-    fn = jax.jit(lambda p, k, x: nll_bound(k, lambda xt, s: denoise_fn(p, xt, s), x,
-                                           process, schedule, num_t))
+  call = (lambda p, xt, s: denoise_fn(xt, s)) if params is None else denoise_fn
+  fn = jax.jit(lambda p, k, x: nll_bound(k, lambda xt, s: call(p, xt, s), x, process,
+                                         schedule, num_t))
   put = jnp.asarray if batch_sharding is None else (
       lambda x: jax.device_put(np.asarray(x), batch_sharding))
   bounds, priors, length = [], [], None

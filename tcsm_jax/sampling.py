@@ -199,6 +199,20 @@ def sample(key, denoise_fn: Callable, process: Process, schedule: Schedule, shap
   return x, info
 
 
+def jit_sampler(apply_fn: Callable, process: Process, schedule: Schedule, shape,
+                **kwargs) -> Callable:
+  """``fn(params, key) -> (tokens, info)``: ``sample`` jitted with the model's
+  parameters as an argument of the executable.
+
+  ``apply_fn(params, x_t, sigma_bar) -> logits``; ``kwargs`` go to ``sample``. Passing
+  the parameters (instead of closing over them) lets one compile serve every
+  checkpoint, and avoids NaN results seen with jax 0.10.2 on multi-device CPU hosts
+  when jitted closures captured parameters.
+  """
+  return jax.jit(lambda params, key: sample(
+      key, lambda x, s: apply_fn(params, x, s), process, schedule, shape, **kwargs))
+
+
 def clamp_from_template(template, vocab_size: int, hole: int = -1):
   """``(clamp_tokens, clamp_mask)`` from a ``[batch, length]`` template with ``hole`` ids."""
   template = jnp.asarray(template, jnp.int32)

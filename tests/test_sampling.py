@@ -128,3 +128,20 @@ def test_sampler_errors():
     sampling.sample(jax.random.PRNGKey(0), den, proc, sched, (1, 3), steps=4,
                     clamp_tokens=jnp.array([[9, 0, 0]]),
                     clamp_mask=jnp.array([[True, False, False]]))
+
+
+def test_jit_sampler_takes_params_and_equals_sample():
+  v, length = 4, 5
+  proc, sched = processes.Absorbing(v), schedules.get("log_linear")
+  w = jnp.asarray(np.random.default_rng(0).normal(size=(v + 1, v)), jnp.float32)
+  apply_fn = lambda p, x_t, s: p[x_t] * jnp.exp(-s)[:, None, None]
+  fn = sampling.jit_sampler(apply_fn, proc, sched, (3, length), steps=6)
+  x, info = fn(w, jax.random.PRNGKey(2))
+  want, _ = sampling.sample(jax.random.PRNGKey(2), lambda a, s: apply_fn(w, a, s), proc,
+                            sched, (3, length), steps=6)
+  np.testing.assert_array_equal(x, want)
+  assert int(info["nfe"]) == 7
+  x2, _ = fn(2.0 * w, jax.random.PRNGKey(2))    # params are an argument, not baked in
+  want2, _ = sampling.sample(jax.random.PRNGKey(2), lambda a, s: apply_fn(2.0 * w, a, s),
+                             proc, sched, (3, length), steps=6)
+  np.testing.assert_array_equal(x2, want2)

@@ -54,9 +54,8 @@ def main(_):
     if sampler == "ancestral" and not isinstance(exp.process, Absorbing):
       continue
     for steps in map(int, _STEPS.value):
-      jitted = jax.jit(lambda p, k: sampling.sample(
-          k, lambda x, s: exp.apply_fn(p, x, s), exp.process, exp.schedule,
-          (_NUM.value, length), steps=steps, sampler=sampler))
+      jitted = sampling.jit_sampler(exp.apply_fn, exp.process, exp.schedule,
+                                    (_NUM.value, length), steps=steps, sampler=sampler)
       fn = lambda k: jitted(run.params, k)
       jax.block_until_ready(fn(jax.random.PRNGKey(0)))           # compile
       t0 = time.perf_counter()

@@ -131,11 +131,10 @@ def _preference_pairs(config, ref, ref_params, reward_fn, workdir):
     return np.load(path)["pairs"]
   ft, length = config.finetune, config.data.seq_len
   n, b = 2 * ft.num_pairs, 64
-  fn = jax.jit(lambda p, k: sampling.sample(
-      k, lambda x, s: ref.apply_fn(p, x, s), ref.process, ref.schedule,
-      (b, length), steps=ft.pair_sample_steps)[0])
+  fn = sampling.jit_sampler(ref.apply_fn, ref.process, ref.schedule, (b, length),
+                            steps=ft.pair_sample_steps)
   samples = np.concatenate([np.asarray(fn(ref_params,
-                                          jax.random.PRNGKey(config.seed + i)))
+                                          jax.random.PRNGKey(config.seed + i))[0])
                             for i in range(0, n, b)])[:n]
   rewards = np.asarray(jax.jit(reward_fn)(jnp.asarray(samples)))
   pairs = reward_lib.make_preference_pairs(samples, rewards, config.seed)

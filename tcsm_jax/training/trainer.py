@@ -162,8 +162,6 @@ class _Preemption:
 
 def _any_process(flag: bool) -> bool:
   """True on every process if ``flag`` is True on any (a collective: all must call)."""
-  if jax.process_count() == 1:
-    return flag
   from jax.experimental import multihost_utils
   return bool(np.any(multihost_utils.process_allgather(np.asarray([flag], np.int32))))
 
