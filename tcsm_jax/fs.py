@@ -20,12 +20,14 @@ from typing import IO, Iterator, List, Union
 
 from etils import epath
 
+from tcsm_jax import errors
+
 PathLike = Union[str, os.PathLike]
 
 _BACKEND_PACKAGES = {"gs": "gcsfs", "s3": "s3fs", "az": "adlfs", "hf": "huggingface_hub"}
 
 
-class BackendMissing(ValueError):
+class BackendMissing(errors.UserError, ValueError):
   """A bucket URL whose filesystem package is not installed."""
 
 

@@ -16,8 +16,10 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from tcsm_jax import errors
 
-class CheckpointError(ValueError):
+
+class CheckpointError(errors.UserError, ValueError):
   """No usable checkpoint (corrupt, incompatible or missing)."""
 
 
