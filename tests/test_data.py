@@ -154,3 +154,116 @@ def test_wordpiece_reads_tfds_without_tensorflow(tmp_path, monkeypatch):
   monkeypatch.setattr(tfds, "data_source", missing)
   with pytest.raises(FileNotFoundError, match="never downloads"):
     list(wordpiece.tfds_documents("lm1b", "train", "", "text"))
+
+
+# ----------------------------------------------------------------- input validation
+
+
+def _text8_zip(path, text, compression=zipfile.ZIP_DEFLATED):
+  with zipfile.ZipFile(path, "w", compression) as zf:
+    zf.writestr("text8", text)
+  return str(path)
+
+
+def test_text_file_rejects_random_bytes_and_mostly_dropped_text(tmp_path):
+  from tcsm_jax import errors
+  junk = tmp_path / "random.bin"
+  junk.write_bytes(np.random.default_rng(0).integers(0, 256, 50_000, np.uint8).tobytes())
+  with pytest.raises(errors.DataError, match="random.bin.*not valid UTF-8 text"):
+    pipeline.load_text_file(str(junk))
+  greek = tmp_path / "greek.txt"
+  greek.write_text("Ἐν ἀρχῇ ἦν ὁ λόγος, καὶ ὁ λόγος ἦν πρὸς τὸν θεόν. a b c\n" * 200,
+                   encoding="utf-8")
+  with pytest.raises(errors.DataError, match=r"greek.txt.*drop 9\d% .*limit 20%"):
+    pipeline.load_text_file(str(greek))
+  # A lenient limit accepts it; ordinary English prose (punctuation) passes the default.
+  assert len(pipeline.load_text_file(str(greek), max_dropped=1.0).train) > 0
+  prose = tmp_path / "prose.txt"
+  prose.write_text("It was the best of times, it was the worst of times; (it was!)\n" * 99)
+  assert pipeline.load_text_file(str(prose)).decode(np.arange(1, 4)) == "abc"
+  # data.max_dropped_fraction reaches the loader through the config.
+  import ml_collections
+  cfg = ml_collections.ConfigDict({"data": {"name": "text_file", "path": str(greek),
+                                            "max_dropped_fraction": 1.0}})
+  assert pipeline.load(cfg).vocab_size == 27
+
+
+def test_corrupt_text8_zips_name_the_file(tmp_path):
+  from tcsm_jax import errors
+  text = "anarchism originated as a term of abuse " * 5000
+  good = _text8_zip(tmp_path / "good.zip", text)
+  raw = open(good, "rb").read()
+  truncated = tmp_path / "truncated.zip"
+  truncated.write_bytes(raw[:len(raw) // 2])
+  with pytest.raises(errors.DataError, match="truncated.zip.*corrupt or truncated"):
+    text8.read_text8(str(truncated))
+  garbled = bytearray(raw)
+  for i in range(60, 260):           # inside the deflate stream of the one member
+    garbled[i] ^= 0x5A
+  (tmp_path / "garbled.zip").write_bytes(bytes(garbled))
+  with pytest.raises(errors.DataError, match="garbled.zip"):
+    pipeline.load_text8(str(tmp_path / "garbled.zip"))
+  latin = _text8_zip(tmp_path / "latin1.zip", "caf\xe9 " * 100)
+  with pytest.raises(errors.DataError, match="latin1.zip.*corrupt"):
+    text8.read_text8(latin)
+  two = tmp_path / "two.zip"
+  with zipfile.ZipFile(two, "w") as zf:
+    zf.writestr("a", "x")
+    zf.writestr("b", "y")
+  with pytest.raises(errors.DataError, match="exactly one member"):
+    text8.read_text8(str(two))
+  # Missing files are both a DataError (one-line CLI error) and a FileNotFoundError.
+  with pytest.raises(errors.DataError, match="does not exist"):
+    pipeline.load_text_file(str(tmp_path / "nope.txt"))
+
+
+def test_char_corpora_read_through_a_bucket():
+  from fake_bucket import fake_gcs, leaked_local_dirs
+  from tcsm_jax import errors, fs
+  from tcsm_jax.training import config as config_lib
+  with fake_gcs():
+    fs.write_bytes_atomic("gs://b/raw.txt", b"Call me Ishmael. " * 400)
+    cfg = config_lib.default_config()
+    cfg.data.name, cfg.data.path = "text_file", "gs://b/raw.txt"
+    ds = pipeline.load(cfg)
+    assert ds.decode(ds.train[:15]) == "call me ishmael"
+    import io
+    buf = io.BytesIO()
+    _text8_zip(buf, " in the beginning was the word" * 1000)
+    fs.write_bytes_atomic("gs://b/text8.zip", buf.getvalue())
+    assert text8.read_text8("gs://b/text8.zip").startswith(" in the beginning")
+    fs.write_bytes_atomic("gs://b/cut.zip", buf.getvalue()[:200])
+    with pytest.raises(errors.DataError, match="gs://b/cut.zip"):
+      text8.read_text8("gs://b/cut.zip")
+    with pytest.raises(errors.DataError, match="gs://b/missing.zip.*does not exist"):
+      pipeline.load_text8("gs://b/missing.zip")
+  assert not leaked_local_dirs()
+
+
+def test_data_modules_import_one_way():
+  """Loaders import ``base``, never ``pipeline`` (which imports them)."""
+  import ast
+  import pathlib
+  root = pathlib.Path(pipeline.__file__).parent
+  for f in root.glob("*.py"):
+    if f.name == "pipeline.py":
+      continue
+    for node in ast.walk(ast.parse(f.read_text())):
+      if isinstance(node, ast.ImportFrom) and node.module == "tcsm_jax.data":
+        assert "pipeline" not in [a.name for a in node.names], f.name
+      if isinstance(node, ast.Import):
+        assert "tcsm_jax.data.pipeline" not in [a.name for a in node.names], f.name
+
+
+def test_layout_padded_needs_documents():
+  from tcsm_jax import errors
+  from tcsm_jax.training import config as config_lib
+  cfg = config_lib.default_config()
+  cfg.data.name = "bundled"
+  with cfg.unlocked():
+    cfg.data.layout = "padded"
+  with pytest.raises(errors.ConfigError, match="data.layout='padded' needs documents"):
+    pipeline.load(cfg)
+  cfg.data.name = "nonesuch"
+  with pytest.raises(errors.ConfigError, match="unknown data.name 'nonesuch'"):
+    pipeline.load(cfg)

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from tcsm_jax.data import pipeline
+from tcsm_jax import targets
+from tcsm_jax.data import base
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,8 +109,6 @@ def jax_log_prob_fn(chain: MarkovChain):
   The exact sequence law, usable as an oracle teacher: ``targets.ar_exact`` of it gives
   the true clean-space concrete score on the 1-Hamming neighbourhood.
   """
-  import jax
-  import jax.numpy as jnp
   log_pi = jnp.asarray(np.log(np.maximum(chain.stationary(), 1e-30)), jnp.float32)
   log_t = jnp.asarray(np.log(chain.trans), jnp.float32)
   v, k = chain.vocab, chain.order
@@ -132,7 +133,6 @@ def jax_log_prob_fn(chain: MarkovChain):
 def oracle_teacher(chain: MarkovChain):
   """Target function ``x0 [b, L] -> [b, L, V]``: the chain's exact neighbour log-ratios
   (``log p(x^{i<-y}) - log p(x)``), a perfect parametric target for TCSM."""
-  from tcsm_jax import targets
   lp = jax_log_prob_fn(chain)
   return lambda x0: targets.ar_exact(lp, x0, chain.vocab)
 
@@ -144,14 +144,15 @@ def _decode(ids):
   return " ".join(str(int(i)) for i in ids)
 
 
-def load(data_cfg: ml_collections.ConfigDict) -> pipeline.TokenDataset:
+def load(data_cfg: ml_collections.ConfigDict, workdir: str = "") -> base.TokenDataset:
   """Train/validation paths of the chain described by ``config.data.markov_*``."""
   chain = chain_from_config(data_cfg)
   n = int(data_cfg.markov_tokens)
-  return pipeline.TokenDataset(chain.sample(n, seed=1), chain.sample(max(n // 10, 4096),
-                                                                      seed=2),
-                               chain.vocab, _decode, f"markov{chain.vocab}o{chain.order}",
-                               lambda s: np.asarray([int(t) for t in s.split()], np.int32))
+  del workdir  # nothing to cache
+  return base.TokenDataset(chain.sample(n, seed=1), chain.sample(max(n // 10, 4096),
+                                                                  seed=2),
+                           chain.vocab, _decode, f"markov{chain.vocab}o{chain.order}",
+                           lambda s: np.asarray([int(t) for t in s.split()], np.int32))
 
 
 def chain_from_config(data_cfg: ml_collections.ConfigDict) -> MarkovChain:

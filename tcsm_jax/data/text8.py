@@ -11,16 +11,22 @@ shares one alphabet:
 4. runs of spaces collapse to one; leading/trailing spaces are stripped.
 
 Token ids: space = 0, ``a`` = 1, ..., ``z`` = 26 (``VOCAB_SIZE = 27``).
+
+Files are read through ``tcsm_jax.fs`` (local paths and bucket URLs). A file that is
+not what it claims to be (a truncated or garbled zip, bytes that are not ASCII text)
+raises ``errors.DataError`` naming the file.
 """
 
 from __future__ import annotations
 
-import io
-import os
 import re
 import zipfile
+import zlib
 
 import numpy as np
+
+from tcsm_jax import errors, fs
+from tcsm_jax.data import base
 
 ALPHABET = " abcdefghijklmnopqrstuvwxyz"
 VOCAB_SIZE = len(ALPHABET)  # 27
@@ -59,6 +65,13 @@ def encode(text: str) -> np.ndarray:
   return ids.astype(np.uint8)
 
 
+def encode_text(text: str) -> np.ndarray:
+  """Prompt text -> ids with the text8 rule; spaces at the ends are kept."""
+  lead = " " if text[:1].isspace() else ""
+  trail = " " if text[-1:].isspace() and text.strip() else ""
+  return encode(lead + clean_text(text) + trail)
+
+
 def decode(ids) -> str:
   """Maps token ids ``[..., length]`` back to text (one string per row if 2-D)."""
   ids = np.asarray(ids)
@@ -71,28 +84,39 @@ def decode(ids) -> str:
 
 
 def read_text8(path: str) -> str:
-  """Reads text8 from ``text8.zip`` or the extracted ``text8`` file.
+  """Reads text8 from ``text8.zip`` or the extracted ``text8`` file (local or bucket).
 
   The content must already be in the text8 alphabet (it is validated by ``encode``
   later); use ``clean_text`` for raw text.
 
   Raises:
-    FileNotFoundError: if ``path`` does not exist.
-    ValueError: if the file is empty or the zip holds no single member.
+    base.DataFileNotFound: if ``path`` does not exist.
+    errors.DataError: naming the file, if it is empty, a zip without exactly one
+      member, a truncated or garbled zip, or not ASCII text.
   """
-  if not os.path.exists(path):
-    raise FileNotFoundError(
+  if not fs.exists(path):
+    raise base.DataFileNotFound(
         f"text8 path {path!r} does not exist; download text8.zip yourself (this "
         "project never downloads at run time) and set config.data.path")
-  if zipfile.is_zipfile(path):
-    with zipfile.ZipFile(path) as zf:
-      names = zf.namelist()
-      if len(names) != 1:
-        raise ValueError(f"{path!r} should hold exactly one member, has {names}")
-      text = zf.read(names[0]).decode("ascii")
-  else:
-    with io.open(path, "r", encoding="ascii") as f:
-      text = f.read()
+  try:
+    with fs.open_file(path, "rb") as f:
+      if zipfile.is_zipfile(f):
+        f.seek(0)
+        with zipfile.ZipFile(f) as zf:
+          names = zf.namelist()
+          if len(names) != 1:
+            raise errors.DataError(f"{path!r} should hold exactly one member, has "
+                                   f"{names}")
+          raw = zf.read(names[0])
+      else:
+        f.seek(0)
+        raw = f.read()
+        if raw[:4] == b"PK\x03\x04":
+          raise zipfile.BadZipFile("a zip without its central directory (truncated?)")
+    text = raw.decode("ascii")
+  except (zipfile.BadZipFile, zlib.error, EOFError, UnicodeDecodeError) as e:
+    raise errors.DataError(f"text8 file {path!r} is corrupt or truncated ({e}); "
+                           "download text8.zip again") from e
   if not text.strip():
-    raise ValueError(f"text8 file {path!r} is empty")
+    raise errors.DataError(f"text8 file {path!r} is empty")
   return text

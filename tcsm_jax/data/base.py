@@ -1,0 +1,190 @@
+"""What every dataset is: token arrays plus a tokenizer, and the deterministic sampler.
+
+Every dataset is a flat array of token ids per split (an ``np.ndarray`` or a read-only
+``np.memmap`` of a prepared shard) cut into fixed-length chunks. Two layouts:
+
+* ``packed`` (default): documents joined by an end-of-document token (MDLM's "wrap");
+  a chunk may span documents and nothing is padding.
+* ``padded`` (LM1B style): one document per row of exactly ``seq_len`` tokens, the
+  document followed by its end token and then the pad id (a document longer than a
+  row continues on the next rows). Positions holding ``TokenDataset.pad_id`` are
+  excluded from the loss and the NLL bound (``objective``/``likelihood`` take the
+  pad id). The flat array is the rows one after another, so the same sampler cuts it.
+
+The sampler is *stateless*: the global batch of step ``s`` is a pure function of
+``(seed, s)`` (an epoch-wise permutation of the chunks), so resuming at step ``s``
+needs nothing but ``s``, and every host computes the same global index set and reads
+only its own contiguous slice of it (fancy indexing a memmap touches only those pages).
+
+This module imports nothing else of the data package: loaders import it, and
+``pipeline`` imports the loaders (dependencies point one way).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+
+from tcsm_jax import errors
+
+LAYOUTS = ("packed", "padded")
+
+
+class DataFileNotFound(errors.DataError, FileNotFoundError):
+  """A data, tokenizer or prepared file that does not exist (named in the message)."""
+
+
+@dataclasses.dataclass
+class TokenDataset:
+  """Token ids split into train/validation plus what a model needs to know.
+
+  Attributes:
+    train, validation: ``[num_tokens]`` ids (ndarray or read-only memmap).
+    vocab_size: number of token ids the model predicts (pad id included, if any).
+    decode: ids ``[length]`` -> str (``[n, length]`` -> list of str); drops padding.
+    name: short name for logs and reports.
+    encode: str -> ids ``[length]`` (prompts); None if the data are not text.
+    pad_id: the padding id of the ``padded`` layout (None: no padding anywhere).
+    eos_id: the end-of-document id, if the tokenizer has one.
+    layout: ``packed`` or ``padded`` (module docstring).
+    tokenizer: the ``tokenizer.Tokenizer`` that made the ids, if known.
+    info: what identifies the data (for prepared sets: the manifest's tokenizer
+      sha256, source, ...); stored with checkpoints by ``stats``.
+  """
+
+  train: np.ndarray
+  validation: np.ndarray
+  vocab_size: int
+  decode: Callable
+  name: str
+  encode: Optional[Callable] = None
+  pad_id: Optional[int] = None
+  eos_id: Optional[int] = None
+  layout: str = "packed"
+  tokenizer: Any = None
+  info: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkSampler:
+  """Epoch-shuffled fixed-length chunks of a token array, sharded across hosts.
+
+  Args:
+    tokens: ``[num_tokens]`` ids (ndarray or memmap; only the rows of a batch are read).
+    seq_len: chunk length.
+    global_batch: sequences per step over all hosts.
+    seed: shuffling seed.
+    process_index, process_count: this host's share (``jax.process_index()`` /
+      ``jax.process_count()``); ``global_batch`` must divide evenly.
+  """
+
+  tokens: np.ndarray
+  seq_len: int
+  global_batch: int
+  seed: int = 0
+  process_index: int = 0
+  process_count: int = 1
+
+  def __post_init__(self):
+    if self.num_chunks < 1:
+      raise ValueError(f"{len(self.tokens):,} tokens are fewer than one chunk of "
+                       f"{self.seq_len}")
+    if self.global_batch % self.process_count:
+      raise ValueError(f"global batch {self.global_batch} does not divide over "
+                       f"{self.process_count} processes")
+
+  @property
+  def num_chunks(self) -> int:
+    return len(self.tokens) // self.seq_len
+
+  @property
+  def local_batch(self) -> int:
+    return self.global_batch // self.process_count
+
+  def _perm(self, epoch: int) -> np.ndarray:
+    return np.random.default_rng([self.seed, epoch]).permutation(self.num_chunks)
+
+  def indices(self, step: int) -> np.ndarray:
+    """Chunk indices of this host's share of the batch at ``step``."""
+    lo = step * self.global_batch + self.process_index * self.local_batch
+    flat = np.arange(lo, lo + self.local_batch)
+    epochs, pos = flat // self.num_chunks, flat % self.num_chunks
+    out = np.empty_like(flat)
+    for e in np.unique(epochs):
+      sel = epochs == e
+      out[sel] = self._perm(int(e))[pos[sel]]
+    return out
+
+  def batch(self, step: int) -> np.ndarray:
+    """``[local_batch, seq_len]`` int32 tokens of this host at ``step``."""
+    starts = self.indices(step) * self.seq_len
+    return self.tokens[starts[:, None] + np.arange(self.seq_len)].astype(np.int32)
+
+  def iterate(self, start_step: int = 0) -> Iterator[np.ndarray]:
+    step = start_step
+    while True:
+      yield self.batch(step)
+      step += 1
+
+
+def eval_batches(tokens: np.ndarray, seq_len: int, batch: int,
+                 max_batches: Optional[int] = None, process_index: int = 0,
+                 process_count: int = 1) -> Iterator[np.ndarray]:
+  """Consecutive non-overlapping chunks of ``tokens`` in order (the standard eval).
+
+  Yields ``[batch // process_count, seq_len]`` int32 per host; the tail that does not
+  fill a whole global batch is dropped. Only the rows of each batch are read (and
+  converted), so a memmapped split stays on disk.
+  """
+  n = len(tokens) // seq_len
+  chunks = tokens[:n * seq_len].reshape(n, seq_len)
+  local = batch // process_count
+  for i, lo in enumerate(range(0, n - batch + 1, batch)):
+    if max_batches is not None and i >= max_batches:
+      return
+    sl = chunks[lo + process_index * local:lo + (process_index + 1) * local]
+    yield np.asarray(sl, dtype=np.int32)
+
+
+def stats(ds: TokenDataset) -> Dict[str, Any]:
+  """Sizes (and, where known, layout, padding and tokenizer identity) of a dataset."""
+  out: Dict[str, Any] = {"train_tokens": int(len(ds.train)),
+                         "validation_tokens": int(len(ds.validation)),
+                         "vocab_size": int(ds.vocab_size)}
+  if ds.layout != "packed":
+    out["layout"] = ds.layout
+  if ds.pad_id is not None:
+    out["pad_id"] = int(ds.pad_id)
+  if ds.info.get("tokenizer_sha256"):
+    out["tokenizer_sha256"] = ds.info["tokenizer_sha256"]
+  return out
+
+
+def pack(docs: Iterable[np.ndarray], separator: Sequence[int] = ()) -> np.ndarray:
+  """Documents' ids joined, each followed by ``separator`` (e.g. ``[eos]``): int32."""
+  sep = np.asarray(list(separator), np.int32)
+  parts = []
+  for d in docs:
+    parts.append(np.asarray(d, np.int32))
+    if sep.size:
+      parts.append(sep)
+  return np.concatenate(parts) if parts else np.zeros((0,), np.int32)
+
+
+def pad_rows(docs: Iterable[np.ndarray], seq_len: int, pad_id: int,
+             separator: Sequence[int] = ()) -> np.ndarray:
+  """One document per row: ``[rows, seq_len]`` int32, each document followed by
+  ``separator`` and padded with ``pad_id``; longer documents continue on more rows."""
+  sep = np.asarray(list(separator), np.int32)
+  rows = []
+  for d in docs:
+    ids = np.concatenate([np.asarray(d, np.int32), sep])
+    if not ids.size:
+      continue
+    n = -(-len(ids) // seq_len)
+    r = np.full((n * seq_len,), pad_id, np.int32)
+    r[:len(ids)] = ids
+    rows.append(r.reshape(n, seq_len))
+  return np.concatenate(rows) if rows else np.zeros((0, seq_len), np.int32)
