@@ -72,7 +72,8 @@ MANIFEST = "manifest.json"
 MARKER = ".verified.json"
 VERIFY_MODES = ("once", "always", "size")
 REMOTE_IN_MEMORY_LIMIT = 256 << 20
-_CHUNK = 8 << 20
+_HASH_CHUNK = 1 << 20
+_WRITE_TOKENS = 1 << 22
 
 
 def dtype_for(vocab_size: int) -> str:
@@ -236,12 +237,12 @@ def write_shards(out: str, splits: Dict[str, np.ndarray], tok: tok_lib.Tokenizer
   entries = {}
   for split, ids in splits.items():
     w = _ShardWriter(fs.join(out, f"{split}.bin"), dtype)
-    for lo in range(0, len(ids), _CHUNK):
-      w.write(np.asarray(ids[lo:lo + _CHUNK]))
+    for lo in range(0, len(ids), _WRITE_TOKENS):
+      w.write(np.asarray(ids[lo:lo + _WRITE_TOKENS]))
     e = w.close()
     real = e["num_tokens"] if pad is None else int(
-        sum(int((np.asarray(ids[lo:lo + _CHUNK]) != pad).sum())
-            for lo in range(0, len(ids), _CHUNK)))
+        sum(int((np.asarray(ids[lo:lo + _WRITE_TOKENS]) != pad).sum())
+            for lo in range(0, len(ids), _WRITE_TOKENS)))
     e.update(num_real_tokens=real, num_documents=(num_documents or {}).get(split))
     entries[split] = e
   manifest = {"format": FORMAT, "name": name or fs.path(out).name,
@@ -320,18 +321,22 @@ def _write_marker(path, entries: Dict[str, Dict[str, object]]) -> None:
 
 
 def _hash_file(p, dtype, vocab_size: int):
-  """``(sha256, max id, bytes)`` of a shard, reading it in chunks (flat memory)."""
+  """``(sha256, max id, bytes)`` of a shard, read in 1 MiB pieces into one reused
+  buffer (flat memory)."""
+  del vocab_size
   sha, top, nbytes = hashlib.sha256(), -1, 0
+  buf = bytearray(_HASH_CHUNK)
+  view = memoryview(buf)
   with fs.open_file(p, "rb") as f:
     while True:
-      chunk = f.read(_CHUNK)
-      if not chunk:
+      n = f.readinto(buf)
+      if not n:
         break
-      sha.update(chunk)
-      nbytes += len(chunk)
-      if len(chunk) >= dtype.itemsize:
-        top = max(top, int(np.frombuffer(chunk[:len(chunk) // dtype.itemsize *
-                                               dtype.itemsize], dtype).max()))
+      sha.update(view[:n])
+      nbytes += n
+      whole = n // dtype.itemsize * dtype.itemsize
+      if whole:
+        top = max(top, int(np.frombuffer(buf, dtype, whole // dtype.itemsize).max()))
   return sha.hexdigest(), top, nbytes
 
 
