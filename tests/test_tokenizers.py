@@ -12,10 +12,10 @@ _TEXT = None
 def corpus_slice(n_chars=200_000):
   """Text of the bundled corpus (text8 alphabet: lower-case words and spaces)."""
   global _TEXT
-  if _TEXT is None:
+  if _TEXT is None or len(_TEXT) < n_chars:
     ds = pipeline.load_bundled()
-    _TEXT = ds.decode(ds.train[:n_chars])
-  return _TEXT
+    _TEXT = ds.decode(ds.train[:max(n_chars, 200_000)])
+  return _TEXT[:n_chars]
 
 
 def train_bpe(path, vocab_size=400, n_chars=200_000):

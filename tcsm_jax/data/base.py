@@ -16,6 +16,14 @@ The sampler is *stateless*: the global batch of step ``s`` is a pure function of
 needs nothing but ``s``, and every host computes the same global index set and reads
 only its own contiguous slice of it (fancy indexing a memmap touches only those pages).
 
+**Memory.** Prepared splits are read-only ``np.memmap`` arrays. Reading a row maps its
+pages into the process, and recent kernels map whole large page-cache folios (up to
+2 MiB) at a time: 800 random rows of a 40M-token shard left 83 MB of it mapped (all
+of it). ``ChunkSampler.batch`` and ``eval_batches`` therefore copy the rows out and
+then ``release_pages`` (``madvise(MADV_DONTNEED)``: unmap, keeping the page cache; the
+next read faults the pages back from the cache), so resident memory stays flat however
+big the corpus (about 0.15 ms per batch).
+
 This module imports nothing else of the data package: loaders import it, and
 ``pipeline`` imports the loaders (dependencies point one way).
 """
@@ -23,6 +31,8 @@ This module imports nothing else of the data package: loaders import it, and
 from __future__ import annotations
 
 import dataclasses
+import functools
+import mmap
 from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -34,6 +44,33 @@ LAYOUTS = ("packed", "padded")
 
 class DataFileNotFound(errors.DataError, FileNotFoundError):
   """A data, tokenizer or prepared file that does not exist (named in the message)."""
+
+
+def _mmap_of(arr) -> Optional[mmap.mmap]:
+  while arr is not None:
+    m = getattr(arr, "_mmap", None)
+    if isinstance(m, mmap.mmap):
+      return m
+    arr = getattr(arr, "base", None)
+  return None
+
+
+def advise_random(arr) -> None:
+  """Tells the kernel a memmapped array is read at random (no read-ahead)."""
+  m = _mmap_of(arr)
+  if m is not None and hasattr(mmap, "MADV_RANDOM"):
+    m.madvise(mmap.MADV_RANDOM)
+
+
+def release_pages(arr) -> None:
+  """Unmaps the pages a read of a memmapped array mapped (module docstring); no-op for
+  an in-memory array. The data stay in the page cache."""
+  m = _mmap_of(arr)
+  if m is not None and hasattr(mmap, "MADV_DONTNEED"):
+    try:
+      m.madvise(mmap.MADV_DONTNEED)
+    except (OSError, ValueError):   # closed map, or an OS without it: only memory
+      pass
 
 
 @dataclasses.dataclass
@@ -65,6 +102,18 @@ class TokenDataset:
   layout: str = "packed"
   tokenizer: Any = None
   info: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@functools.lru_cache(maxsize=2)
+def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+  """The epoch's chunk order, computed once per epoch (not at every step) and held as
+  int32 when it fits: 4 bytes per chunk (35 MB for OpenWebText at 1024 tokens), the
+  only memory of the sampler that grows with the corpus. Same values as
+  ``default_rng([seed, epoch]).permutation(n)``."""
+  ids = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)
+  perm = np.random.default_rng([seed, epoch]).permutation(ids)
+  perm.flags.writeable = False
+  return perm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +153,7 @@ class ChunkSampler:
     return self.global_batch // self.process_count
 
   def _perm(self, epoch: int) -> np.ndarray:
-    return np.random.default_rng([self.seed, epoch]).permutation(self.num_chunks)
+    return _permutation(self.seed, epoch, self.num_chunks)
 
   def indices(self, step: int) -> np.ndarray:
     """Chunk indices of this host's share of the batch at ``step``."""
@@ -120,7 +169,9 @@ class ChunkSampler:
   def batch(self, step: int) -> np.ndarray:
     """``[local_batch, seq_len]`` int32 tokens of this host at ``step``."""
     starts = self.indices(step) * self.seq_len
-    return self.tokens[starts[:, None] + np.arange(self.seq_len)].astype(np.int32)
+    out = self.tokens[starts[:, None] + np.arange(self.seq_len)].astype(np.int32)
+    release_pages(self.tokens)
+    return out
 
   def iterate(self, start_step: int = 0) -> Iterator[np.ndarray]:
     step = start_step
@@ -145,7 +196,9 @@ def eval_batches(tokens: np.ndarray, seq_len: int, batch: int,
     if max_batches is not None and i >= max_batches:
       return
     sl = chunks[lo + process_index * local:lo + (process_index + 1) * local]
-    yield np.asarray(sl, dtype=np.int32)
+    out = np.array(sl, dtype=np.int32)
+    release_pages(tokens)
+    yield out
 
 
 def stats(ds: TokenDataset) -> Dict[str, Any]:

@@ -396,7 +396,9 @@ def _open_split(path, m, split: str, verify: str, marker: Dict, in_memory: bool)
       new_marker = {"size": size, "mtime_ns": st.st_mtime_ns, "sha256": sha}
   if n == 0:
     return np.zeros((0,), dt), new_marker
-  return np.memmap(local, dtype=dt, mode="r", shape=(n,)), new_marker
+  arr = np.memmap(local, dtype=dt, mode="r", shape=(n,))
+  base.advise_random(arr)
+  return arr, new_marker
 
 
 def _size_error(p, size, n, dt):
@@ -451,8 +453,8 @@ def load(path: str, *, seq_len: Optional[int] = None, layout: Optional[str] = No
   if expect_vocab_size is not None and int(expect_vocab_size) != vocab:
     raise errors.DataError(f"{os.fspath(path)!r} has a vocabulary of {vocab} ids "
                            f"(layout {m_layout}); the model has {expect_vocab_size}")
-  wanted = [validation_split] + (["train"] if need_train or "train" in m["splits"]
-                                 else [])
+  wanted = (["train"] if need_train or "train" in m["splits"] else []) + [
+      validation_split]
   for s in wanted:
     if s not in m["splits"]:
       raise errors.DataError(f"{os.fspath(path)!r} has no {s!r} split (it has "

@@ -297,7 +297,7 @@ def tfds_corpus(name: str, data_dir: str = "", text_key: str = "text",
   except base.DataFileNotFound:
     val = None
   if val is None:
-    n_hold = min(validation_docs, n_train // 20 or 1)
+    n_hold = max(1, min(validation_docs, n_train - 1))
     ranges = {"train": (train, 0, n_train - n_hold),
               "validation": (train, n_train - n_hold, n_train)}
   else:
