@@ -168,13 +168,22 @@ class Uniform(Process):
     sigma = jnp.asarray(sigma_bar, jnp.float32)[..., None, None]
     _checks.check_sigma(sigma_bar)
     v = self.vocab_size
-    alpha = jnp.exp(-sigma)
-    return alpha * jnp.eye(v) + (1 - alpha) / v
+    # 1 - alpha from expm1: the off-diagonal entries keep their relative accuracy at
+    # small sigma (``1 - exp(-sigma)`` in float32 is off by ~6e-8 absolute).
+    return jnp.exp(-sigma) * jnp.eye(v) + (-jnp.expm1(-sigma)) / v
 
   def _log_diag_off(self, sigma):
+    """``log P[x, x] = log(alpha + (1 - alpha) / V)`` and ``log P[x, y != x]``.
+
+    The diagonal is ``log1p(-(1 - 1/V)(1 - alpha))`` while that argument is small (no
+    rounding of ``alpha`` near 1), and the ``logaddexp`` of its two summands otherwise
+    (no cancellation in ``1 + x`` when ``alpha -> 0`` and ``V`` is large).
+    """
     v = self.vocab_size
     off = _log_one_minus_alpha(sigma) - jnp.log(v)
-    diag = jnp.logaddexp(-sigma + jnp.log1p(-1.0 / v), -jnp.log(v))
+    moved = (1.0 - 1.0 / v) * -jnp.expm1(-sigma)       # 1 - P[x, x], in [0, 1 - 1/V)
+    diag = jnp.where(moved < 0.5, jnp.log1p(-moved),
+                     jnp.logaddexp(-sigma + jnp.log1p(-1.0 / v), -jnp.log(v)))
     return diag, off
 
   def transition_log_probs(self, x0, sigma_bar):
@@ -257,7 +266,7 @@ class Absorbing(Process):
     eye = jnp.eye(s)
     to_mask = jnp.zeros((s, s)).at[:, m].set(1.0)
     data_rows = (jnp.arange(s) < m)[:, None]
-    p = jnp.where(data_rows, alpha * eye + (1 - alpha) * to_mask, eye)
+    p = jnp.where(data_rows, alpha * eye + (-jnp.expm1(-sigma)) * to_mask, eye)
     return p
 
   def transition_log_probs(self, x0, sigma_bar):

@@ -66,10 +66,16 @@ def reverse_transition_log_probs(process: Process, log_probs, x_t, sigma_t, sigm
   ss = _checks.expand_leading(sigma_s, log_probs.ndim)
   a_t, a_s = jnp.exp(-st), jnp.exp(-ss)
   if isinstance(process, Absorbing):
-    # Masked: data z w.p. p(z) (a_s - a_t) / (1 - a_t), mask w.p. (1 - a_s) / (1 - a_t).
-    log_den = jnp.log(-jnp.expm1(-st))
-    data = log_probs + jnp.log(a_s - a_t) - log_den
-    mask = jnp.log(-jnp.expm1(-ss)) - log_den
+    # Masked: data z w.p. p(z) u, mask w.p. 1 - u, with the unmasking probability
+    # u = (a_s - a_t) / (1 - a_t) = a_s (1 - exp(-(sigma_t - sigma_s))) / (1 - a_t),
+    # both factors from expm1: no cancellation of a_s - a_t when s -> t (many steps)
+    # or of 1 - a_t when t -> 0.
+    den = jnp.where(st > 0, -jnp.expm1(-st), 1.0)
+    u = jnp.where(st > ss, jnp.exp(-ss) * -jnp.expm1(ss - st) / den, 0.0)
+    u = jnp.minimum(u, 1.0)
+    data = log_probs + jnp.log(u)
+    # log(1 - u): log1p while u is small, else the ratio (1 - a_s) / (1 - a_t).
+    mask = jnp.where(u < 0.5, jnp.log1p(-u), jnp.log(-jnp.expm1(-ss) / den))
     at_mask = jnp.concatenate([data, jnp.broadcast_to(mask, data.shape[:-1] + (1,))], -1)
     stay = jnp.where(jax.nn.one_hot(x_t, process.num_states, dtype=bool), 0.0, -jnp.inf)
     return jnp.where((x_t == process.mask_id)[..., None], at_mask, stay)
@@ -77,9 +83,10 @@ def reverse_transition_log_probs(process: Process, log_probs, x_t, sigma_t, sigm
     v = process.vocab_size
     p = jnp.exp(log_probs)
     onehot = jax.nn.one_hot(x_t, v)
-    b_t, b_s = (1 - a_t) / v, (1 - a_s) / v
-    a_ts = a_t / a_s
-    b_ts = (1 - a_ts) / v
+    # 1 - alpha from expm1 (relative accuracy at small sigma and at small steps).
+    b_t, b_s = -jnp.expm1(-st) / v, -jnp.expm1(-ss) / v
+    a_ts = jnp.exp(ss - st)
+    b_ts = -jnp.expm1(ss - st) / v
     k_t_x = b_t + a_t * onehot                                  # P_t(a, x_t) over a
     c = jnp.sum(p / k_t_x, -1, keepdims=True)
     k_ts = b_ts + a_ts * onehot                                 # P_{s->t}(z, x_t) over z
