@@ -15,6 +15,7 @@ import optax
 import pytest
 
 from tcsm_jax import objective
+from tcsm_jax import errors
 from tcsm_jax.training import checkpoint as ckpt_lib
 from tcsm_jax.training import config as config_lib
 from tcsm_jax.training import metrics as metrics_lib
@@ -220,7 +221,7 @@ def test_corrupt_checkpoint_falls_back_then_fails_clearly(tmp_path):
     ("train.batch_size", "32", "must be a number"),
     ("train.num_steps", 2.5, "must be an integer"),
     ("model.remat", 1, "must be a bool"),
-    ("process", "gaussian", "process must be"),
+    ("process", "gaussian", "not one of"),
     ("train.accum_steps", 3, "divisible"),
 ])
 def test_bad_configs_fail_fast(key, value, match):
@@ -237,16 +238,20 @@ def test_bad_configs_fail_fast(key, value, match):
 
 
 def test_bad_semantic_configs_fail_before_training(tmp_path):
-  for key, value, match in [("loss.kind", "mle", "loss.kind"),
-                            ("loss.divergence", "tv", "unknown divergence"),
-                            ("model.size", "huge", "unknown model size"),
-                            ("schedule.name", "sigmoid", "unknown schedule")]:
+  for key, value, match in [("loss.kind", "mle", "'loss.kind' = 'mle' is not one of"),
+                            ("loss.divergence", "tv", "'loss.divergence' = 'tv'"),
+                            ("model.size", "huge", "'model.size' = 'huge'"),
+                            ("schedule.name", "sigmoid", "'schedule.name' = 'sigmoid'"),
+                            ("model.num_heads", 3, "divisible by model.num_heads"),
+                            ("optim.lr", -1.0, "'optim.lr' must be > 0"),
+                            ("loss.teacher_weight", 1.5, r"in \[0, 1\]"),
+                            ("train.profile_steps", "5", "first,last")]:
     with pytest.raises(ValueError, match=match):
       trainer.build(tiny_config(**{key: value}), small_dataset(2000, 2000))
   with pytest.raises(ValueError, match="needs process='absorbing'"):
     trainer.build(tiny_config(**{"process": "uniform", "loss.kind": "masked_elbo"}),
                   small_dataset(2000, 2000))
-  with pytest.raises(FileNotFoundError, match="does not exist"):
+  with pytest.raises((FileNotFoundError, errors.DataError), match="does not exist"):
     trainer.build(tiny_config(**{"data.name": "text8", "data.path": "/nonexistent.zip"}))
 
 

@@ -9,7 +9,6 @@ enumeration) or to first order (one gradient), like the AR teacher's.
 
 from __future__ import annotations
 
-import os
 from typing import Tuple
 
 import flax.linen as nn
@@ -18,7 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from tcsm_jax import fs
 from tcsm_jax.data import pipeline
+from tcsm_jax.training import checkpoint as ckpt_lib
 
 NT_MARKER = "the book of the generation of jesus christ the son of david"
 
@@ -91,14 +92,12 @@ def train(ds: pipeline.TokenDataset, seq_len: int, steps: int = 300, batch: int 
 
 
 def save(directory: str, params) -> None:
-  from tcsm_jax.training import checkpoint as ckpt_lib
   ck = ckpt_lib.Checkpointer(directory, async_save=False)
   ck.save(0, params, {"kind": "conv_classifier"})
   ck.close()
 
 
 def load(directory: str, seq_len: int, vocab_size: int):
-  from tcsm_jax.training import checkpoint as ckpt_lib
   model = ConvClassifier()
   abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
                                                jnp.zeros((1, seq_len, vocab_size)))["params"])
@@ -108,7 +107,7 @@ def load(directory: str, seq_len: int, vocab_size: int):
 
 def load_or_train(directory: str, ds, seq_len: int, steps: int = 300):
   """Loads the classifier saved in ``directory`` or trains and saves one."""
-  if os.path.isdir(directory) and os.listdir(directory):
+  if fs.isdir(directory) and fs.listdir(directory):
     model, params = load(directory, seq_len, ds.vocab_size)
     return model, params, None
   model, params, acc = train(ds, seq_len, steps)

@@ -1,48 +1,77 @@
 """Teachers from trained runs: AR -> diffusion distillation and parametric pre-training.
 
-``load_teacher(config)`` restores the run in ``config.teacher.workdir`` and returns a
-target function for ``losses.tcsm_loss``: with ``loss.teacher_weight = 1`` training
-distils the teacher into the diffusion student; with ``0 < teacher_weight < 1`` the
-teacher target is mixed with the data target (parametric pre-training).
-``teacher.kind = 'markov'`` is the oracle: the exact law of the synthetic Markov data.
+Registers the loaders of ``config.teacher.kind`` in ``training.experiment.TEACHERS``;
+each returns ``(target_fn(frozen, x0) -> [b, L, V], frozen)``, the teacher's
+clean-space log-conditionals and its parameters, which the trainer passes to the jitted
+step as an argument. With ``loss.teacher_weight = 1`` training distils the teacher into
+the diffusion student; with ``0 < teacher_weight < 1`` the teacher target is mixed with
+the data target (parametric pre-training). ``teacher.kind = 'markov'`` is the oracle:
+the exact law of the synthetic Markov data (no parameters).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Tuple
 
 import ml_collections
 
-from tcsm_jax import targets
+from tcsm_jax import errors, targets
+from tcsm_jax.data import synthetic
+from tcsm_jax.training import experiment as experiment_lib
+from tcsm_jax.training import restore
 
 
-def load_teacher(config: ml_collections.ConfigDict, vocab_size: int) -> Callable:
-  """Target function ``x0 -> [b, L, V]`` of the teacher named by ``config.teacher``.
-
-  Raises:
-    ValueError: teacher of the wrong kind or vocabulary.
-  """
-  from tcsm_jax.training import restore
+def _trained_teacher(config: ml_collections.ConfigDict, vocab_size: int):
   t = config.teacher
-  if t.kind == "markov":
-    from tcsm_jax.data import synthetic
-    return synthetic.oracle_teacher(synthetic.chain_from_config(config.data))
-  if not t.workdir:
-    raise ValueError("teacher.workdir is empty: point it at a trained run")
   run = restore.load_run(t.workdir)
   exp = run.experiment
   if exp.dataset.vocab_size != vocab_size:
-    raise ValueError(f"teacher vocabulary {exp.dataset.vocab_size} != student "
-                     f"vocabulary {vocab_size}")
-  if t.kind == "ar":
-    if not exp.causal:
-      raise ValueError(f"teacher.kind='ar' but {t.workdir} holds a diffusion model")
-    if run.config.data.seq_len < config.data.seq_len:
-      raise ValueError("the AR teacher's max length is shorter than the student's")
-    return targets.ar_teacher(exp.model, run.params, t.mode, t.top_k)
-  if t.kind == "mlm":
-    if exp.causal or exp.process.mask_id is None:
-      raise ValueError("teacher.kind='mlm' needs an absorbing diffusion (masked) model")
-    return targets.mlm_teacher(lambda p, x, s: exp.apply_fn(p, x, s), run.params,
-                               exp.process.mask_id)
-  raise ValueError(f"unknown teacher.kind {t.kind!r}")
+    raise errors.ConfigError(f"teacher {t.workdir} has vocabulary {exp.dataset.vocab_size}"
+                             f", the student {vocab_size}")
+  return run, exp
+
+
+def load_ar(config: ml_collections.ConfigDict, vocab_size: int) -> Tuple[Callable, Any]:
+  """An autoregressive teacher (exact / Top-K / Taylor neighbour ratios)."""
+  run, exp = _trained_teacher(config, vocab_size)
+  t = config.teacher
+  if not exp.causal:
+    raise errors.ConfigError(f"teacher.kind='ar' but {t.workdir} holds a diffusion model")
+  if run.config.data.seq_len < config.data.seq_len:
+    raise errors.ConfigError(
+        f"the AR teacher's max length {run.config.data.seq_len} is shorter than the "
+        f"student's data.seq_len {config.data.seq_len}")
+  if t.mode == "top_k" and t.top_k > vocab_size:
+    raise errors.ConfigError(f"teacher.top_k {t.top_k} exceeds the vocabulary {vocab_size}")
+  model, mode, k = exp.model, t.mode, t.top_k
+  return (lambda frozen, x0: targets.ar_teacher(model, frozen, mode, k)(x0)), run.params
+
+
+def load_mlm(config: ml_collections.ConfigDict, vocab_size: int) -> Tuple[Callable, Any]:
+  """A masked-LM / absorbing-diffusion teacher's leave-one-out conditionals."""
+  run, exp = _trained_teacher(config, vocab_size)
+  if exp.causal or exp.process.mask_id is None:
+    raise errors.ConfigError("teacher.kind='mlm' needs an absorbing diffusion (masked) "
+                             f"model; {config.teacher.workdir} holds another")
+  apply, mask_id = exp.apply_fn, exp.process.mask_id
+  return ((lambda frozen, x0: targets.mlm_teacher(apply, frozen, mask_id)(x0)),
+          run.params)
+
+
+def load_markov(config: ml_collections.ConfigDict, vocab_size: int):
+  """The oracle: the synthetic Markov chain's exact neighbour ratios (no parameters)."""
+  del vocab_size
+  fn = synthetic.oracle_teacher(synthetic.chain_from_config(config.data))
+  return (lambda frozen, x0: fn(x0)), None
+
+
+def load_teacher(config: ml_collections.ConfigDict, vocab_size: int) -> Callable:
+  """Target function ``x0 -> [b, L, V]`` of ``config.teacher`` (parameters closed
+  over: for notebooks and benchmarks; training passes them as arguments)."""
+  fn, frozen = experiment_lib.load_teacher(config, vocab_size)
+  return lambda x0: fn(frozen, x0)
+
+
+experiment_lib.register_teacher("ar", load_ar)
+experiment_lib.register_teacher("mlm", load_mlm)
+experiment_lib.register_teacher("markov", load_markov)

@@ -2,14 +2,17 @@
 
 ``build(config, workdir)`` returns a ``FinetuneExperiment`` that the ordinary training
 loop trains, checkpoints and resumes (its parameters are the correction network's; the
-reference is restored from ``finetune.ref_workdir`` each time), and that
-``restore.load_run`` loads back for sampling and evaluation: its ``apply_fn`` already
-returns reference logits + correction.
+reference is restored from ``finetune.ref_workdir`` each time and passed to the jitted
+step as an argument, ``Experiment.frozen``), and that ``restore.load_run`` loads back
+for sampling and evaluation: ``run.params`` is then ``{"correction", "reference"}`` and
+``apply_fn`` returns reference logits + correction. Registered in
+``training.experiment.BUILDERS`` for ``finetune.kind`` reward and preference.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 from typing import Any, Callable
 
@@ -18,25 +21,30 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from tcsm_jax import losses, models, objective, sampling
+from tcsm_jax import errors, fs, losses, models, objective, sampling
 from tcsm_jax.posttrain import classifier as classifier_lib
 from tcsm_jax.posttrain import reward as reward_lib
-from tcsm_jax.training import trainer
+from tcsm_jax.training import experiment as experiment_lib
+from tcsm_jax.training import restore
 
 
 @dataclasses.dataclass
-class FinetuneExperiment(trainer.Experiment):
-  ref: trainer.Experiment
-  ref_params: Any
-  reward_fn: Callable          # tokens [n, L] -> [n] (for reporting)
-  deltas_fn: Callable          # x0 [b, L] -> [b, L, V] neighbour reward differences
+class FinetuneExperiment(experiment_lib.Experiment):
+  ref: Any = None              # the reference's Experiment
+  ref_params: Any = None       # its parameters (also ``frozen``)
+  reward_fn: Callable = None   # tokens [n, L] -> [n] (for reporting)
+  deltas_fn: Callable = None   # x0 [b, L] -> [b, L, V] neighbour reward differences
   pairs: Any = None            # [n_pairs, 2, L] for preference fine-tuning
 
+  def full_params(self, params, frozen):
+    return {"correction": params, "reference": frozen}
+
   def apply_fn(self, params, x_t, sigma, train: bool = False, key=None):
-    ref = jax.lax.stop_gradient(self.ref.apply_fn(self.ref_params, x_t, sigma))
+    """Reference logits + correction; ``params`` = ``{"correction", "reference"}``."""
+    ref = jax.lax.stop_gradient(self.ref.apply_fn(params["reference"], x_t, sigma))
     rngs = {"dropout": key} if (train and key is not None) else None
-    corr = self.model.apply({"params": params}, x_t, sigma, deterministic=not train,
-                            rngs=rngs)
+    corr = self.model.apply({"params": params["correction"]}, x_t, sigma,
+                            deterministic=not train, rngs=rngs)
     return ref.astype(jnp.float32) + corr.astype(jnp.float32)
 
   def train_tokens(self):
@@ -47,7 +55,8 @@ class FinetuneExperiment(trainer.Experiment):
   def train_chunk_len(self) -> int:
     return self.config.data.seq_len * (2 if self.pairs is not None else 1)
 
-  def loss_fns(self, target_fn=None):
+  def loss_fns(self):
+    """``(train, eval)``: ``fn(params, frozen, x0, key, train)``, frozen = reference."""
     cfg, ft = self.config, self.config.finetune
     proc, sched = self.process, self.schedule
     length = cfg.data.seq_len
@@ -58,17 +67,17 @@ class FinetuneExperiment(trainer.Experiment):
       sigma, dsigma = sched(t)
       return sigma, dsigma, k_x, k_d
 
-    def corr_and_ref(params, x_t, sigma, train, key):
-      ref = jax.lax.stop_gradient(self.ref.apply_fn(self.ref_params, x_t, sigma))
+    def corr_and_ref(params, ref_params, x_t, sigma, train, key):
+      ref = jax.lax.stop_gradient(self.ref.apply_fn(ref_params, x_t, sigma))
       rngs = {"dropout": key} if train else None
       corr = self.model.apply({"params": params}, x_t, sigma, deterministic=not train,
                               rngs=rngs)
       return corr.astype(jnp.float32), ref.astype(jnp.float32)
 
-    def reward_loss(params, x0, key, train=True):
+    def reward_loss(params, frozen, x0, key, train=True):
       sigma, dsigma, k_x, k_d = split(key, x0)
       x_t = proc.sample_forward(k_x, x0, sigma)
-      corr, ref = corr_and_ref(params, x_t, sigma, train, k_d)
+      corr, ref = corr_and_ref(params, frozen, x_t, sigma, train, k_d)
       deltas = jax.lax.stop_gradient(self.deltas_fn(x0))
       per = reward_lib.reward_loss(corr, ref, x0, x_t, sigma, proc, deltas, ft.beta,
                                    cfg.loss.form, cfg.loss.divergence)
@@ -76,21 +85,26 @@ class FinetuneExperiment(trainer.Experiment):
       loss = jnp.mean(w * per.sum(-1)) / length
       return loss, {"loss": loss}
 
-    def preference_loss(params, x, key, train=True):
+    def preference_loss(params, frozen, x, key, train=True):
       chosen, rejected = x[:, :length], x[:, length:]
       sigma, _, k_x, k_d = split(key, chosen)
       xc = proc.sample_forward(k_x, chosen, sigma)
       xr = proc.sample_forward(k_x, rejected, sigma)      # same noise for the pair
-      cc, rc = corr_and_ref(params, xc, sigma, train, k_d)
-      cr, rr = corr_and_ref(params, xr, sigma, train, k_d)
+      cc, rc = corr_and_ref(params, frozen, xc, sigma, train, k_d)
+      cr, rr = corr_and_ref(params, frozen, xr, sigma, train, k_d)
       ratio_c = reward_lib.implicit_log_ratio(cc, rc, chosen, xc, sigma, proc)
       ratio_r = reward_lib.implicit_log_ratio(cr, rr, rejected, xr, sigma, proc)
       loss = jnp.mean(reward_lib.dpo_loss(ratio_c, ratio_r, ft.beta))
       return loss, {"loss": loss, "pref_accuracy": jnp.mean(ratio_c > ratio_r)}
 
-    ev = objective.make_loss_fn(trainer.elbo_loss_config(proc), proc, sched, self.apply_fn)
+    def eval_fn(params, frozen, x0, key, train=False):
+      apply = lambda p, x_t, s, tr, k: self.apply_fn(self.full_params(p, frozen), x_t, s,
+                                                     tr, k)
+      return objective.make_loss_fn(experiment_lib.elbo_loss_config(proc), proc, sched,
+                                    apply)(params, x0, key, train)
+
     train = preference_loss if ft.kind == "preference" else reward_loss
-    return train, ev
+    return train, eval_fn
 
 
 def _token_weights(spec: str, encode, vocab_size: int) -> np.ndarray:
@@ -100,7 +114,7 @@ def _token_weights(spec: str, encode, vocab_size: int) -> np.ndarray:
     for ch in chars:
       ids = np.asarray(encode(ch))
       if len(ids) != 1:
-        raise ValueError(f"finetune.token_weights: {ch!r} is not a single token")
+        raise errors.ConfigError(f"finetune.token_weights: {ch!r} is not a single token")
       w[int(ids[0])] = float(val)
   return w
 
@@ -110,11 +124,11 @@ def make_reward(config, dataset, workdir: str):
   ft, v, length = config.finetune, dataset.vocab_size, config.data.seq_len
   if ft.reward == "token":
     if dataset.encode is None:
-      raise ValueError("the token reward needs a text dataset")
+      raise errors.ConfigError("finetune.reward='token' needs a text dataset")
     w = jnp.asarray(_token_weights(ft.token_weights, dataset.encode, v))
     return (lambda toks: jnp.sum(w[toks], -1),
             lambda x0: reward_lib.token_reward_deltas(w, x0))
-  cdir = ft.classifier_dir or os.path.join(workdir or ".", "classifier")
+  cdir = ft.classifier_dir or os.fspath(fs.join(workdir or ".", "classifier"))
   model, params, acc = classifier_lib.load_or_train(cdir, dataset, length,
                                                     ft.classifier_steps)
   if acc is not None:
@@ -126,9 +140,10 @@ def make_reward(config, dataset, workdir: str):
 
 
 def _preference_pairs(config, ref, ref_params, reward_fn, workdir):
-  path = os.path.join(workdir or ".", "preferences.npz")
-  if os.path.exists(path):
-    return np.load(path)["pairs"]
+  path = fs.join(workdir or ".", "preferences.npz")
+  if fs.exists(path):
+    with fs.open_file(path, "rb") as f:
+      return np.load(io.BytesIO(f.read()))["pairs"]
   ft, length = config.finetune, config.data.seq_len
   n, b = 2 * ft.num_pairs, 64
   fn = sampling.jit_sampler(ref.apply_fn, ref.process, ref.schedule, (b, length),
@@ -138,7 +153,6 @@ def _preference_pairs(config, ref, ref_params, reward_fn, workdir):
                             for i in range(0, n, b)])[:n]
   rewards = np.asarray(jax.jit(reward_fn)(jnp.asarray(samples)))
   pairs = reward_lib.make_preference_pairs(samples, rewards, config.seed)
-  os.makedirs(workdir or ".", exist_ok=True)
   reward_lib.save_pairs(path, pairs, {"generator": "reference samples ranked by reward",
                                       "reward": ft.reward, "num_samples": n})
   return pairs
@@ -146,22 +160,27 @@ def _preference_pairs(config, ref, ref_params, reward_fn, workdir):
 
 def build(config, workdir: str = "", dataset=None) -> FinetuneExperiment:
   """The fine-tuning experiment of ``config.finetune`` (reference restored)."""
-  from tcsm_jax.training import restore
   ft = config.finetune
   ref_run = restore.load_run(ft.ref_workdir, dataset=dataset)
   ref = ref_run.experiment
   if ref.causal:
-    raise ValueError(f"finetune.ref_workdir {ft.ref_workdir} holds a causal model")
+    raise errors.ConfigError(f"finetune.ref_workdir {ft.ref_workdir} holds a causal model")
   if ref_run.config.data.seq_len != config.data.seq_len:
-    raise ValueError("fine-tuning must keep the reference's data.seq_len "
-                     f"({ref_run.config.data.seq_len})")
+    raise errors.ConfigError("fine-tuning must keep the reference's data.seq_len "
+                             f"({ref_run.config.data.seq_len})")
   if ref_run.config.process != config.process:
-    raise ValueError("fine-tuning must keep the reference's process")
+    raise errors.ConfigError("fine-tuning must keep the reference's process "
+                             f"({ref_run.config.process!r})")
   ds = ref.dataset if dataset is None else dataset
   corr = models.build_denoiser(config, ds.vocab_size, ref.process.num_states)
   reward_fn, deltas_fn = make_reward(config, ds, workdir)
   pairs = None
   if ft.kind == "preference":
     pairs = _preference_pairs(config, ref, ref_run.params, reward_fn, workdir)
-  return FinetuneExperiment(config, ds, ref.process, ref.schedule, corr, ref,
-                            ref_run.params, reward_fn, deltas_fn, pairs)
+  return FinetuneExperiment(config, ds, ref.process, ref.schedule, corr,
+                            frozen=ref_run.params, ref=ref, ref_params=ref_run.params,
+                            reward_fn=reward_fn, deltas_fn=deltas_fn, pairs=pairs)
+
+
+experiment_lib.register_builder("reward", build)
+experiment_lib.register_builder("preference", build)

@@ -25,14 +25,14 @@ decoded text for the exact path.
 
 from __future__ import annotations
 
-import os
+import io
 from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tcsm_jax import losses, scores, targets
+from tcsm_jax import fs, losses, scores, targets
 from tcsm_jax.processes import Process
 
 
@@ -120,7 +120,8 @@ def make_preference_pairs(samples: np.ndarray, rewards: np.ndarray, seed: int = 
   return np.stack([chosen, rejected], 1)
 
 
-def save_pairs(path: str, pairs: np.ndarray, meta: dict) -> None:
-  tmp = path + ".tmp.npz"
-  np.savez_compressed(tmp, pairs=pairs, **{k: np.asarray(v) for k, v in meta.items()})
-  os.replace(tmp, path)
+def save_pairs(path, pairs: np.ndarray, meta: dict) -> None:
+  """Writes ``pairs`` and ``meta`` to ``path`` (local or bucket) atomically."""
+  buf = io.BytesIO()
+  np.savez_compressed(buf, pairs=pairs, **{k: np.asarray(v) for k, v in meta.items()})
+  fs.write_bytes_atomic(path, buf.getvalue())

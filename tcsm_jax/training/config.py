@@ -1,13 +1,27 @@
-"""The config schema (every key, with its default) and its validation.
+"""The config schema (every key, with its default) and its one validation table.
 
 ``experiments/configs/base.py`` exposes ``default_config`` as ``get_config``; every other
-config starts from it. ``validate`` fails on an unknown key, a value of the wrong type
-or an out-of-range value, before anything runs.
+config starts from it. ``validate`` is the one check every binary and every library
+entry point runs before anything is written: unknown keys, wrong types, the allowed
+choices (``CHOICES``), numeric ranges (``RANGES``) and cross-field rules (``RULES``).
+It raises ``errors.ConfigError`` naming the key. Library functions below this layer
+(schedules, losses, models) trust a validated config.
+
+``resume_changes`` classifies the differences between a workdir's saved config and a
+new one: keys that change what the saved state means refuse a resume
+(``train.allow_config_change`` overrides), the rest are logged.
 """
 
 from __future__ import annotations
 
+import json
+from typing import Any, Callable, Dict, List, Tuple
+
 import ml_collections
+
+from tcsm_jax import divergences, errors, losses, objective, schedules
+from tcsm_jax.models import transformer
+from tcsm_jax.training import optim
 
 _NUMBER = (int, float)
 
@@ -19,6 +33,7 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "bundled"            # bundled | text8 | text_file | wordpiece | markov
+                                     # | prepared (experiments.prepare_data output)
   c.data.path = ""                   # text8.zip / text file / text corpus for wordpiece
   c.data.seq_len = 128
   # wordpiece (tfds + sentencepiece)
@@ -108,9 +123,20 @@ def default_config() -> ml_collections.ConfigDict:
   # Multi-process runs: every this many steps the processes agree on whether any of
   # them received SIGTERM, so that all checkpoint and stop at the same step.
   c.train.preemption_sync_every = 10
+  # Safety (nothing lost, nothing silent): a checkpoint is "good" when its loss and
+  # parameters are finite, the last steps were not all skipped, and its eval NLL bound
+  # is within divergence_factor of the best so far. Keep-N rotation never deletes the
+  # newest good or the best checkpoint.
+  c.train.max_consecutive_skipped = 100   # stop (exit 2) after this many skipped steps
+  c.train.divergence_factor = 1.5         # eval > factor * best eval: not good
+  c.train.max_bad_evals = 3               # stop after this many consecutive bad evals
+  c.train.allow_config_change = False     # resume despite changed model/data/loss keys
+  c.train.profile_steps = ""              # "a,b": jax.profiler trace of steps [a, b)
+  c.train.tensorboard = True
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.fsdp = 1                    # devices per parameter shard group
+  c.mesh.fsdp_min_bytes = 4 * 2 ** 20  # arrays smaller than this stay replicated
 
   c.eval = ml_collections.ConfigDict()
   c.eval.num_batches = 0             # 0 = the whole validation split
@@ -121,74 +147,287 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 
+# ---------------------------------------------------------------------------------------
+# The validation table.
+
+_FINETUNE_KINDS = ("none", "reward", "preference")
+_TEACHER_KINDS = ("none", "ar", "mlm", "markov")
+
+CHOICES: Dict[str, Tuple[str, ...]] = {
+    "data.name": ("bundled", "text8", "text_file", "wordpiece", "markov", "prepared"),
+    "process": ("absorbing", "uniform"),
+    "schedule.name": tuple(sorted(schedules._REGISTRY)),  # pylint: disable=protected-access
+    "model.arch": ("diffusion", "causal"),
+    "model.size": tuple(transformer.SIZES),
+    "model.dtype": ("float32", "bfloat16"),
+    "loss.kind": objective.KINDS,
+    "loss.form": losses.FORMS,
+    "loss.divergence": ("gkl", "kl", "lsif", "itakura_saito"),
+    "loss.weighting": losses.WEIGHTINGS,
+    "teacher.kind": _TEACHER_KINDS,
+    "teacher.mode": ("exact", "top_k", "taylor"),
+    "finetune.kind": _FINETUNE_KINDS,
+    "finetune.reward": ("classifier", "token"),
+    "finetune.reward_mode": ("exact", "taylor"),
+    "optim.lr_schedule": optim.SCHEDULES,
+}
+
+# key: (low, high, low_inclusive, high_inclusive); None = unbounded.
+RANGES: Dict[str, Tuple[Any, Any, bool, bool]] = {
+    "data.seq_len": (1, None, True, False),
+    "data.spm_vocab_size": (2, None, True, False),
+    "data.max_train_docs": (0, None, True, False),
+    "data.markov_vocab": (2, None, True, False),
+    "data.markov_order": (1, None, True, False),
+    "data.markov_tokens": (1, None, True, False),
+    "data.markov_concentration": (0, None, False, False),
+    "schedule.eps": (0, 1, False, False),
+    "schedule.sigma_min": (0, None, False, False),
+    "schedule.sigma_max": (0, None, False, False),
+    "model.num_layers": (0, None, True, False),
+    "model.width": (0, None, True, False),
+    "model.num_heads": (0, None, True, False),
+    "model.mlp_ratio": (1, None, True, False),
+    "model.cond_width": (1, None, True, False),
+    "model.dropout": (0, 1, True, False),
+    "loss.t_min": (0, 1, True, False),
+    "loss.teacher_weight": (0, 1, True, True),
+    "teacher.top_k": (1, None, True, False),
+    "finetune.beta": (0, None, False, False),
+    "finetune.classifier_steps": (1, None, True, False),
+    "finetune.num_pairs": (1, None, True, False),
+    "finetune.pair_sample_steps": (1, None, True, False),
+    "optim.lr": (0, None, False, False),
+    "optim.warmup_steps": (0, None, True, False),
+    "optim.min_lr_ratio": (0, 1, True, True),
+    "optim.b1": (0, 1, True, False),
+    "optim.b2": (0, 1, True, False),
+    "optim.eps": (0, None, False, False),
+    "optim.weight_decay": (0, None, True, False),
+    "optim.grad_clip": (0, None, True, False),
+    "train.batch_size": (1, None, True, False),
+    "train.num_steps": (1, None, True, False),
+    "train.accum_steps": (1, None, True, False),
+    "train.ema_decay": (0, 1, True, False),
+    "train.log_every": (1, None, True, False),
+    "train.eval_every": (1, None, True, False),
+    "train.eval_batches": (0, None, True, False),
+    "train.checkpoint_every": (1, None, True, False),
+    "train.keep_checkpoints": (1, None, True, False),
+    "train.preemption_sync_every": (1, None, True, False),
+    "train.max_consecutive_skipped": (1, None, True, False),
+    "train.divergence_factor": (1, None, False, False),
+    "train.max_bad_evals": (1, None, True, False),
+    "mesh.fsdp": (1, None, True, False),
+    "mesh.fsdp_min_bytes": (0, None, True, False),
+    "eval.num_batches": (0, None, True, False),
+    "eval.batch_size": (1, None, True, False),
+    "eval.num_t": (1, None, True, False),
+}
+
+
+def _model_dims(c):
+  layers, width, heads = transformer.SIZES[c.model.size]
+  return (c.model.num_layers or layers, c.model.width or width, c.model.num_heads or heads)
+
+
+def _profile_ok(spec: str) -> bool:
+  if not spec:
+    return True
+  parts = spec.split(",")
+  try:
+    a, b = (int(p) for p in parts)
+  except ValueError:
+    return False
+  return 0 <= a < b
+
+
+# (rule holds for config c, message when it does not). Rules see a config whose keys,
+# types, choices and ranges are already valid.
+RULES: List[Tuple[Callable[[Any], bool], Callable[[Any], str]]] = [
+    (lambda c: c.train.batch_size % c.train.accum_steps == 0,
+     lambda c: f"train.batch_size {c.train.batch_size} must be divisible by "
+               f"train.accum_steps {c.train.accum_steps}"),
+    (lambda c: not (c.loss.kind == "masked_elbo" and c.process != "absorbing"),
+     lambda c: "loss.kind='masked_elbo' needs process='absorbing'"),
+    (lambda c: not (c.teacher.kind == "markov" and c.data.name != "markov"),
+     lambda c: "teacher.kind='markov' (the exact law of the data) needs "
+               "data.name='markov'"),
+    (lambda c: not (c.loss.teacher_weight > 0 and c.teacher.kind == "none"),
+     lambda c: "loss.teacher_weight > 0 needs teacher.kind = 'ar', 'mlm' or 'markov'"),
+    (lambda c: not (c.loss.teacher_weight > 0 and c.teacher.kind in ("ar", "mlm")
+                    and not c.teacher.workdir),
+     lambda c: f"teacher.kind={c.teacher.kind!r} needs teacher.workdir (a trained run)"),
+    (lambda c: not (c.finetune.kind != "none" and not c.finetune.ref_workdir),
+     lambda c: "finetune.ref_workdir must name the reference model's workdir"),
+    (lambda c: not (c.data.name in ("text8", "text_file", "prepared") and not c.data.path),
+     lambda c: f"data.name={c.data.name!r} needs data.path"),
+    (lambda c: not (c.data.name == "wordpiece" and not (c.data.tfds_name or c.data.path)),
+     lambda c: "data.name='wordpiece' needs data.tfds_name or data.path"),
+    (lambda c: not (c.schedule.name == "geometric"
+                    and not c.schedule.sigma_min < c.schedule.sigma_max),
+     lambda c: "schedule.name='geometric' needs schedule.sigma_min < schedule.sigma_max"),
+    (lambda c: _model_dims(c)[1] % _model_dims(c)[2] == 0,
+     lambda c: f"model width {_model_dims(c)[1]} must be divisible by model.num_heads "
+               f"{_model_dims(c)[2]}"),
+    (lambda c: (_model_dims(c)[1] // _model_dims(c)[2]) % 2 == 0,
+     lambda c: f"model head dimension {_model_dims(c)[1] // _model_dims(c)[2]} "
+               "(width / num_heads) must be even (rotary embeddings)"),
+    (lambda c: _profile_ok(c.train.profile_steps),
+     lambda c: f"train.profile_steps must be 'first,last' with 0 <= first < last, got "
+               f"{c.train.profile_steps!r}"),
+]
+
+
 def _check(cfg, schema, path):
   for key in cfg.keys():
     full = f"{path}{key}"
     if key not in schema:
-      raise ValueError(f"unknown config key {full!r}; known keys here: "
-                       f"{sorted(schema.keys())}")
+      raise errors.ConfigError(f"unknown config key {full!r}; known keys here: "
+                               f"{sorted(schema.keys())}")
     val, ref = cfg[key], schema[key]
     if isinstance(ref, ml_collections.ConfigDict):
       if not isinstance(val, ml_collections.ConfigDict):
-        raise ValueError(f"config key {full!r} must be a section, got {type(val).__name__}")
+        raise errors.ConfigError(f"config key {full!r} must be a section, got "
+                                 f"{type(val).__name__}")
       _check(val, ref, full + ".")
     elif isinstance(ref, bool):
       if not isinstance(val, bool):
-        raise ValueError(f"config key {full!r} must be a bool, got {val!r}")
+        raise errors.ConfigError(f"config key {full!r} must be a bool, got {val!r}")
     elif isinstance(ref, _NUMBER):
       if isinstance(val, bool) or not isinstance(val, _NUMBER):
-        raise ValueError(f"config key {full!r} must be a number, got {val!r}")
+        raise errors.ConfigError(f"config key {full!r} must be a number, got {val!r}")
       if isinstance(ref, int) and not isinstance(val, int):
-        raise ValueError(f"config key {full!r} must be an integer, got {val!r}")
+        raise errors.ConfigError(f"config key {full!r} must be an integer, got {val!r}")
     elif isinstance(ref, str) and not isinstance(val, str):
-      raise ValueError(f"config key {full!r} must be a string, got {val!r}")
+      raise errors.ConfigError(f"config key {full!r} must be a string, got {val!r}")
+
+
+def _get(cfg, dotted: str):
+  node = cfg
+  for part in dotted.split("."):
+    node = node[part]
+  return node
+
+
+def _in_range(val, lo, hi, lo_inc, hi_inc) -> bool:
+  if val != val or val in (float("inf"), float("-inf")):   # NaN, inf
+    return False
+  if lo is not None and (val < lo or (val == lo and not lo_inc)):
+    return False
+  if hi is not None and (val > hi or (val == hi and not hi_inc)):
+    return False
+  return True
+
+
+def _describe(lo, hi, lo_inc, hi_inc) -> str:
+  if hi is None:
+    return f"{'>=' if lo_inc else '>'} {lo}"
+  return f"in {'[' if lo_inc else '('}{lo}, {hi}{']' if hi_inc else ')'}"
 
 
 def validate(config: ml_collections.ConfigDict, schema=None) -> None:
-  """Raises ValueError naming the first unknown key, wrong type or bad value."""
+  """Raises ``errors.ConfigError`` naming the first bad key, type, choice or rule.
+
+  Keys missing from ``config`` (configs written before a key existed) are not errors;
+  ``complete`` fills them with defaults.
+  """
   if schema is None:
     schema = default_config()
   _check(config, schema, "")
-  t = config.train
-  for key in ("batch_size", "num_steps", "log_every", "eval_every", "checkpoint_every",
-              "accum_steps", "keep_checkpoints", "preemption_sync_every"):
-    if t[key] < 1:
-      raise ValueError(f"config key 'train.{key}' must be >= 1, got {t[key]}")
-  if t.batch_size % t.accum_steps:
-    raise ValueError(f"train.batch_size {t.batch_size} must be divisible by "
-                     f"train.accum_steps {t.accum_steps}")
-  if not 0.0 <= t.ema_decay < 1.0:
-    raise ValueError(f"train.ema_decay must lie in [0, 1), got {t.ema_decay}")
-  if config.data.seq_len < 1:
-    raise ValueError(f"data.seq_len must be >= 1, got {config.data.seq_len}")
-  if config.process not in ("absorbing", "uniform"):
-    raise ValueError(f"process must be 'absorbing' or 'uniform', got {config.process!r}")
-  if config.model.arch not in ("diffusion", "causal"):
-    raise ValueError(f"model.arch must be 'diffusion' or 'causal', got {config.model.arch!r}")
-  if config.teacher.kind not in ("none", "ar", "mlm", "markov"):
-    raise ValueError(f"teacher.kind must be none, ar, mlm or markov, got "
-                     f"{config.teacher.kind!r}")
-  if config.teacher.kind == "markov" and config.data.name != "markov":
-    raise ValueError("teacher.kind='markov' (the exact law of the data) needs "
-                     "data.name='markov'")
-  tw = config.loss.teacher_weight
-  if not 0.0 <= tw <= 1.0:
-    raise ValueError(f"loss.teacher_weight must lie in [0, 1], got {tw}")
-  if tw > 0 and config.teacher.kind == "none":
-    raise ValueError("loss.teacher_weight > 0 needs teacher.kind = 'ar', 'mlm' or "
-                     "'markov'")
-  ft = config.finetune
-  if ft.kind not in ("none", "reward", "preference"):
-    raise ValueError(f"finetune.kind must be none, reward or preference, got {ft.kind!r}")
-  if ft.kind != "none":
-    if not ft.ref_workdir:
-      raise ValueError("finetune.ref_workdir must name the reference model's workdir")
-    if ft.beta <= 0:
-      raise ValueError(f"finetune.beta must be > 0, got {ft.beta}")
-    if ft.reward not in ("classifier", "token"):
-      raise ValueError(f"finetune.reward must be classifier or token, got {ft.reward!r}")
-    if ft.reward_mode not in ("exact", "taylor"):
-      raise ValueError(f"finetune.reward_mode must be exact or taylor, got "
-                       f"{ft.reward_mode!r}")
-  if config.optim.lr <= 0:
-    raise ValueError(f"optim.lr must be > 0, got {config.optim.lr}")
+  for key, allowed in CHOICES.items():
+    try:
+      val = _get(config, key)
+    except (KeyError, AttributeError):
+      continue
+    if val not in allowed:
+      raise errors.ConfigError(f"config key {key!r} = {val!r} is not one of "
+                               f"{list(allowed)}")
+  for key, (lo, hi, lo_inc, hi_inc) in RANGES.items():
+    try:
+      val = _get(config, key)
+    except (KeyError, AttributeError):
+      continue
+    if not _in_range(val, lo, hi, lo_inc, hi_inc):
+      raise errors.ConfigError(f"config key {key!r} must be "
+                               f"{_describe(lo, hi, lo_inc, hi_inc)}, got {val!r}")
+  full = complete(config)
+  for ok, message in RULES:
+    if not ok(full):
+      raise errors.ConfigError(message(full))
+
+
+def complete(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of ``config`` with keys it lacks set to their defaults (schema order)."""
+  return from_dict(config.to_dict())
+
+
+def from_dict(saved: Dict[str, Any]) -> ml_collections.ConfigDict:
+  """The default config updated with ``saved`` (e.g. a workdir's config.json).
+
+  Keys the schema does not know raise ``ConfigError``; integers given for float keys
+  are converted. Keys added to the schema after the run was saved take defaults.
+  """
+  cfg = default_config()
+  _update(cfg, saved, "")
+  return cfg
+
+
+def _update(cfg, saved, path):
+  for k, v in saved.items():
+    if k not in cfg:
+      raise errors.ConfigError(f"unknown config key {path + k!r}")
+    if isinstance(cfg[k], ml_collections.ConfigDict):
+      if not isinstance(v, dict):
+        raise errors.ConfigError(f"config key {path + k!r} must be a section")
+      _update(cfg[k], v, path + k + ".")
+    elif isinstance(cfg[k], float) and isinstance(v, int) and not isinstance(v, bool):
+      cfg[k] = float(v)
+    else:
+      try:
+        cfg[k] = v
+      except TypeError as e:
+        raise errors.ConfigError(f"config key {path + k!r}: {e}") from None
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+  return json.dumps(config.to_dict(), indent=2, sort_keys=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Resuming with a changed config.
+
+# Keys whose change leaves the saved state meaningful: cadence, length, eval, topology,
+# performance knobs. Everything else (model, process, schedule, data, seed, loss,
+# teacher, fine-tuning, optimizer) changes what the checkpoint means.
+HARMLESS_PREFIXES = (
+    "train.num_steps", "train.log_every", "train.eval_every", "train.eval_batches",
+    "train.checkpoint_every", "train.keep_checkpoints", "train.async_checkpoint",
+    "train.preemption_sync_every", "train.max_consecutive_skipped",
+    "train.divergence_factor", "train.max_bad_evals", "train.allow_config_change",
+    "train.profile_steps", "train.tensorboard", "mesh.", "eval.", "model.remat",
+    "model.dtype", "model.attention_impl", "data.tfds_dir")
+
+
+def _flatten(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, prefix + k + "."))
+    else:
+      out[prefix + k] = v
+  return out
+
+
+def resume_changes(saved: ml_collections.ConfigDict, new: ml_collections.ConfigDict
+                   ) -> Tuple[List[str], List[str]]:
+  """``(refused, allowed)`` lists of ``"key: old -> new"`` between two configs."""
+  a = _flatten(complete(saved).to_dict())
+  b = _flatten(complete(new).to_dict())
+  refused, allowed = [], []
+  for key in sorted(set(a) | set(b)):
+    if a.get(key) == b.get(key):
+      continue
+    line = f"{key}: {a.get(key)!r} -> {b.get(key)!r}"
+    (allowed if key.startswith(HARMLESS_PREFIXES) else refused).append(line)
+  return refused, allowed

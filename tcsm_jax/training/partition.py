@@ -1,10 +1,14 @@
 """Device mesh and shardings: data parallel by default, FSDP-style parameter sharding.
 
-The mesh has two axes, ``('data', 'fsdp')``, over every device of every process. The
-batch is split over both axes. Parameters (and the optimizer/EMA copies, which share
-their shapes) are replicated when ``fsdp == 1``; otherwise each array of at least
-``min_shard_size`` elements is split along its largest dimension divisible by the
-``fsdp`` axis size, and XLA inserts the all-gathers/reduce-scatters.
+The mesh has two axes, ``('data', 'fsdp')``, over every device of every process, built
+by ``jax.make_mesh`` so that the device order follows the hardware (ICI rings on TPU,
+NVLink islands on GPU). The batch is split over both axes. Parameters (and the
+optimizer/EMA copies, which share their shapes) are replicated when ``fsdp == 1``;
+otherwise each array of at least ``min_bytes`` (default 4 MiB, big_vision's rule:
+smaller arrays cost more in collectives than they save) is split along its largest
+dimension divisible by the ``fsdp`` axis size, and XLA inserts the
+all-gathers/reduce-scatters. Shardings depend only on the current mesh, never on the
+one a checkpoint was written with: restoring with them reshards any checkpoint.
 """
 
 from __future__ import annotations
@@ -14,15 +18,31 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from tcsm_jax import errors
+
 BATCH_AXES = ("data", "fsdp")
 
 
+DEFAULT_MIN_BYTES = 4 * 2 ** 20
+
+
 def make_mesh(fsdp: int = 1, devices=None) -> Mesh:
-  devices = jax.devices() if devices is None else devices
+  """``('data', 'fsdp')`` mesh over ``devices`` (default: every device of every host).
+
+  Raises:
+    errors.ConfigError: ``fsdp`` does not divide the device count.
+  """
+  devices = jax.devices() if devices is None else list(devices)
   n = len(devices)
   if fsdp < 1 or n % fsdp:
-    raise ValueError(f"mesh.fsdp={fsdp} must divide the {n} devices")
-  return Mesh(np.asarray(devices).reshape(n // fsdp, fsdp), BATCH_AXES)
+    raise errors.ConfigError(f"config key 'mesh.fsdp' = {fsdp} must divide the {n} "
+                             "devices")
+  auto = (jax.sharding.AxisType.Auto,) * 2
+  try:
+    return jax.make_mesh((n // fsdp, fsdp), BATCH_AXES, auto, devices=devices)
+  except (ValueError, NotImplementedError):
+    # Device sets make_mesh cannot lay out (e.g. a subset of a TPU slice): plain order.
+    return Mesh(np.asarray(devices).reshape(n // fsdp, fsdp), BATCH_AXES, auto)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -37,16 +57,19 @@ def check_batch_size(batch_size: int, mesh: Mesh, name: str = "train.batch_size"
   """
   n = mesh.devices.size
   if batch_size % n:
-    raise ValueError(f"config key {name!r} = {batch_size} must be a multiple of the "
-                     f"{n} devices of the mesh (each device takes an equal share)")
+    raise errors.ConfigError(f"config key {name!r} = {batch_size} must be a multiple of "
+                             f"the {n} devices of the mesh (each device takes an equal "
+                             "share)")
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def param_spec(shape, fsdp: int, min_shard_size: int = 2 ** 14) -> P:
-  if fsdp == 1 or int(np.prod(shape, dtype=np.int64)) < min_shard_size:
+def param_spec(shape, fsdp: int, min_bytes: int = DEFAULT_MIN_BYTES,
+               itemsize: int = 4) -> P:
+  """FSDP spec of one array: split its largest ``fsdp``-divisible dimension."""
+  if fsdp == 1 or int(np.prod(shape, dtype=np.int64)) * itemsize < min_bytes:
     return P()
   dims = sorted(range(len(shape)), key=lambda d: -shape[d])
   for d in dims:
@@ -57,11 +80,12 @@ def param_spec(shape, fsdp: int, min_shard_size: int = 2 ** 14) -> P:
   return P()
 
 
-def state_shardings(abstract_state, mesh: Mesh, min_shard_size: int = 2 ** 14):
-  """Shardings for every leaf of a (abstract) train state."""
+def state_shardings(abstract_state, mesh: Mesh, min_bytes: int = DEFAULT_MIN_BYTES):
+  """Shardings on ``mesh`` for every leaf of an (abstract) train state or params."""
   fsdp = mesh.shape["fsdp"]
-  return jax.tree_util.tree_map(
-      lambda x: NamedSharding(mesh, param_spec(x.shape, fsdp, min_shard_size)),
+  return jax.tree.map(
+      lambda x: NamedSharding(mesh, param_spec(x.shape, fsdp, min_bytes,
+                                               np.dtype(x.dtype).itemsize)),
       abstract_state)
 
 

@@ -1,70 +1,76 @@
-"""Load a trained run from its workdir: config, experiment and parameters."""
+"""Load a trained run from its workdir, on any mesh: config, experiment and parameters.
+
+A checkpoint written on any topology (hosts x devices, FSDP or not) restores here:
+the restore target carries the shardings of the *current* mesh (by default every
+device, parameters replicated), never the saved layout, and orbax reshards.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Any, Optional
 
 import jax
 import ml_collections
+from jax.sharding import Mesh
 
+from tcsm_jax import fs
 from tcsm_jax.training import checkpoint as ckpt_lib
-from tcsm_jax.training import config as config_lib
-from tcsm_jax.training import trainer
+from tcsm_jax.training import experiment as experiment_lib
+from tcsm_jax.training import partition
+from tcsm_jax.training import workdir as workdir_lib
+
+load_config = workdir_lib.load_config
 
 
 @dataclasses.dataclass
 class Run:
+  """A restored run. ``params`` are what ``experiment.apply_fn`` takes."""
+
   config: ml_collections.ConfigDict
-  experiment: trainer.Experiment
+  experiment: experiment_lib.Experiment
   params: Any
   step: int
   workdir: str
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{workdir!r} has no config.json: not a training workdir "
-                            "(train first with experiments.train)")
-  with open(path) as f:
-    saved = json.load(f)
-  # Keys added to the schema after the run was started take their defaults.
-  cfg = config_lib.default_config()
-  _merge(cfg, saved, "")
-  config_lib.validate(cfg)
-  return cfg
-
-
-def _merge(cfg, saved, path):
-  for k, v in saved.items():
-    if k not in cfg:
-      raise ValueError(f"config.json has unknown key {path + k!r}")
-    if isinstance(v, dict):
-      _merge(cfg[k], v, path + k + ".")
-    else:
-      cfg[k] = type(cfg[k])(v) if isinstance(cfg[k], float) and isinstance(v, int) else v
+def abstract_state(exp: experiment_lib.Experiment, mesh: Mesh, seed: int = 0):
+  """Restore target of ``exp``'s train state with the shardings of ``mesh``."""
+  create, _, _ = experiment_lib.state_factory(exp)
+  shapes = jax.eval_shape(create, jax.random.PRNGKey(seed))
+  shardings = partition.state_shardings(shapes, mesh, exp.config.mesh.fsdp_min_bytes)
+  return ckpt_lib.abstract_like(shapes, shardings), shardings
 
 
 def load_run(workdir: str, config: Optional[ml_collections.ConfigDict] = None,
              use_ema: bool = True, step: Optional[int] = None,
-             dataset=None) -> Run:
-  """Restores the newest (or ``step``) checkpoint of ``workdir``.
+             dataset=None, mesh: Optional[Mesh] = None) -> Run:
+  """Restores the newest (or ``step``) checkpoint of ``workdir`` onto ``mesh``.
 
+  Args:
+    workdir: a training workdir (local or bucket).
+    config: default: the workdir's ``config.json``.
+    use_ema: the EMA parameters (default) or the raw ones.
+    step: a specific step; default the newest that loads and passes its checks.
+    dataset: a prebuilt dataset (default: loaded from the config).
+    mesh: where the parameters go; default every device, replicated.
   Raises:
     CheckpointError: if the workdir holds no usable checkpoint.
+    WorkdirError / ConfigError: no workdir, no or a bad config.json.
   """
   config = load_config(workdir) if config is None else config
-  ckdir = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(ckdir) or not ckpt_lib.Checkpointer(ckdir).all_steps():
+  ckdir = fs.join(workdir, "checkpoints")
+  if not fs.isdir(ckdir) or not ckpt_lib.Checkpointer(ckdir).all_steps():
     raise ckpt_lib.CheckpointError(
-        f"no checkpoint in {os.path.abspath(workdir)}: train first with "
+        f"no checkpoint in {workdir}: train first with "
         f"`python -m experiments.train --config=... --workdir={workdir}`")
-  exp = trainer.build(config, dataset, workdir=workdir)
-  create, _, _ = trainer.state_factory(exp)
-  abstract = jax.eval_shape(create, jax.random.PRNGKey(0))
-  state, meta, got = ckpt_lib.Checkpointer(ckdir).restore(abstract, step)
+  exp = experiment_lib.build(config, dataset, workdir=workdir)
+  mesh = partition.make_mesh(1) if mesh is None else mesh
+  target, _ = abstract_state(exp, mesh, config.seed)
+  state, _, got = ckpt_lib.Checkpointer(ckdir).restore(target, step)
   params = state.ema_params if use_ema else state.params
-  return Run(config, exp, params, got, workdir)
+  frozen = None
+  if exp.frozen is not None:
+    frozen = jax.device_put(exp.frozen, partition.state_shardings(
+        exp.frozen, mesh, config.mesh.fsdp_min_bytes))
+  return Run(config, exp, exp.full_params(params, frozen), got, workdir)

@@ -1,168 +1,101 @@
 """The training loop: build, restore, step, log, evaluate, checkpoint, resume.
 
 ``train_and_evaluate(config, workdir)`` is what ``experiments/train.py`` runs. Re-running
-it with the same ``workdir`` resumes from the newest checkpoint: params, optimizer,
+it with the same ``workdir`` resumes from the newest good checkpoint: params, optimizer,
 EMA, step, PRNG key and (since the input pipeline is a pure function of the step) the
-data position, so the loss curve continues exactly. SIGTERM (preemption) saves a
-checkpoint at the next step boundary and returns.
+data position, so the loss curve continues exactly. SIGTERM (preemption) and Ctrl-C
+save a checkpoint at the next step boundary and return.
+
+Nothing good is lost, nothing bad is silent (``Health``):
+
+* a checkpoint is saved as *good* when the recent training loss is finite and within
+  ``train.divergence_factor`` of the best recent loss, the last steps were not all
+  skipped, and the last eval is within that factor of the best eval; keep-N rotation
+  never deletes the newest good checkpoint nor the best one (``checkpoint.py``);
+* ``train.max_consecutive_skipped`` skipped steps in a row, or ``train.max_bad_evals``
+  bad evals in a row, stop the run with ``errors.TrainingError`` naming the last good
+  checkpoint (the binary prints it as one line and exits 2);
+* resuming with a config that changes what the saved state means (model, data,
+  process, loss, optimizer, seed, ...) is refused with the list of differences before
+  anything is written, unless ``train.allow_config_change``.
+
+The loop's pieces are plain functions with explicit arguments.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import signal
+import tempfile
 import threading
 import time
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 
-from tcsm_jax import models, objective, processes, schedules
+from tcsm_jax import errors, fs, models
 from tcsm_jax.data import pipeline
 from tcsm_jax.training import checkpoint as ckpt_lib
 from tcsm_jax.training import config as config_lib
+from tcsm_jax.training import experiment as experiment_lib
 from tcsm_jax.training import metrics as metrics_lib
-from tcsm_jax.training import optim, partition, state as state_lib, step as step_lib
+from tcsm_jax.training import partition, step as step_lib
+from tcsm_jax.training import workdir as workdir_lib
+
+# Re-exported: the builders live in ``experiment.py``.
+Experiment = experiment_lib.Experiment
+build = experiment_lib.build
+state_factory = experiment_lib.state_factory
+elbo_loss_config = experiment_lib.elbo_loss_config
+ar_loss_fn = experiment_lib.ar_loss_fn
+schedule_from_config = experiment_lib.schedule_from_config
 
 
-@dataclasses.dataclass
-class Experiment:
-  """Everything built from a config and a dataset (no arrays of the run itself)."""
-
-  config: ml_collections.ConfigDict
-  dataset: pipeline.TokenDataset
-  process: processes.Process
-  schedule: schedules.Schedule
-  model: object          # DiffusionTransformer or CausalTransformer
-
-  @property
-  def causal(self) -> bool:
-    return self.config.model.arch == "causal"
-
-  def apply_fn(self, params, x_t, sigma, train: bool = False, key=None):
-    """Denoiser logits ``[b, l, V]`` (diffusion models only)."""
-    rngs = {"dropout": key} if (train and key is not None) else None
-    return self.model.apply({"params": params}, x_t, sigma, deterministic=not train,
-                            rngs=rngs)
-
-  def init_params(self, key):
-    seq = self.config.data.seq_len
-    tokens = jnp.zeros((1, seq), jnp.int32)
-    if self.causal:
-      return self.model.init({"params": key}, tokens)["params"]
-    return self.model.init({"params": key}, tokens, jnp.ones((1,)))["params"]
-
-  def train_tokens(self):
-    """The flat token array the train batches are cut from."""
-    return self.dataset.train
-
-  def train_chunk_len(self) -> int:
-    return self.config.data.seq_len
-
-  def loss_fns(self, target_fn=None):
-    """``(train loss_fn, eval loss_fn)``; eval is the NLL (bound) in nats/token."""
-    if self.causal:
-      fn = ar_loss_fn(self.model)
-      return fn, fn
-    train = objective.make_loss_fn(self.config.loss, self.process, self.schedule,
-                                   self.apply_fn, target_fn=target_fn)
-    ev = objective.make_loss_fn(elbo_loss_config(self.process), self.process,
-                                self.schedule, self.apply_fn)
-    return train, ev
+class TrainingError(errors.UserError):
+  """The run diverged or got stuck; the message names the last good checkpoint."""
 
 
-def ar_loss_fn(model):
-  """Next-token cross-entropy (nats/token) of a causal model, first token after BOS."""
+# ---------------------------------------------------------------------------------------
+# Signals.
 
-  def loss_fn(params, x0, key, train: bool = True):
-    bos = jnp.full(x0.shape[:1] + (1,), model.cfg.vocab_size, x0.dtype)
-    inp = jnp.concatenate([bos, x0[:, :-1]], 1)
-    rngs = {"dropout": key} if train else None
-    logits = model.apply({"params": params}, inp, deterministic=not train, rngs=rngs)
-    lp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
-    loss = -jnp.mean(jnp.take_along_axis(lp, x0[..., None], -1))
-    return loss, {"loss": loss}
+class _StopSignals:
+  """SIGTERM and SIGINT (Ctrl-C) become a flag checked at step boundaries.
 
-  return loss_fn
-
-
-def schedule_from_config(cfg: ml_collections.ConfigDict) -> schedules.Schedule:
-  kwargs = {"log_linear": ("eps",), "linear_alpha": ("eps",), "cosine": ("eps",),
-            "geometric": ("sigma_min", "sigma_max"), "linear": ("sigma_max",)}
-  if cfg.name not in kwargs:
-    raise ValueError(f"unknown schedule.name {cfg.name!r}; choose one of {sorted(kwargs)}")
-  return schedules.get(cfg.name, **{k: cfg[k] for k in kwargs[cfg.name]})
-
-
-def build(config: ml_collections.ConfigDict,
-          dataset: Optional[pipeline.TokenDataset] = None,
-          workdir: str = "") -> Experiment:
-  """Validates ``config`` and builds the experiment (loads data unless given)."""
-  config_lib.validate(config)
-  if config.finetune.kind != "none":
-    from tcsm_jax.posttrain import finetune
-    return finetune.build(config, workdir, dataset)
-  dataset = pipeline.load(config, workdir) if dataset is None else dataset
-  proc = processes.get(config.process, dataset.vocab_size)
-  sched = schedule_from_config(config.schedule)
-  if config.model.arch == "causal":
-    model = models.build_causal(config, dataset.vocab_size)
-  else:
-    model = models.build_denoiser(config, dataset.vocab_size, proc.num_states)
-    objective.validate_loss_config(config.loss, proc)
-  return Experiment(config, dataset, proc, sched, model)
-
-
-def elbo_loss_config(process: processes.Process) -> ml_collections.ConfigDict:
-  """The NLL-bound objective of a process: masked ELBO (absorbing) or SEDD (uniform)."""
-  cfg = ml_collections.ConfigDict(dict(
-      kind="masked_elbo" if process.mask_id is not None else "sedd", form="score",
-      divergence="gkl", weighting="constant", t_min=1e-5, stratified=True,
-      teacher_weight=0.0))
-  return cfg
-
-
-def state_factory(exp: Experiment):
-  """``(create(key) -> TrainState, optimizer, lr_schedule)`` for an experiment."""
-  optimizer, lr_sched = optim.make_optimizer(exp.config.optim, exp.config.train.num_steps)
-
-  def create(key):
-    k_init, k_run = jax.random.split(key)
-    return state_lib.create(exp.init_params(k_init), optimizer, k_run)
-
-  return create, optimizer, lr_sched
-
-
-class _Preemption:
-  """Turns SIGTERM into a flag checked at step boundaries (main thread only)."""
+  A second Ctrl-C raises ``KeyboardInterrupt`` at once (no checkpoint).
+  """
 
   def __init__(self):
-    self.requested = False
-    self._old = None
+    self.requested: Optional[str] = None
+    self._old = {}
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      self._old = signal.signal(signal.SIGTERM, self._handle)
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._old[sig] = signal.signal(sig, self._handle)
     return self
 
   def _handle(self, signum, frame):
-    logging.warning("SIGTERM received: checkpointing at the next step boundary")
-    self.requested = True
+    name = signal.Signals(signum).name
+    if self.requested == "SIGINT" and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    logging.warning("%s received: checkpointing at the next step boundary%s", name,
+                    " (Ctrl-C again to quit without saving)" if name == "SIGINT" else "")
+    self.requested = name
 
   def __exit__(self, *exc):
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
 
 
 def _any_process(flag: bool) -> bool:
   """True on every process if ``flag`` is True on any (a collective: all must call)."""
-  from jax.experimental import multihost_utils
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   return bool(np.any(multihost_utils.process_allgather(np.asarray([flag], np.int32))))
 
 
@@ -179,91 +112,283 @@ def _fmt_eta(seconds: float) -> str:
   return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
+# ---------------------------------------------------------------------------------------
+# Health: what makes a checkpoint good, and when to stop.
+
+@dataclasses.dataclass
+class Health:
+  """Tracks skipped steps, loss and eval against their best values.
+
+  All inputs are replicated scalars, so every process reaches the same verdicts.
+  """
+
+  max_skipped: int
+  factor: float
+  max_bad_evals: int
+  best_eval: float = math.inf
+  best_loss: float = math.inf
+  consecutive_skipped: int = 0
+  bad_evals: int = 0
+  last_eval_ok: bool = True
+  window: list = dataclasses.field(default_factory=list)
+  window_ok: bool = True
+
+  @classmethod
+  def from_config(cls, tcfg, meta: Optional[Dict[str, Any]] = None) -> "Health":
+    h = cls(tcfg.max_consecutive_skipped, tcfg.divergence_factor, tcfg.max_bad_evals)
+    meta = meta or {}
+    h.best_eval = float(meta.get("best_eval", math.inf))
+    h.best_loss = float(meta.get("best_loss", math.inf))
+    return h
+
+  def step(self, loss: float, skipped: bool) -> None:
+    self.consecutive_skipped = self.consecutive_skipped + 1 if skipped else 0
+    if not skipped:
+      self.window.append(loss)
+
+  def close_window(self) -> None:
+    """At a log boundary: compare the window's mean loss with the best one."""
+    if not self.window:
+      self.window_ok = self.consecutive_skipped == 0
+      return
+    mean = float(np.mean(self.window))
+    self.window = []
+    self.window_ok = math.isfinite(mean) and mean <= self.factor * max(self.best_loss,
+                                                                        1e-12)
+    if math.isfinite(mean):
+      self.best_loss = min(self.best_loss, mean)
+
+  def eval(self, nll: float) -> bool:
+    ok = math.isfinite(nll) and nll <= self.factor * max(self.best_eval, 1e-12)
+    if ok:
+      self.best_eval = min(self.best_eval, nll)
+      self.bad_evals = 0
+    else:
+      self.bad_evals += 1
+    self.last_eval_ok = ok
+    return ok
+
+  @property
+  def good(self) -> bool:
+    return self.window_ok and self.last_eval_ok and self.consecutive_skipped == 0
+
+  def stop_reason(self) -> Optional[str]:
+    if self.consecutive_skipped >= self.max_skipped:
+      return (f"{self.consecutive_skipped} consecutive steps were skipped (non-finite "
+              "loss or gradient; config key train.max_consecutive_skipped)")
+    if self.bad_evals >= self.max_bad_evals:
+      return (f"{self.bad_evals} consecutive evals were worse than "
+              f"train.divergence_factor={self.factor} x the best NLL bound "
+              f"{self.best_eval:.4f} (config key train.max_bad_evals)")
+    return None
+
+  def meta(self) -> Dict[str, float]:
+    return {"best_eval": self.best_eval, "best_loss": self.best_loss}
+
+
+# ---------------------------------------------------------------------------------------
+# Pieces of the loop.
+
+def check_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses (ConfigError) a resume whose config changes what the saved state means.
+
+  Harmless differences (cadence, length, eval, mesh, ...) are logged.
+  """
+  if not workdir_lib.has_config(workdir):
+    logging.warning("%s has checkpoints but no config.json: resuming without a config "
+                    "check", workdir)
+    return
+  saved = workdir_lib.load_config(workdir)
+  refused, allowed = config_lib.resume_changes(saved, config)
+  for line in allowed:
+    logging.info("resuming with a changed config: %s", line)
+  if refused and not config.train.allow_config_change:
+    raise errors.ConfigError(
+        f"workdir {workdir} holds a run with a different config; refusing to resume "
+        f"(config.json is untouched). Changed: {'; '.join(refused)}. Use another "
+        "--workdir, or --config.train.allow_config_change=true to resume anyway")
+  for line in refused:
+    logging.warning("resuming with a changed config (train.allow_config_change): %s",
+                    line)
+
+
+def has_checkpoints(workdir: str) -> bool:
+  ckdir = fs.join(workdir, "checkpoints")
+  return fs.isdir(ckdir) and any(n.isdigit() for n in fs.listdir(ckdir))
+
+
+def compile_steps(exp: Experiment, mesh, state_sh, frozen_sh, batch_sh):
+  """``(train_step(state, batch, frozen), eval_step(params, frozen, batch, key))``."""
+  optimizer, lr_sched = experiment_lib.state_factory(exp)[1:]
+  tcfg = exp.config.train
+  loss_fn, eval_fn = exp.loss_fns()
+  repl = partition.replicated(mesh)
+
+  def train_step(state, batch, frozen):
+    lf = lambda p, x, k, train: loss_fn(p, frozen, x, k, train)
+    return step_lib.make_train_step(lf, optimizer, lr_sched, tcfg.ema_decay,
+                                    tcfg.accum_steps)(state, batch)
+
+  def eval_step(params, frozen, batch, key):
+    return eval_fn(params, frozen, batch, key, False)[1]
+
+  train = jax.jit(train_step, in_shardings=(state_sh, batch_sh, frozen_sh),
+                  out_shardings=(state_sh, repl), donate_argnums=(0,))
+  ev = jax.jit(eval_step, in_shardings=(state_sh.ema_params, frozen_sh, batch_sh, repl),
+               out_shardings=repl)
+  return train, ev
+
+
+def evaluate(eval_step, params, frozen, exp: Experiment, batch_sh, step: int
+             ) -> Dict[str, float]:
+  """Validation NLL bound (nats and bits per token) of ``params``; ``{}`` if no batch."""
+  config = exp.config
+  key = jax.random.PRNGKey(config.seed + 1)
+  vals = []
+  for i, b in enumerate(pipeline.eval_batches(
+      exp.dataset.validation, config.data.seq_len, config.train.batch_size,
+      config.train.eval_batches, jax.process_index(), jax.process_count())):
+    m = eval_step(params, frozen, partition.to_global(b, batch_sh),
+                  jax.random.fold_in(key, i))
+    vals.append(float(m["loss"]))
+  if not vals:
+    logging.warning("validation split shorter than one eval batch; no eval")
+    return {}
+  nll = float(np.mean(vals))
+  _log0("eval step %d | NLL bound %.4f nats/token | %.4f bits/token", step, nll,
+        nll / np.log(2.0))
+  return {"eval/nll_bound": nll, "eval/bits_per_token": nll / np.log(2.0)}
+
+
+class _Profiler:
+  """``jax.profiler`` trace of steps ``[first, last)`` into ``<workdir>/profile``."""
+
+  def __init__(self, spec: str, workdir: str):
+    self.first, self.last = (map(int, spec.split(","))) if spec else (-1, -1)
+    self.remote = fs.join(workdir, "profile")
+    self.local = (tempfile.mkdtemp(prefix="tcsm_profile_") if fs.is_remote(workdir)
+                  else os.fspath(self.remote))
+    self.active = False
+
+  def at(self, step: int) -> None:
+    if step == self.first and not self.active:
+      jax.profiler.start_trace(self.local)
+      self.active = True
+      _log0("profiling steps %d..%d into %s", self.first, self.last - 1, self.remote)
+    elif step == self.last and self.active:
+      self.stop()
+
+  def stop(self) -> None:
+    if not self.active:
+      return
+    jax.profiler.stop_trace()
+    self.active = False
+    if self.local != os.fspath(self.remote):
+      for root, _, names in os.walk(self.local):
+        for name in names:
+          src = os.path.join(root, name)
+          with open(src, "rb") as f:
+            fs.write_bytes_atomic(fs.join(self.remote, os.path.relpath(src, self.local)),
+                                  f.read())
+
+
+def _place_frozen(frozen, mesh, min_bytes):
+  if frozen is None:
+    return None, None
+  sh = partition.state_shardings(frozen, mesh, min_bytes)
+  return jax.device_put(frozen, sh), sh
+
+
+def _restore_or_init(ckpt, create, abstract, state_sh, seed: int
+                     ) -> Tuple[Any, Dict[str, Any], int]:
+  if ckpt.all_steps():
+    state, meta, start = ckpt.restore(ckpt_lib.abstract_like(abstract, state_sh))
+    newer = [s for s in ckpt.all_steps() if s > start]
+    if newer:
+      logging.warning("resuming from step %d; discarding the newer steps %s that "
+                      "failed their checks", start, newer)
+      for s in newer:
+        ckpt.delete(s)
+    logging.info("resumed from step %d in %s", start, ckpt.directory)
+    return state, dict(meta or {}), start
+  state = jax.jit(create, out_shardings=state_sh)(jax.random.PRNGKey(seed))
+  logging.info("initialized %s parameters", f"{models.count_params(state.params):,}")
+  return state, {}, 0
+
+
+# ---------------------------------------------------------------------------------------
+# The loop.
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        stop_at_step: Optional[int] = None,
+                       experiment: Optional[Experiment] = None,
                        target_fn: Optional[Callable] = None,
-                       experiment: Optional[Experiment] = None) -> Dict[str, float]:
+                       on_log: Optional[Callable[[int, Dict[str, float]], None]] = None
+                       ) -> Dict[str, float]:
   """Trains until ``config.train.num_steps`` (or ``stop_at_step``), resuming if possible.
 
   Args:
-    config: a config validated against ``tcsm_jax.training.config``.
-    workdir: checkpoints, ``metrics.jsonl``, TensorBoard files and ``config.json``.
+    config: the run's config (validated here).
+    workdir: local path or bucket URL: checkpoints, ``metrics.jsonl``, TensorBoard
+      files, ``config.json`` and its history.
     stop_at_step: stop (with a checkpoint) at this step without changing the run's
       schedule -- the programmatic twin of a preemption.
-    target_fn: optional teacher ``x0 -> log-conditionals`` for ``loss.teacher_weight``.
     experiment: a prebuilt ``Experiment`` (e.g. with an in-memory dataset).
+    target_fn: a teacher ``x0 -> [b, L, V]`` log-conditionals for
+      ``loss.teacher_weight`` that replaces the one of ``config.teacher`` (anything it
+      closes over is baked into the executable; ``config.teacher`` passes parameters
+      as arguments).
+    on_log: called as ``on_log(step, scalars)`` at every log and eval (live plots).
   Returns:
-    The last logged and evaluated scalars.
+    The last logged and evaluated scalars, plus ``stopped_by`` ('SIGTERM'/'SIGINT')
+    when a signal stopped the run.
+  Raises:
+    errors.ConfigError: a bad config, or a resume with a changed config.
+    errors.WorkdirError: the workdir is a file.
+    TrainingError: the run diverged (the good checkpoints are kept).
   """
-  exp = build(config, workdir=workdir) if experiment is None else experiment
-  if target_fn is None and config.teacher.kind != "none" and config.loss.teacher_weight > 0:
-    from tcsm_jax.posttrain import distill
-    target_fn = distill.load_teacher(config, exp.dataset.vocab_size)
-  ds, tcfg = exp.dataset, config.train
+  config_lib.validate(config)
+  workdir_lib.check(workdir)
+  tcfg = config.train
   mesh = partition.make_mesh(config.mesh.fsdp)
   partition.check_batch_size(tcfg.batch_size, mesh)
-  os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+  if has_checkpoints(workdir):
+    check_resume(config, workdir)
+  exp = build(config, workdir=workdir) if experiment is None else experiment
+  if target_fn is not None:
+    exp = dataclasses.replace(exp, target_fn=lambda frozen, x0: target_fn(x0), frozen=None)
 
   batch_sh = partition.batch_sharding(mesh)
-  repl = partition.replicated(mesh)
-  create, optimizer, lr_sched = state_factory(exp)
+  create, _, _ = experiment_lib.state_factory(exp)
   abstract = jax.eval_shape(create, jax.random.PRNGKey(config.seed))
-  state_sh = partition.state_shardings(abstract, mesh)
+  state_sh = partition.state_shardings(abstract, mesh, config.mesh.fsdp_min_bytes)
+  frozen, frozen_sh = _place_frozen(exp.frozen, mesh, config.mesh.fsdp_min_bytes)
+  train_step, eval_step = compile_steps(exp, mesh, state_sh, frozen_sh, batch_sh)
 
-  loss_fn, eval_fn = exp.loss_fns(target_fn)
-  train_step = jax.jit(
-      step_lib.make_train_step(loss_fn, optimizer, lr_sched, tcfg.ema_decay,
-                               tcfg.accum_steps),
-      in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, repl),
-      donate_argnums=(0,))
-  eval_step = jax.jit(step_lib.make_eval_step(eval_fn),
-                      in_shardings=(state_sh.ema_params, batch_sh, repl),
-                      out_shardings=repl)
-
-  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+  ckpt = ckpt_lib.Checkpointer(fs.join(workdir, "checkpoints"),
                                max_to_keep=tcfg.keep_checkpoints,
                                async_save=tcfg.async_checkpoint)
-  if ckpt.latest_step() is not None:
-    state, meta, start = ckpt.restore(ckpt_lib.abstract_like(abstract, state_sh))
-    logging.info("resumed from step %d in %s", start, ckpt.directory)
-  else:
-    state = jax.jit(create, out_shardings=state_sh)(jax.random.PRNGKey(config.seed))
-    start = 0
-    logging.info("initialized %s parameters", f"{models.count_params(state.params):,}")
+  state, meta0, start = _restore_or_init(ckpt, create, abstract, state_sh, config.seed)
+  if jax.process_index() == 0:
+    workdir_lib.save_config(workdir, config, start)   # only after a good restore
+  health = Health.from_config(tcfg, meta0)
 
   sampler = pipeline.ChunkSampler(exp.train_tokens(), exp.train_chunk_len(),
                                   tcfg.batch_size, seed=config.seed,
                                   process_index=jax.process_index(),
                                   process_count=jax.process_count())
-  writer = metrics_lib.MetricWriter(workdir)
-  meta = {"config": json.loads(config.to_json_best_effort()),
-          "dataset": pipeline.stats(ds), "dataset_name": ds.name}
+  writer = metrics_lib.MetricWriter(workdir, tensorboard=tcfg.tensorboard)
+  meta = {"config": json.loads(config_lib.to_json(config)),
+          "dataset": pipeline.stats(exp.dataset), "dataset_name": exp.dataset.name}
   end = tcfg.num_steps if stop_at_step is None else min(stop_at_step, tcfg.num_steps)
   tokens_per_step = tcfg.batch_size * config.data.seq_len
+  profiler = _Profiler(tcfg.profile_steps, workdir)
   last: Dict[str, float] = {}
 
-  def evaluate(step):
-    key = jax.random.PRNGKey(config.seed + 1)
-    vals = []
-    for i, b in enumerate(pipeline.eval_batches(
-        ds.validation, config.data.seq_len, tcfg.batch_size, tcfg.eval_batches,
-        jax.process_index(), jax.process_count())):
-      params = state.ema_params if config.eval.use_ema else state.params
-      m = eval_step(params, partition.to_global(b, batch_sh),
-                    jax.random.fold_in(key, i))
-      vals.append(float(m["loss"]))
-    if not vals:
-      logging.warning("validation split shorter than one eval batch; no eval")
-      return {}
-    nll = float(np.mean(vals))
-    out = {"eval/nll_bound": nll, "eval/bits_per_token": nll / np.log(2.0)}
-    writer.write(step, out)
-    _log0("eval step %d | NLL bound %.4f nats/token | %.4f bits/token", step, nll,
-          nll / np.log(2.0))
-    return out
+  def report(step, scalars):
+    writer.write(step, scalars)
+    if on_log is not None:
+      on_log(step, dict(scalars))
 
   if start >= end:
     logging.info("%s is already at step %d (train.num_steps = %d): nothing to train; "
@@ -274,56 +399,94 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     # include compilation; the compile time is logged and written once.
     t_c = time.time()
     train_step = train_step.lower(
-        state, partition.to_global(sampler.batch(start), batch_sh)).compile()
+        state, partition.to_global(sampler.batch(start), batch_sh), frozen).compile()
     compile_sec = time.time() - t_c
     _log0("compiled the train step in %.1f s", compile_sec)
     writer.write(start, {"compile_sec": compile_sec})
+
   train_time = 0.0          # seconds spent in train steps (this process, this run)
-  with _Preemption() as preempt:
-    t0, s0 = time.time(), start
-    step = start
-    prev_m = None
-    while step < end:
-      batch = partition.to_global(sampler.batch(step), batch_sh)
-      state, m = train_step(state, batch)
-      step += 1
-      # Keep at most two steps in flight: the host still runs one step ahead of the
-      # devices, and a deep queue of dispatched collectives cannot starve XLA:CPU's
-      # rendezvous (8 virtual devices on 2 cores deadlocked with ~100 queued steps).
-      if prev_m is not None:
-        jax.block_until_ready(prev_m)
-      prev_m = m
-      if step % tcfg.log_every == 0 or step == end:
-        m = jax.device_get(m)
-        dt = time.time() - t0
-        train_time += dt
-        sps = (step - s0) / max(dt, 1e-9)
-        last = {k: float(v) for k, v in m.items()}
-        last.update({"steps_per_sec": sps, "tokens_per_sec": sps * tokens_per_step,
-                     "train_time_sec": train_time})
-        writer.write(step, last)
-        _log0("step %d/%d | loss %.4f | grad %.3f | %.2f steps/s | %.0f tok/s | "
-              "skipped %d | ETA %s", step, tcfg.num_steps, last["loss"],
-              last["grad_norm"], sps, sps * tokens_per_step, int(state.skipped),
-              _fmt_eta((tcfg.num_steps - step) / max(sps, 1e-9)))
-        if last["skipped"]:
-          logging.warning("step %d skipped: non-finite loss or gradient", step)
-        t0, s0 = time.time(), step
-      t_pause = time.time()   # eval and checkpointing do not count as train time
-      # A SIGTERM may reach the hosts of a pod at different steps: act on it only at
-      # steps where all processes agree, so that they save the same step together.
-      stop = preempt.requested
-      if jax.process_count() > 1:
-        stop = (step % tcfg.preemption_sync_every == 0 or step == end) and _any_process(
-            preempt.requested)
-      if step % tcfg.eval_every == 0 or step == tcfg.num_steps:
-        last.update(evaluate(step))
-      if step % tcfg.checkpoint_every == 0 or step == end or stop:
-        ckpt.save(step, state, dict(meta, step=step))
-      t0 += time.time() - t_pause
-      if stop:
-        logging.warning("stopping at step %d after SIGTERM", step)
-        break
-  ckpt.close()
-  writer.close()
+  last_good = ckpt.latest_good_step() if ckpt.all_steps() else None
+  try:
+    with _StopSignals() as signals:
+      t0, s0 = time.time(), start
+      step = start
+      prev_m = None
+      while step < end:
+        profiler.at(step)
+        batch = partition.to_global(sampler.batch(step), batch_sh)
+        state, m = train_step(state, batch, frozen)
+        step += 1
+        # Keep at most two steps in flight: the host runs one step ahead of the
+        # devices, and a deep queue of dispatched collectives cannot starve XLA:CPU's
+        # rendezvous (8 virtual devices on 2 cores deadlocked with ~100 queued steps).
+        if prev_m is not None:
+          loss, skipped = jax.device_get((prev_m["loss"], prev_m["skipped"]))
+          health.step(float(loss), bool(skipped))
+        prev_m = m
+        at_end = step == end
+        if at_end:      # the last step's own verdict before deciding anything
+          loss, skipped = jax.device_get((m["loss"], m["skipped"]))
+          health.step(float(loss), bool(skipped))
+          prev_m = None
+        if step % tcfg.log_every == 0 or at_end:
+          m = jax.device_get(m)
+          dt = time.time() - t0
+          train_time += dt
+          sps = (step - s0) / max(dt, 1e-9)
+          last = {k: float(v) for k, v in m.items()}
+          last.update({"steps_per_sec": sps, "tokens_per_sec": sps * tokens_per_step,
+                       "train_time_sec": train_time})
+          report(step, last)
+          health.close_window()
+          _log0("step %d/%d | loss %.4f | grad %.3f | %.2f steps/s | %.0f tok/s | "
+                "skipped %d | ETA %s", step, tcfg.num_steps, last["loss"],
+                last["grad_norm"], sps, sps * tokens_per_step, int(state.skipped),
+                _fmt_eta((tcfg.num_steps - step) / max(sps, 1e-9)))
+          if last["skipped"]:
+            logging.warning("step %d skipped: non-finite loss or gradient", step)
+          t0, s0 = time.time(), step
+        t_pause = time.time()   # eval and checkpointing do not count as train time
+        # A signal may reach the hosts of a pod at different steps: act on it only at
+        # steps where all processes agree, so that they save the same step together.
+        stop = signals.requested is not None
+        if jax.process_count() > 1:
+          stop = (step % tcfg.preemption_sync_every == 0 or at_end) and _any_process(
+              stop)
+        if step % tcfg.eval_every == 0 or step == tcfg.num_steps:
+          params = state.ema_params if config.eval.use_ema else state.params
+          ev = evaluate(eval_step, params, frozen, exp, batch_sh, step)
+          if ev:
+            ok = health.eval(ev["eval/nll_bound"])
+            ev["eval/good"] = float(ok)
+            if not ok:
+              logging.warning("eval step %d: NLL bound %.4f is worse than %.2f x the "
+                              "best %.4f: this checkpoint is not kept as good", step,
+                              ev["eval/nll_bound"], health.factor, health.best_eval)
+            report(step, ev)
+            last.update(ev)
+        if step % tcfg.checkpoint_every == 0 or at_end or stop:
+          good = health.good
+          ckpt.save(step, state, dict(meta, step=step, good=good, **health.meta()),
+                    good=good, metric=last.get("eval/nll_bound") if good else None)
+          if good:
+            last_good = step
+          writer.flush()
+        reason = health.stop_reason()
+        if reason:
+          ckpt.wait()
+          where = (f"the last good checkpoint is step {last_good} in "
+                   f"{fs.join(workdir, 'checkpoints')}" if last_good is not None
+                   else "no good checkpoint was saved")
+          raise TrainingError(f"stopped at step {step}: {reason}; {where} (a re-run "
+                              "resumes from it: lower optim.lr or fix the data first)")
+        t0 += time.time() - t_pause
+        if stop:
+          logging.warning("stopping at step %d after %s", step,
+                          signals.requested or "a signal on another process")
+          last["stopped_by"] = signals.requested or "peer"
+          break
+  finally:
+    profiler.stop()
+    ckpt.close()
+    writer.close()
   return last
