@@ -1,13 +1,15 @@
 """Input validation shared by the public functions.
 
-Value checks (token range, sign of the noise level) run only on concrete arrays: under
-``jax.jit`` the values are tracers and only static shape/dtype checks apply. Callers
-that jit their own code validate their inputs once, outside the jitted region (the
-data pipeline does this for every batch it yields).
+Shape, rank and dtype checks use ``chex`` (static: they hold under ``jax.jit`` too and
+raise ``AssertionError`` naming the shapes). Value checks (token range, sign of the
+noise level) run only on concrete arrays and raise ``ValueError``: under ``jax.jit``
+the values are tracers. Callers that jit their own code validate their inputs once,
+outside the jitted region (the data pipeline does this for every batch it yields).
 """
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -51,5 +53,14 @@ def expand_leading(v, ndim: int):
 
 
 def check_last_dim(x, size: int, name: str) -> None:
-  if x.shape[-1] != size:
-    raise ValueError(f"{name} must have last dimension {size}, got shape {x.shape}")
+  """Asserts ``x.shape[-1] == size`` (``[..., size]``)."""
+  chex.assert_axis_dimension(x, -1, size, custom_message=name)
+
+
+def check_tokens_and_logits(tokens, logits, name: str = "logits") -> None:
+  """Asserts ``tokens [batch, length]`` ints and ``logits [batch, length, V]`` floats."""
+  chex.assert_rank(tokens, 2)
+  chex.assert_rank(logits, 3)
+  chex.assert_type(tokens, int)
+  chex.assert_type(logits, float)
+  chex.assert_equal_shape_prefix([tokens, logits], 2, custom_message=name)

@@ -66,7 +66,7 @@ def test_unigram_entropy_and_generative_perplexity_are_exact():
   model = transformer.CausalTransformer(cfg)
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
   # A judge whose head is zero predicts uniformly: perplexity = vocab size exactly.
-  params = jax.tree_util.tree_map(lambda x: x, params)
+  params = jax.tree.map(lambda x: x, params)
   params["trunk"]["head"]["kernel"] = jnp.zeros_like(params["trunk"]["head"]["kernel"])
   params["trunk"]["head"]["bias"] = jnp.zeros_like(params["trunk"]["head"]["bias"])
   toks = np.random.default_rng(0).integers(0, 5, (7, 8))
@@ -82,7 +82,7 @@ def test_causal_model_is_causal():
   model = transformer.CausalTransformer(cfg)
   x = jnp.asarray(np.random.default_rng(1).integers(0, 5, (1, 8)))
   params = model.init(jax.random.PRNGKey(0), x)["params"]
-  params = jax.tree_util.tree_map(lambda p: p + 0.1, params)   # non-trivial head
+  params = jax.tree.map(lambda p: p + 0.1, params)   # non-trivial head
   a = model.apply({"params": params}, x)
   b = model.apply({"params": params}, x.at[0, 5].set((x[0, 5] + 1) % 5))
   np.testing.assert_allclose(a[0, :5], b[0, :5], atol=1e-6)

@@ -21,7 +21,7 @@ def _tiny_causal(v=4, length=5, seed=0):
                                       num_heads=2, causal=True)
   model = transformer.CausalTransformer(cfg)
   params = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, length), jnp.int32))["params"]
-  params = jax.tree_util.tree_map(
+  params = jax.tree.map(
       lambda p: p + 0.3 * jax.random.normal(jax.random.PRNGKey(seed + 1), p.shape), params)
   return model, params
 

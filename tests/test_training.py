@@ -61,12 +61,12 @@ def test_eight_device_step_equals_single_device_step():
   lf, pf, sf = _run_steps(exp, config, fsdp, 3, min_shard_size=64)
   np.testing.assert_allclose(l8, l1, rtol=2e-5)
   np.testing.assert_allclose(lf, l1, rtol=2e-5)
-  for a, b, c in zip(jax.tree_util.tree_leaves(p1), jax.tree_util.tree_leaves(p8),
-                     jax.tree_util.tree_leaves(pf)):
+  for a, b, c in zip(jax.tree.leaves(p1), jax.tree.leaves(p8),
+                     jax.tree.leaves(pf)):
     np.testing.assert_allclose(b, a, atol=2e-6, rtol=1e-4)
     np.testing.assert_allclose(c, a, atol=2e-6, rtol=1e-4)
   # FSDP really shards the parameters: some leaf lives on only a part of the mesh.
-  specs = [x.sharding.spec for x in jax.tree_util.tree_leaves(sf.params)]
+  specs = [x.sharding.spec for x in jax.tree.leaves(sf.params)]
   assert any("fsdp" in tuple(s) for s in specs)
 
 
@@ -87,8 +87,8 @@ def test_nan_guard_skips_bad_step():
   assert m2["skipped"] == 1 and int(st2.skipped) == 1 and int(st2.step) == 2
   np.testing.assert_array_equal(st2.params["w"], st1.params["w"])
   np.testing.assert_array_equal(st2.ema_params["w"], st1.ema_params["w"])
-  for a, b in zip(jax.tree_util.tree_leaves(st2.opt_state),
-                  jax.tree_util.tree_leaves(st1.opt_state)):
+  for a, b in zip(jax.tree.leaves(st2.opt_state),
+                  jax.tree.leaves(st1.opt_state)):
     np.testing.assert_array_equal(a, b)
 
 
@@ -196,7 +196,7 @@ def test_corrupt_checkpoint_falls_back_then_fails_clearly(tmp_path):
   ck.save(1, state, {"step": 1})
   ck.save(2, {"w": jnp.arange(4.0) * 2}, {"step": 2})
   ck.close()
-  abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
   # Corrupt the newest step: overwrite every file of its state with garbage.
   for root, _, files in os.walk(os.path.join(d, "2", "state")):
     for f in files:

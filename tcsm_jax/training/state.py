@@ -33,5 +33,5 @@ class TrainState:
 def create(params, optimizer, rng) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=optimizer.init(params),
-                    ema_params=jax.tree_util.tree_map(jnp.copy, params),
+                    ema_params=jax.tree.map(jnp.copy, params),
                     rng=jnp.asarray(rng), skipped=jnp.zeros((), jnp.int32))

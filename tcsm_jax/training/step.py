@@ -36,23 +36,23 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
       def body(carry, xs):
         i, mb = xs
         (l, m), g = grad_fn(state.params, mb, jax.random.fold_in(key, i))
-        acc = jax.tree_util.tree_map(jnp.add, carry, (l, m, g))
+        acc = jax.tree.map(jnp.add, carry, (l, m, g))
         return acc, None
 
-      zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+      zeros = jax.tree.map(jnp.zeros_like, state.params)
       init = (jnp.zeros(()), {"loss": jnp.zeros(())}, zeros)
       (loss, metrics, grads), _ = jax.lax.scan(body, init,
                                                (jnp.arange(accum_steps), micro))
       scale = 1.0 / accum_steps
-      loss, metrics, grads = jax.tree_util.tree_map(lambda x: x * scale,
+      loss, metrics, grads = jax.tree.map(lambda x: x * scale,
                                                     (loss, metrics, grads))
     gnorm = optax.global_norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ema = jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
+    ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
                                  state.ema_params, params)
-    keep = lambda new, old: jax.tree_util.tree_map(
+    keep = lambda new, old: jax.tree.map(
         lambda n, o: jnp.where(ok, n, o), new, old)
     new_state = state.replace(
         step=state.step + 1, params=keep(params, state.params),
