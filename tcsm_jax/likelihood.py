@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Dict, Iterable
+from typing import Callable, Dict, Iterable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -31,27 +31,33 @@ from tcsm_jax.processes import Process
 from tcsm_jax.schedules import Schedule
 
 
-def integrand(logits, x0, x_t, sigma, dsigma, process: Process):
-  """``[batch]`` ELBO integrand at one time per sequence."""
+def integrand(logits, x0, x_t, sigma, dsigma, process: Process, real=None):
+  """``[batch]`` ELBO integrand at one time per sequence (over ``real`` positions only,
+  ``[b, l]`` bool, when given: the padded layout)."""
   if process.mask_id is not None and process.num_states == process.vocab_size + 1:
-    return losses.masked_elbo(logits, x0, x_t, sigma, dsigma, process.mask_id)
+    x_seen = x_t if real is None else jnp.where(real, x_t, x0)   # pads never masked
+    return losses.masked_elbo(logits, x0, x_seen, sigma, dsigma, process.mask_id)
   log_p = scores.model_log_probs(logits, process, x_t, sigma)
   log_score = process.noisy_log_score(log_p, x_t, sigma)
-  return losses.score_entropy(log_score, x0, x_t, sigma, dsigma, process).sum(-1)
+  per_pos = losses.score_entropy(log_score, x0, x_t, sigma, dsigma, process)
+  return per_pos.sum(-1) if real is None else jnp.where(real, per_pos, 0.0).sum(-1)
 
 
-def prior_term(x0, process: Process, sigma_1) -> jnp.ndarray:
-  """``[batch]``: ``sum_i KL(P(x0^i, .) || prior)`` at the final noise level."""
+def prior_term(x0, process: Process, sigma_1, real=None) -> jnp.ndarray:
+  """``[batch]``: ``sum_i KL(P(x0^i, .) || prior)`` at the final noise level (over
+  ``real`` positions only when given)."""
   lt = process.transition_log_probs(x0, sigma_1)               # [b, l, S]
   prior = process.prior_log_probs(sigma_1)
   pos = lt > -jnp.inf
   kl = jnp.where(pos, jnp.exp(jnp.where(pos, lt, 0.0)) * (jnp.where(pos, lt, 0.0) - prior),
                  0.0)
+  if real is not None:
+    return jnp.where(real, kl.sum(-1), 0.0).sum(-1)
   return kl.sum((-1, -2))
 
 
 def nll_bound(key, denoise_fn: Callable, x0, process: Process, schedule: Schedule,
-              num_t: int = 8) -> Dict[str, jnp.ndarray]:
+              num_t: int = 8, pad_id: Optional[int] = None) -> Dict[str, jnp.ndarray]:
   """Per-sequence NLL upper bound in nats.
 
   Args:
@@ -60,11 +66,14 @@ def nll_bound(key, denoise_fn: Callable, x0, process: Process, schedule: Schedul
     x0: ``[batch, length]`` clean tokens.
     process, schedule: the forward corruption.
     num_t: stratified time samples per sequence.
+    pad_id: padding id of the ``padded`` data layout: pad positions of ``x0`` are left
+      out of every term (the bound is then that of the real tokens).
   Returns:
     dict of ``[batch]`` arrays: ``bound`` (= recon + diffusion + prior), ``diffusion``,
-    ``prior``, ``recon``.
+    ``prior``, ``recon``; with ``pad_id`` also ``num_tokens`` (real tokens per row).
   """
   b = x0.shape[0]
+  real = None if pad_id is None else x0 != pad_id
   k_u, k_x, k_r = jax.random.split(key, 3)
   u = jax.random.uniform(k_u, (b,))
 
@@ -73,23 +82,27 @@ def nll_bound(key, denoise_fn: Callable, x0, process: Process, schedule: Schedul
     t = jnp.clip(t, 1e-6, 1.0)
     sigma, dsigma = schedule(t)
     x_t = process.sample_forward(jax.random.fold_in(k_x, k), x0, sigma)
-    val = integrand(denoise_fn(x_t, sigma), x0, x_t, sigma, dsigma, process)
+    val = integrand(denoise_fn(x_t, sigma), x0, x_t, sigma, dsigma, process, real)
     return carry + val, None
 
   diff, _ = jax.lax.scan(one, jnp.zeros((b,)), jnp.arange(num_t))
   diff = diff / num_t
-  prior = prior_term(x0, process, schedule.sigma_bar(1.0))
+  prior = prior_term(x0, process, schedule.sigma_bar(1.0), real)
   with jax.ensure_compile_time_eval():
     sigma0 = float(schedule.sigma_bar(0.0))
   if sigma0 > 0:
     s0 = jnp.full((b,), sigma0)
     x_t = process.sample_forward(k_r, x0, s0)
     lp = scores.model_log_probs(denoise_fn(x_t, s0), process, x_t, s0)
-    recon = -jnp.take_along_axis(lp, x0[..., None], -1)[..., 0].sum(-1)
+    nll = -jnp.take_along_axis(lp, x0[..., None], -1)[..., 0]
+    recon = nll.sum(-1) if real is None else jnp.where(real, nll, 0.0).sum(-1)
   else:
     recon = jnp.zeros((b,))
-  return {"bound": recon + diff + prior, "diffusion": diff, "prior": prior,
-          "recon": recon}
+  out = {"bound": recon + diff + prior, "diffusion": diff, "prior": prior,
+         "recon": recon}
+  if real is not None:
+    out["num_tokens"] = real.sum(-1)
+  return out
 
 
 @dataclasses.dataclass
@@ -108,8 +121,24 @@ class Report:
     return dataclasses.asdict(self)
 
 
-def summarize(bounds: np.ndarray, prior: np.ndarray, seq_len: int) -> Report:
-  """Turns per-sequence bounds (nats) into per-token statistics."""
+def summarize(bounds: np.ndarray, prior: np.ndarray, seq_len: int,
+              num_tokens: Optional[np.ndarray] = None) -> Report:
+  """Turns per-sequence bounds (nats) into per-token statistics.
+
+  ``num_tokens`` (real tokens per sequence, padded layout): nats per token is then
+  ``sum(bounds) / sum(num_tokens)`` (the corpus-level ratio, as MDLM reports padded
+  LM1B), with its delta-method standard error; equal to the default when every
+  sequence has ``seq_len`` tokens.
+  """
+  if num_tokens is not None:
+    b = np.asarray(bounds, np.float64)
+    cnt = np.asarray(num_tokens, np.float64)
+    n, total = len(b), float(cnt.sum())
+    mean = float(b.sum() / max(total, 1.0))
+    resid = (b - mean * cnt) / max(total / n, 1e-12)
+    se = float(resid.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+    return Report(mean, se, mean / math.log(2.0), math.exp(mean), n, seq_len,
+                  float(np.sum(prior) / max(total, 1.0)))
   per_tok = np.asarray(bounds, np.float64) / seq_len
   n = len(per_tok)
   mean = float(per_tok.mean())
@@ -120,7 +149,7 @@ def summarize(bounds: np.ndarray, prior: np.ndarray, seq_len: int) -> Report:
 
 def evaluate(key, denoise_fn: Callable, batches: Iterable[np.ndarray], process: Process,
              schedule: Schedule, num_t: int = 8, batch_sharding=None,
-             params=None) -> Report:
+             params=None, pad_id: Optional[int] = None) -> Report:
   """NLL bound over an iterable of ``[batch, length]`` arrays (jits one batch shape).
 
   Args:
@@ -132,18 +161,23 @@ def evaluate(key, denoise_fn: Callable, batches: Iterable[np.ndarray], process: 
     batch_sharding: e.g. ``partition.batch_sharding(mesh)``: splits every batch over
       the devices of a mesh (data parallel; ``params`` should be replicated on it).
       The result does not depend on the sharding.
+    pad_id: the dataset's padding id (``TokenDataset.pad_id``, padded layout): pad
+      positions are left out and the report is per real token (``summarize``).
   """
   call = (lambda p, xt, s: denoise_fn(xt, s)) if params is None else denoise_fn
   fn = jax.jit(lambda p, k, x: nll_bound(k, lambda xt, s: call(p, xt, s), x, process,
-                                         schedule, num_t))
+                                         schedule, num_t, pad_id))
   put = jnp.asarray if batch_sharding is None else (
       lambda x: jax.device_put(np.asarray(x), batch_sharding))
-  bounds, priors, length = [], [], None
+  bounds, priors, counts, length = [], [], [], None
   for i, x in enumerate(batches):
     out = fn(params, jax.random.fold_in(key, i), put(x))
     bounds.append(np.asarray(out["bound"]))
     priors.append(np.asarray(out["prior"]))
+    if pad_id is not None:
+      counts.append(np.asarray(out["num_tokens"]))
     length = x.shape[1]
   if not bounds:
     raise ValueError("no evaluation batches (validation split shorter than one batch?)")
-  return summarize(np.concatenate(bounds), np.concatenate(priors), length)
+  return summarize(np.concatenate(bounds), np.concatenate(priors), length,
+                   np.concatenate(counts) if pad_id is not None else None)

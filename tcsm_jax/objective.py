@@ -12,7 +12,10 @@ jit. Kinds:
   denoiser (``Process.noisy_log_score``).
 
 The loss is the batch mean of the time-weighted per-sequence sum, divided by the
-sequence length: nats per token for the ELBO-type objectives.
+sequence length: nats per token for the ELBO-type objectives. With ``pad_id`` (the
+``padded`` data layout, one document per row) positions whose clean token is the pad
+id contribute nothing, and the sum is divided by the number of real tokens instead;
+without it the computation is unchanged.
 """
 
 from __future__ import annotations
@@ -56,8 +59,15 @@ def validate_loss_config(cfg: ml_collections.ConfigDict, process: Process) -> No
     raise ValueError(f"loss.t_min must lie in [0, 1), got {cfg.t_min}")
 
 
+def _sum_real(per_pos, real):
+  """``[b, l] -> [b]``: the sum over real (non-pad) positions (all when ``real`` is
+  None)."""
+  return per_pos.sum(-1) if real is None else jnp.where(real, per_pos, 0.0).sum(-1)
+
+
 def make_loss_fn(cfg: ml_collections.ConfigDict, process: Process, schedule: Schedule,
-                 apply_fn: Callable, target_fn: Optional[Callable] = None):
+                 apply_fn: Callable, target_fn: Optional[Callable] = None,
+                 pad_id: Optional[int] = None):
   """Builds ``loss_fn(params, x0, key, train) -> (scalar loss, metrics)``.
 
   Args:
@@ -66,6 +76,8 @@ def make_loss_fn(cfg: ml_collections.ConfigDict, process: Process, schedule: Sch
     apply_fn: ``(params, x_t, sigma_bar, train, key) -> logits [batch, length, V]``.
     target_fn: optional ``x0 [batch, length] -> [batch, length, V]`` clean-space
       target log-conditionals (a teacher); used with weight ``cfg.teacher_weight``.
+    pad_id: the dataset's padding id (``TokenDataset.pad_id``): pad positions of ``x0``
+      are left out of the loss, which is then per real token.
   """
   validate_loss_config(cfg, process)
   teacher_w = float(cfg.get("teacher_weight", 0.0))
@@ -79,26 +91,33 @@ def make_loss_fn(cfg: ml_collections.ConfigDict, process: Process, schedule: Sch
     sigma, dsigma = schedule(t)
     x_t = process.sample_forward(k_x, x0, sigma)
     logits = apply_fn(params, x_t, sigma, train, k_drop)
+    real = None if pad_id is None else x0 != pad_id
     if cfg.kind == "masked_elbo":
-      per_seq = losses.masked_elbo(logits, x0, x_t, sigma, dsigma, process.mask_id)
+      # A pad position shows its clean token to the loss, so it never counts as masked.
+      x_seen = x_t if real is None else jnp.where(real, x_t, x0)
+      per_seq = losses.masked_elbo(logits, x0, x_seen, sigma, dsigma, process.mask_id)
     elif cfg.kind == "sedd":
       log_p = scores.model_log_probs(logits, process, x_t, sigma)
       log_score = process.noisy_log_score(log_p, x_t, sigma)
-      per_seq = losses.score_entropy(log_score, x0, x_t, sigma, dsigma, process).sum(-1)
+      per_seq = _sum_real(losses.score_entropy(log_score, x0, x_t, sigma, dsigma,
+                                               process), real)
     else:
       w = losses.time_weight(cfg.weighting, sigma, dsigma)
       per_seq = 0.0
       if teacher_w < 1.0:
-        per_seq = (1.0 - teacher_w) * losses.tcsm_loss(
+        per_seq = (1.0 - teacher_w) * _sum_real(losses.tcsm_loss(
             logits, x0, x_t, sigma, process, form=cfg.form,
-            divergence=cfg.divergence).sum(-1)
+            divergence=cfg.divergence), real)
       if teacher_w > 0.0:
         target = jax.lax.stop_gradient(target_fn(x0))
-        per_seq = per_seq + teacher_w * losses.tcsm_loss(
+        per_seq = per_seq + teacher_w * _sum_real(losses.tcsm_loss(
             logits, x0, x_t, sigma, process, form=cfg.form, divergence=cfg.divergence,
-            target_log_cond=target).sum(-1)
+            target_log_cond=target), real)
       per_seq = w * per_seq
-    loss = jnp.mean(per_seq) / length
+    if real is None:
+      loss = jnp.mean(per_seq) / length
+    else:
+      loss = jnp.sum(per_seq) / jnp.maximum(jnp.sum(real), 1)
     return loss, {"loss": loss}
 
   return loss_fn

@@ -396,3 +396,112 @@ def test_prepare_data_binary(tmp_path, bpe):
   r = run(f"--source=text:{junk}", "--tokenizer=char", f"--out={tmp_path / 'j'}",
           "--noprogress")
   assert r.returncode != 0 and "junk.txt" in r.stderr and "not valid UTF-8" in r.stderr
+
+
+# ------------------------------------------------ padding: loss and NLL bound masks
+
+
+class _PositionNoise:
+  """A process whose noise at (row, column) does not depend on the row length: draws
+  are made for ``_WIDTH`` columns and cut, so the real positions of a row are corrupted
+  alike with or without padding columns."""
+
+  _WIDTH = 32
+
+  def __init__(self, proc):
+    self.proc = proc
+
+  def __getattr__(self, name):
+    return getattr(self.proc, name)
+
+  def sample_forward(self, key, x0, sigma):
+    import jax.numpy as jnp
+    b, l = x0.shape
+    full = jnp.concatenate([x0, jnp.zeros((b, self._WIDTH - l), x0.dtype)], 1)
+    return self.proc.sample_forward(key, full, sigma)[:, :l]
+
+
+def _positionwise_denoiser(num_states, vocab, seed=0):
+  """Logits at a position depend only on that position's noisy token and sigma."""
+  import jax
+  import jax.numpy as jnp
+  w = jax.random.normal(jax.random.PRNGKey(seed), (num_states, vocab))
+  c = jax.random.normal(jax.random.PRNGKey(seed + 1), (vocab,))
+  return w, lambda p, x_t, sigma, train=False, key=None: (
+      p[x_t] + jnp.asarray(sigma, jnp.float32)[:, None, None] * c)
+
+
+# Each loss path (masked ELBO, SEDD, TCSM) and each bound integrand (absorbing, uniform).
+@pytest.mark.parametrize("process_name,kind,form,div,bound", [
+    ("absorbing", "masked_elbo", "score", "gkl", True),
+    ("uniform", "sedd", "score", "gkl", True),
+    ("absorbing", "tcsm", "score", "gkl", False),
+])
+def test_padding_is_excluded_from_loss_and_bound(process_name, kind, form, div, bound):
+  """Documents padded with the pad id give the loss, gradient and NLL bound of the
+  unpadded documents (a position-wise denoiser, so the padding cannot leak in through
+  the network; the test is about the masks and the per-real-token normalization)."""
+  import jax
+  import jax.numpy as jnp
+  import ml_collections
+  from tcsm_jax import likelihood, objective, processes, schedules
+  vocab, pad = 9, 8                          # tokens 0..7, pad id 8 (padded layout)
+  proc = _PositionNoise(processes.get(process_name, vocab))
+  sched = schedules.get("geometric", sigma_min=0.05, sigma_max=6.0)   # recon term too
+  params, apply_fn = _positionwise_denoiser(proc.num_states, vocab)
+  cfg = ml_collections.ConfigDict(dict(kind=kind, form=form, divergence=div,
+                                       weighting="dsigma", t_min=1e-3, stratified=True,
+                                       teacher_weight=0.0))
+  rng = np.random.default_rng(0)
+  docs = jnp.asarray(rng.integers(0, 8, (4, 6)), jnp.int32)            # 4 documents
+  padded = jnp.concatenate([docs, jnp.full((4, 5), pad, jnp.int32)], 1)
+  wider = jnp.concatenate([padded, jnp.full((4, 7), pad, jnp.int32)], 1)
+  key = jax.random.PRNGKey(3)
+  k_eval = jax.random.fold_in(key, 0)        # likelihood.evaluate's key of batch 0
+  plain_fn = objective.make_loss_fn(cfg, proc, sched, apply_fn)
+  pad_fn = objective.make_loss_fn(cfg, proc, sched, apply_fn, pad_id=pad)
+
+  @jax.jit
+  def run(p):             # one compile for every quantity compared
+    denoise = lambda x_t, s: apply_fn(p, x_t, s)
+    out = dict(want=jax.value_and_grad(lambda q: plain_fn(q, docs, key)[0])(p),
+               got=jax.value_and_grad(lambda q: pad_fn(q, padded, key)[0])(p),
+               wider=pad_fn(p, wider, key)[0], unmasked=plain_fn(p, padded, key)[0])
+    if bound:
+      out.update(
+          b_want=likelihood.nll_bound(k_eval, denoise, docs, proc, sched, 2),
+          b_got=likelihood.nll_bound(k_eval, denoise, padded, proc, sched, 2, pad_id=pad))
+    return out
+
+  r = run(params)
+  (want, g_want), (got, g_got) = r["want"], r["got"]
+  np.testing.assert_allclose(got, want, rtol=2e-6)
+  np.testing.assert_allclose(g_got, g_want, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(r["wider"], want, rtol=2e-6)     # more padding: no change
+  assert abs(float(r["unmasked"]) - float(want)) > 1e-3       # without the pad id it counts
+  if not bound:
+    return
+  for term in ("bound", "diffusion", "prior", "recon"):
+    np.testing.assert_allclose(r["b_got"][term], r["b_want"][term], rtol=2e-6, atol=1e-6)
+  assert float(jnp.abs(r["b_want"]["recon"]).sum()) > 0
+  assert r["b_got"]["num_tokens"].tolist() == [6] * 4
+  if kind == "masked_elbo":                                   # the report's plumbing
+    r_want = likelihood.summarize(r["b_want"]["bound"], r["b_want"]["prior"], 6)
+    r_got = likelihood.evaluate(key, apply_fn, [padded], proc, sched, 2, params=params,
+                                pad_id=pad)
+    np.testing.assert_allclose(r_got.nats_per_token, r_want.nats_per_token, rtol=1e-6)
+    np.testing.assert_allclose(r_got.stderr, r_want.stderr, rtol=1e-5)
+    np.testing.assert_allclose(r_got.prior_per_token, r_want.prior_per_token, rtol=1e-6)
+
+
+def test_padded_report_is_the_corpus_ratio():
+  from tcsm_jax import likelihood
+  bounds, counts = np.array([30.0, 10.0, 20.0]), np.array([10, 2, 8])
+  r = likelihood.summarize(bounds, np.zeros(3), 12, counts)
+  assert r.nats_per_token == pytest.approx(60.0 / 20.0)
+  # Equal lengths: the same numbers as the unpadded summary.
+  a = likelihood.summarize(bounds, np.ones(3), 10)
+  b = likelihood.summarize(bounds, np.ones(3), 10, np.full(3, 10))
+  assert (a.nats_per_token, a.prior_per_token) == pytest.approx(
+      (b.nats_per_token, b.prior_per_token))
+  assert a.stderr == pytest.approx(b.stderr)
