@@ -263,3 +263,20 @@ def test_batch_not_divisible_by_devices_fails_before_training(tmp_path):
     trainer.train_and_evaluate(cfg, str(tmp_path), experiment=trainer.build(
         cfg, small_dataset(2000, 2000)))
   assert not os.listdir(tmp_path)          # nothing written
+
+
+@pytest.mark.parametrize("name", ["kjv_tiny", "kjv_judge", "kjv_reward",
+                                  "kjv_preference", "text8", "owt", "lm1b"])
+def test_every_shipped_config_validates_and_says_what_it_reproduces(name):
+  import importlib
+  mod = importlib.import_module(f"experiments.configs.{name}")
+  c = mod.get_config()
+  if c.data.name in ("text8", "prepared", "text_file"):
+    c.data.path = "/data/x"        # the one key a user must give
+  if c.finetune.kind != "none":
+    c.finetune.ref_workdir = "/runs/ref"
+  config_lib.validate(c)
+  if name in ("text8", "owt", "lm1b"):
+    doc = mod.__doc__
+    assert "Reproduces" in doc and "prepare_data" in doc and "Cost of one step" in doc
+    assert c.train.batch_size == 512 and c.train.ema_decay == 0.9999

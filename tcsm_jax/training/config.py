@@ -36,6 +36,10 @@ def default_config() -> ml_collections.ConfigDict:
                                      # | prepared (experiments.prepare_data output)
   c.data.path = ""                   # text8.zip / text file / text corpus for wordpiece
   c.data.seq_len = 128
+  c.data.layout = "packed"           # packed: documents joined by EOS | padded: one
+                                     # document per row, padding out of loss and NLL
+  c.data.verify = "once"             # prepared shards: sha256 once | always | size
+  c.data.max_dropped_fraction = 0.2  # text_file: more cleaned away is an error
   # wordpiece (tfds + sentencepiece)
   c.data.tfds_name = ""              # e.g. "lm1b" or "openwebtext" (prepared locally)
   c.data.tfds_dir = ""
@@ -155,6 +159,8 @@ _TEACHER_KINDS = ("none", "ar", "mlm", "markov")
 
 CHOICES: Dict[str, Tuple[str, ...]] = {
     "data.name": ("bundled", "text8", "text_file", "wordpiece", "markov", "prepared"),
+    "data.layout": ("packed", "padded"),
+    "data.verify": ("once", "always", "size"),
     "process": ("absorbing", "uniform"),
     "schedule.name": tuple(sorted(schedules._REGISTRY)),  # pylint: disable=protected-access
     "model.arch": ("diffusion", "causal"),
@@ -175,6 +181,7 @@ CHOICES: Dict[str, Tuple[str, ...]] = {
 # key: (low, high, low_inclusive, high_inclusive); None = unbounded.
 RANGES: Dict[str, Tuple[Any, Any, bool, bool]] = {
     "data.seq_len": (1, None, True, False),
+    "data.max_dropped_fraction": (0, 1, True, True),
     "data.spm_vocab_size": (2, None, True, False),
     "data.max_train_docs": (0, None, True, False),
     "data.markov_vocab": (2, None, True, False),
