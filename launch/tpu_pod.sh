@@ -3,8 +3,13 @@
 #
 #   launch/tpu_pod.sh create  NAME ZONE v4-32
 #   launch/tpu_pod.sh install NAME ZONE            # copies this repo, pip installs
+#   # once, anywhere: tokenize text8 into shards + manifest (bucket or local path)
+#   python -m experiments.prepare_data --source=text8:text8.zip --tokenizer=char \
+#       --out=gs://BUCKET/text8_prepared
+#   # copy the shards to each worker's local disk (memory-mapped; small sets are read
+#   # from the bucket into memory), then:
 #   launch/tpu_pod.sh run     NAME ZONE --config=experiments/configs/text8.py \
-#       --workdir=gs://BUCKET/runs/text8 --config.data.path=gs://BUCKET/text8.zip
+#       --workdir=gs://BUCKET/runs/text8 --config.data.path=/data/text8_prepared
 #   launch/tpu_pod.sh delete  NAME ZONE
 #
 # Every worker runs the same command; jax.distributed.initialize() detects the pod.
