@@ -14,15 +14,25 @@ import lzma
 import os
 
 from tcsm_jax import errors, fs
-from tcsm_jax.data import base, sources, text8
+from tcsm_jax.data import base, sources, text8, tokenizer
 
 BUNDLED_PATH = os.path.join(os.path.dirname(__file__), "bundled", "kjv_text8.txt.xz")
 
 
+_CHAR = tokenizer.CharTokenizer()
+# What identifies the tokenizer (checkpoint metadata; zero-shot evaluation compares it
+# with a prepared set's, e.g. one prepared with --tokenizer=char).
+_INFO = {"tokenizer_sha256": _CHAR.sha256, "tokenizer_kind": "char"}
+
+
+def _char_dataset(train, validation, name) -> base.TokenDataset:
+  return base.TokenDataset(train, validation, text8.VOCAB_SIZE, text8.decode, name,
+                           text8.encode_text, tokenizer=_CHAR, info=dict(_INFO))
+
+
 def _dataset(ids, validation_fraction, name) -> base.TokenDataset:
   cut = int(len(ids) * (1 - validation_fraction))
-  return base.TokenDataset(ids[:cut], ids[cut:], text8.VOCAB_SIZE, text8.decode, name,
-                           text8.encode_text)
+  return _char_dataset(ids[:cut], ids[cut:], name)
 
 
 def load_bundled(validation_fraction: float = 0.05) -> base.TokenDataset:
@@ -44,8 +54,7 @@ def load_text8(path: str) -> base.TokenDataset:
                            "has 100,000,000 (truncated file?)")
   a, b = text8.TEXT8_SPLITS["train"]
   c, d = text8.TEXT8_SPLITS["validation"]
-  return base.TokenDataset(ids[a:b], ids[c:d], text8.VOCAB_SIZE, text8.decode, "text8",
-                           text8.encode_text)
+  return _char_dataset(ids[a:b], ids[c:d], "text8")
 
 
 def load_text_file(path: str, validation_fraction: float = 0.05,

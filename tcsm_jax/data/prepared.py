@@ -492,6 +492,32 @@ def load(path: str, *, seq_len: Optional[int] = None, layout: Optional[str] = No
             "prepared_path": os.fspath(path), "source": m.get("source")})
 
 
+def copy_tokenizer(src: str, dest: str) -> None:
+  """Copies the manifest and tokenizer file of a prepared directory (no shards) to
+  ``dest`` (e.g. ``WORKDIR/tokenizer``), so that a workdir can decode its samples on a
+  machine without the data (``tokenizer_only(dest)``)."""
+  m = read_manifest(src)
+  f = m["tokenizer"].get("file")
+  if f:
+    fs.write_bytes_atomic(fs.join(dest, f), fs.read_bytes(fs.join(src, f)))
+  fs.write_text_atomic(fs.join(dest, MANIFEST), json.dumps(m, indent=2) + "\n")
+
+
+def tokenizer_only(path: str) -> base.TokenDataset:
+  """The vocabulary, special ids and ``decode``/``encode`` of a prepared directory (or
+  a ``copy_tokenizer`` copy) with empty splits: reads no shard."""
+  m = read_manifest(path)
+  tok = tok_lib.from_description(m["tokenizer"], path)
+  vocab, pad = special_ids(tok, m["layout"])
+  skip = () if pad is None else (pad,)
+  empty = np.zeros((0,), _dtype(m, path))
+  return base.TokenDataset(empty, empty, vocab, lambda ids: tok.decode(ids, skip),
+                           str(m.get("name") or fs.path(path).name), tok.encode,
+                           pad_id=pad, eos_id=tok.eos_id, layout=m["layout"],
+                           tokenizer=tok, info={"tokenizer_sha256": m["tokenizer"].get(
+                               "sha256"), "tokenizer_kind": tok.kind})
+
+
 def load_from_config(data_cfg: ml_collections.ConfigDict,
                      workdir: str = "") -> base.TokenDataset:
   """``data.name=prepared``: ``data.path`` with ``data.layout``/``data.seq_len``/

@@ -17,6 +17,7 @@ import os
 import re
 import sys
 
+from tcsm_jax import fs
 from tcsm_jax.data import text8
 
 _HEADING = re.compile(r"^\S.*\s\d+$")        # "Genesis 1", "1 Kings 3"
@@ -33,12 +34,12 @@ def strip_markup(raw: str) -> str:
 
 
 def main(argv):
-  raw = open(argv[1], encoding="latin-1").read()
+  raw = fs.read_text(argv[1], encoding="latin-1")
   clean = text8.clean_text(strip_markup(raw))
   out = os.path.join(os.path.dirname(__file__), "kjv_text8.txt.xz")
-  with lzma.open(out, "wt", encoding="ascii", preset=9) as f:
-    f.write(clean)
-  print(f"{len(clean):,} characters -> {out} ({os.path.getsize(out):,} bytes)")
+  data = lzma.compress(clean.encode("ascii"), preset=9)
+  fs.write_bytes_atomic(out, data)
+  print(f"{len(clean):,} characters -> {out} ({len(data):,} bytes)")
 
 
 if __name__ == "__main__":
