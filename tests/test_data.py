@@ -128,6 +128,20 @@ def test_wordpiece_trains_sentencepiece_and_packs(tmp_path):
   assert chunks.shape == (4, 64)
   # A second load reuses the saved model (same ids).
   np.testing.assert_array_equal(wordpiece.load(cfg).train, ds.train)
+  # One document per row: the document, </s>, then the pad id (appended to the vocab).
+  with cfg.unlocked():
+    cfg.layout = "padded"
+  cfg.seq_len = 512
+  padded = wordpiece.load(cfg)
+  pad = ds.vocab_size
+  assert padded.pad_id == pad and padded.vocab_size == pad + 1 and padded.layout == "padded"
+  rows = padded.train.reshape(-1, 512)
+  first = np.append(sp.encode(docs[0].strip()), sp.eos_id())
+  n = -(-len(first) // 512)
+  np.testing.assert_array_equal(rows[:n].reshape(-1)[:len(first)], first)
+  assert (rows[:n].reshape(-1)[len(first):] == pad).all()
+  assert padded.decode(rows[:n].reshape(-1)) == docs[0].strip()
+  assert int((padded.train != pad).sum()) == len(ds.train)
 
 
 def test_wordpiece_reads_tfds_without_tensorflow(tmp_path, monkeypatch):
