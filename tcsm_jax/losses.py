@@ -11,17 +11,29 @@ known only through the sample ``x = x0^i ~ q``), and ``N`` the posterior support
   sample, the centre drawn from the posterior (the proposal is the posterior).
 * **distribution form** ``sum_{y in N} D(q(y), p(y))`` (``kl``: ``KL(q || p)``).
 
+**Scale.** Every divergence of the score form carries the paper's ``L_score`` factor
+``1/V`` (``V = vocab_size``, whatever the support ``N``), ``kl`` included: for ``kl``
+the ``sum_y`` is the one inside KL between the concrete-score vectors normalized over
+``N`` (which are ``q`` and ``p`` whatever the centre ``x``), so
+``score_kl = KL(q || p) / V = distribution_kl / V``. Loss values of the four score-form
+divergences are therefore on one scale; the distribution form has no ``1/V``.
+
 With the data target the estimators are unbiased up to a theta-independent constant
 (``divergences.py`` explains why every Bregman divergence allows this); positions
 whose posterior is determined (support of one token) contribute exactly 0. In
 particular, per undetermined position:
 
 * score form, ``gkl``: ``-log p(x) + 1/(V p(x)) + (1/V) sum_{y in N} log p(y)``;
+* score form, ``kl``: ``-log p(x) / V``;
 * distribution form, ``kl``: ``-log p(x)`` (cross-entropy).
 
-For ``kl`` in the score form the concrete scores are normalized over ``N`` first, which
-makes it identical to the distribution form. With exact targets the identity
-``V * score_gkl = V * KL(q || p) + sum_y IS(q(y), p(y))`` holds (tested).
+With exact targets, per position, ``n = |N|``, ``E`` the expectation over the centre
+``x ~ q`` and ``IS(q, p) = sum_{y in N} IS(q(y), p(y))`` (tested):
+
+  ``V E[score_gkl] = V E[score_itakura_saito] = n KL(q || p) + IS(q, p)
+                   = n V E[score_kl] + IS(q, p)``,
+
+i.e. ``V * score_gKL = V * KL + IS`` (``KL`` the distribution form) on a full support.
 
 Special cases, implemented independently so that tests can compare them:
 
@@ -64,7 +76,7 @@ def _undetermined(keep):
 
 
 def score_loss(log_p, x0, divergence: str = "gkl", *, log_q=None, support=None):
-  """Score-form TCSM loss at every position.
+  """Score-form TCSM loss at every position, on the ``1/V`` scale (module docstring).
 
   Args:
     log_p: ``[..., V]`` model posterior log-probabilities.
@@ -85,14 +97,14 @@ def score_loss(log_p, x0, divergence: str = "gkl", *, log_q=None, support=None):
   lb = safe_p - lp_x                                   # log model ratios p(y)/p(x)
   if log_q is None:
     if div.name == "kl":
-      return -lp_x[..., 0]
+      return -lp_x[..., 0] / v
     u = _mask(div.mc_u(lb), keep).sum(-1)
     swap = _mask(div.mc_dphi(-lb), keep).sum(-1)       # sum_u phi'(p(x)/p(u))
     return _mask((u - swap) / v, _undetermined(keep))
   log_q = log_q.astype(jnp.float32)
   if div.name == "kl":
     return divergences.kl_log(jnp.where(keep, log_q, -jnp.inf),
-                              jnp.where(keep, log_p, -jnp.inf))
+                              jnp.where(keep, log_p, -jnp.inf)) / v
   la = jnp.where(keep, log_q, -jnp.inf) - _take(log_q, x0)[..., None]
   return _mask(div.log_fn(la, jnp.where(keep, lb, -jnp.inf)), keep).sum(-1) / v
 

@@ -95,21 +95,56 @@ def test_known_minimum_values_of_data_target_losses():
   np.testing.assert_allclose(dist, h, rtol=1e-5)
 
 
-def test_score_gkl_equals_v_kl_plus_itakura_saito():
+@pytest.mark.parametrize("full", [True, False])
+def test_score_form_scale_identities(full):
+  """One 1/V scale for the four score-form divergences (losses.py docstring).
+
+  With exact targets, support N (n = |N|) and E over the centre x ~ q:
+  V E[score_gkl] = V E[score_itakura_saito] = n KL(q||p) + IS(q, p) = n V E[score_kl] + IS;
+  score_kl = KL / V pointwise; with the data target score_kl = -log p(x) / V.
+  """
   rng = np.random.default_rng(4)
   v = 5
+  keep = np.ones(v, bool) if full else np.array([True, False, True, True, False])
+  n = int(keep.sum())
+  sup = jnp.broadcast_to(jnp.asarray(keep), (v, v))
+
+  def masked_logp():
+    return jax.nn.log_softmax(jnp.where(keep, jnp.asarray(rng.normal(size=v),
+                                                          jnp.float32), -jnp.inf))
+
+  def expect(div, log_p, log_q):
+    xs = jnp.arange(v)
+    vals = losses.score_loss(jnp.broadcast_to(log_p, (v, v)), xs, div,
+                             log_q=jnp.broadcast_to(log_q, (v, v)), support=sup)
+    q = np.exp(np.asarray(log_q, np.float64))
+    return float((q[keep] * np.asarray(vals, np.float64)[keep]).sum()), np.asarray(vals)
+
   for _ in range(3):
-    log_q, log_p = rand_logp(rng, (v,)), rand_logp(rng, (v,))
-    score = expected_over_x(lambda lp, x, log_q: losses.score_loss(lp, x, "gkl",
-                                                                    log_q=log_q),
-                            log_p, log_q)
-    q, p = np.exp(np.asarray(log_q, np.float64)), np.exp(np.asarray(log_p, np.float64))
+    log_q, log_p = masked_logp(), masked_logp()
+    q, p = np.exp(np.asarray(log_q, np.float64))[keep], np.exp(
+        np.asarray(log_p, np.float64))[keep]
     kl = (q * np.log(q / p)).sum()
     isd = (q / p - np.log(q / p) - 1).sum()
-    np.testing.assert_allclose(v * float(score), v * kl + isd, rtol=1e-4)
-    np.testing.assert_allclose(
-        float(losses.distribution_loss(log_p, jnp.array(0), "kl", log_q=log_q)), kl,
-        rtol=1e-4)
+    gkl, _ = expect("gkl", log_p, log_q)
+    its, _ = expect("itakura_saito", log_p, log_q)
+    skl, skl_vals = expect("kl", log_p, log_q)
+    np.testing.assert_allclose(v * gkl, n * kl + isd, rtol=1e-4)
+    np.testing.assert_allclose(v * its, n * kl + isd, rtol=1e-4)
+    np.testing.assert_allclose(v * gkl, n * v * skl + isd, rtol=1e-4)
+    np.testing.assert_allclose(skl_vals[keep], kl / v, rtol=1e-4)   # pointwise
+    dist = lambda div: float(losses.distribution_loss(log_p, jnp.array(0), div,
+                                                      log_q=log_q, support=sup[0]))
+    np.testing.assert_allclose(dist("kl"), kl, rtol=1e-4)
+    np.testing.assert_allclose(dist("itakura_saito"), isd, rtol=1e-4)
+  # Data target: the score-form KL is the cross-entropy on the same 1/V scale.
+  log_p = masked_logp()
+  x = jnp.asarray(np.flatnonzero(keep))
+  lp = jnp.broadcast_to(log_p, (n, v))
+  np.testing.assert_allclose(losses.score_loss(lp, x, "kl", support=sup[:n]),
+                             -np.asarray(log_p)[keep] / v, rtol=1e-6)
+  np.testing.assert_allclose(losses.distribution_loss(lp, x, "kl", support=sup[:n]),
+                             -np.asarray(log_p)[keep], rtol=1e-6)
 
 
 def _setup(kind, v=3, length=3, seed=0):
@@ -187,7 +222,7 @@ def test_expected_loss_minimized_by_true_posterior(kind, form, div, teacher):
 
   grad = jax.grad(expected)
   rng = np.random.default_rng(7)
-  checked = 0
+  checked = with_choice = 0
   for t in range(len(xts)):
     w = jnp.asarray(post[t], jnp.float32)
     if post[t].sum() < 0.5:
@@ -201,9 +236,13 @@ def test_expected_loss_minimized_by_true_posterior(kind, form, div, teacher):
     bump = truth + jnp.asarray(rng.normal(size=truth.shape) * 0.5, jnp.float32)
     if ok.sum() > length:   # some position has a choice to make
       assert float(expected(bump, xt, w)) > base
+      with_choice += 1
     checked += 1
-  assert checked == (proc.num_states ** length if kind == "uniform" else checked)
-  assert checked >= 4
+  # p0 has full support and sigma > 0, so every noisy sequence has mass and is checked;
+  # a position has a choice wherever it is masked (absorbing) / always (uniform).
+  assert checked == proc.num_states ** length
+  masked = (xts == proc.mask_id).any(-1) if kind == "absorbing" else np.ones(len(xts))
+  assert with_choice == int(masked.sum()) > 0
 
 
 @pytest.mark.parametrize("kind", ["uniform", "absorbing"])
