@@ -143,6 +143,17 @@ def test_text8_jsonl_and_tfds_sources(tmp_path, monkeypatch):
   with pytest.raises(errors.DataError, match="no padding|no documents to pad"):
     prepared.prepare(str(tmp_path / "t8p"), src, tokenizer.CharTokenizer(),
                      layout="padded", seq_len=8, progress=False)
+  # One long document (the bundled corpus is one line): the last 5% of its characters
+  # is the validation split, as data.name=text_file does.
+  one = tmp_path / "one.txt"
+  doc = text[:20_000].strip()
+  one.write_text(doc + "\n")
+  prepared.prepare(str(tmp_path / "one"), sources.documents_source(str(one), "text"),
+                   tokenizer.CharTokenizer(), progress=False)
+  ds = prepared.load(str(tmp_path / "one"))
+  # Each split ends in the separator (a space); the space at the cut is dropped.
+  assert ds.decode(ds.train[:-1]) + " " + ds.decode(ds.validation[:-1]) == doc
+  assert 800 < len(ds.validation) < 1200
   # JSON lines, one document per object.
   docs = _docs(20)
   jl = tmp_path / "docs.jsonl"

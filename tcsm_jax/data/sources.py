@@ -262,6 +262,22 @@ def documents_source(path: str, fmt: str = "text", doc_sep: str = "blank",
   n = sum(1 for _ in docs(path)())
   if n == 0:
     raise errors.DataError(f"{os.fspath(path)!r} holds no documents")
+  if n == 1 and 0.0 < validation_fraction < 1.0:
+    # One document (a book, a cleaned corpus on one line): its last characters are
+    # the validation split, cut at a space, as data.name=text_file does.
+    def part(i):
+      def it():
+        doc = next(iter(docs(path)()))
+        cut = int(len(doc) * (1 - validation_fraction))
+        space = doc.rfind(" ", 0, cut)
+        cut = space if space > 0 else cut
+        yield (doc[:cut], doc[cut:])[i].strip()
+      return it
+    desc.update(validation_fraction=validation_fraction, split="characters of the one "
+                "document")
+    return Source(name, {"train": part(0), "validation": part(1)}, desc,
+                  {"train": 1, "validation": 1},
+                  check_path=path if fmt == "text" else "")
   n_val = n if validation_fraction >= 1 else min(n - 1, max(1, round(
       n * validation_fraction))) if n > 1 else 0
   cut = n - n_val
