@@ -99,8 +99,9 @@ class Experiment:
     Eval is the NLL (bound) in nats/token: the masked ELBO / SEDD bound of a
     diffusion model, the exact NLL of a causal one.
     """
+    pad_id = getattr(self.dataset, "pad_id", None)
     if self.causal:
-      fn = ar_loss_fn(self.model)
+      fn = ar_loss_fn(self.model, pad_id)
       wrapped = lambda p, frozen, x0, key, train=True: fn(p, x0, key, train)
       return wrapped, wrapped
     cfg, proc, sched = self.config, self.process, self.schedule
@@ -111,20 +112,23 @@ class Experiment:
         tfn = lambda x: self.target_fn(frozen, x)
       apply = lambda p, x_t, s, tr, k: self.apply_fn(self.full_params(p, frozen), x_t, s,
                                                      tr, k)
-      return objective.make_loss_fn(cfg.loss, proc, sched, apply,
-                                    target_fn=tfn)(params, x0, key, train)
+      return objective.make_loss_fn(cfg.loss, proc, sched, apply, target_fn=tfn,
+                                    pad_id=pad_id)(params, x0, key, train)
 
     def eval_fn(params, frozen, x0, key, train=False):
       apply = lambda p, x_t, s, tr, k: self.apply_fn(self.full_params(p, frozen), x_t, s,
                                                      tr, k)
-      return objective.make_loss_fn(elbo_loss_config(proc), proc, sched,
-                                    apply)(params, x0, key, train)
+      return objective.make_loss_fn(elbo_loss_config(proc), proc, sched, apply,
+                                    pad_id=pad_id)(params, x0, key, train)
 
     return train_fn, eval_fn
 
 
-def ar_loss_fn(model):
-  """Next-token cross-entropy (nats/token) of a causal model, first token after BOS."""
+def ar_loss_fn(model, pad_id: Optional[int] = None):
+  """Next-token cross-entropy (nats/token) of a causal model, first token after BOS.
+
+  ``x0 [b, L]``; positions holding ``pad_id`` are left out (per real token).
+  """
 
   def loss_fn(params, x0, key, train: bool = True):
     bos = jnp.full(x0.shape[:1] + (1,), model.cfg.vocab_size, x0.dtype)
@@ -132,7 +136,12 @@ def ar_loss_fn(model):
     rngs = {"dropout": key} if train else None
     logits = model.apply({"params": params}, inp, deterministic=not train, rngs=rngs)
     lp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
-    loss = -jnp.mean(jnp.take_along_axis(lp, x0[..., None], -1))
+    nll = -jnp.take_along_axis(lp, x0[..., None], -1)[..., 0]
+    if pad_id is None:
+      loss = jnp.mean(nll)
+    else:
+      real = (x0 != pad_id).astype(jnp.float32)
+      loss = jnp.sum(nll * real) / jnp.maximum(jnp.sum(real), 1.0)
     return loss, {"loss": loss}
 
   return loss_fn

@@ -8,13 +8,16 @@ device, parameters replicated), never the saved layout, and orbax reshards.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Optional
 
 import jax
 import ml_collections
+from absl import logging
 from jax.sharding import Mesh
 
 from tcsm_jax import fs
+from tcsm_jax.data import prepared
 from tcsm_jax.training import checkpoint as ckpt_lib
 from tcsm_jax.training import experiment as experiment_lib
 from tcsm_jax.training import partition
@@ -42,6 +45,21 @@ def abstract_state(exp: experiment_lib.Experiment, mesh: Mesh, seed: int = 0):
   return ckpt_lib.abstract_like(shapes, shardings), shardings
 
 
+def _tokenizer_only_if_data_missing(config, workdir: str):
+  """A prepared-data run on a machine without its shards: the workdir's tokenizer copy
+  (vocabulary, decode, encode; empty splits) is enough to sample."""
+  if config.data.name != "prepared" or fs.exists(fs.join(config.data.path,
+                                                         prepared.MANIFEST)):
+    return None
+  copy = fs.join(workdir, "tokenizer")
+  if not fs.exists(fs.join(copy, prepared.MANIFEST)):
+    return None
+  logging.warning("data.path %s is not here: using the workdir's tokenizer copy %s "
+                  "(sampling works; evaluation needs the data or --data)",
+                  config.data.path, copy)
+  return prepared.tokenizer_only(os.fspath(copy))
+
+
 def load_run(workdir: str, config: Optional[ml_collections.ConfigDict] = None,
              use_ema: bool = True, step: Optional[int] = None,
              dataset=None, mesh: Optional[Mesh] = None) -> Run:
@@ -64,6 +82,8 @@ def load_run(workdir: str, config: Optional[ml_collections.ConfigDict] = None,
     raise ckpt_lib.CheckpointError(
         f"no checkpoint in {workdir}: train first with "
         f"`python -m experiments.train --config=... --workdir={workdir}`")
+  if dataset is None:
+    dataset = _tokenizer_only_if_data_missing(config, workdir)
   exp = experiment_lib.build(config, dataset, workdir=workdir)
   mesh = partition.make_mesh(1) if mesh is None else mesh
   target, _ = abstract_state(exp, mesh, config.seed)

@@ -40,7 +40,7 @@ import numpy as np
 from absl import logging
 
 from tcsm_jax import errors, fs, models
-from tcsm_jax.data import pipeline
+from tcsm_jax.data import pipeline, prepared
 from tcsm_jax.training import checkpoint as ckpt_lib
 from tcsm_jax.training import config as config_lib
 from tcsm_jax.training import experiment as experiment_lib
@@ -292,6 +292,18 @@ class _Profiler:
                                   f.read())
 
 
+def _check_tokenizer(meta: Dict[str, Any], exp: Experiment,
+                     config: ml_collections.ConfigDict) -> None:
+  """A resumed run must read the tokens it was trained on (same tokenizer hash)."""
+  old = (meta.get("dataset") or {}).get("tokenizer_sha256")
+  new = pipeline.stats(exp.dataset).get("tokenizer_sha256")
+  if old and new and old != new and not config.train.allow_config_change:
+    raise errors.ConfigError(
+        f"the checkpoint was trained with tokenizer sha256 {old[:12]}..., data.path "
+        f"{config.data.path!r} has {new[:12]}...; refusing to resume (config.json is "
+        "untouched; --config.train.allow_config_change=true to resume anyway)")
+
+
 def _place_frozen(frozen, mesh, min_bytes):
   if frozen is None:
     return None, None
@@ -304,11 +316,9 @@ def _restore_or_init(ckpt, create, abstract, state_sh, seed: int
   if ckpt.all_steps():
     state, meta, start = ckpt.restore(ckpt_lib.abstract_like(abstract, state_sh))
     newer = [s for s in ckpt.all_steps() if s > start]
-    if newer:
-      logging.warning("resuming from step %d; discarding the newer steps %s that "
-                      "failed their checks", start, newer)
-      for s in newer:
-        ckpt.delete(s)
+    if newer:   # the next save moves the good ones to superseded/, drops the bad ones
+      logging.warning("resuming from step %d: the newer steps %s are not good or did "
+                      "not restore", start, newer)
     logging.info("resumed from step %d in %s", start, ckpt.directory)
     return state, dict(meta or {}), start
   state = jax.jit(create, out_shardings=state_sh)(jax.random.PRNGKey(seed))
@@ -369,8 +379,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                max_to_keep=tcfg.keep_checkpoints,
                                async_save=tcfg.async_checkpoint)
   state, meta0, start = _restore_or_init(ckpt, create, abstract, state_sh, config.seed)
+  _check_tokenizer(meta0, exp, config)
   if jax.process_index() == 0:
     workdir_lib.save_config(workdir, config, start)   # only after a good restore
+    if config.data.name == "prepared":   # decode samples without the data at hand
+      prepared.copy_tokenizer(config.data.path, fs.join(workdir, "tokenizer"))
   health = Health.from_config(tcfg, meta0)
 
   sampler = pipeline.ChunkSampler(exp.train_tokens(), exp.train_chunk_len(),
@@ -452,6 +465,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         if jax.process_count() > 1:
           stop = (step % tcfg.preemption_sync_every == 0 or at_end) and _any_process(
               stop)
+        eval_now = None
         if step % tcfg.eval_every == 0 or step == tcfg.num_steps:
           params = state.ema_params if config.eval.use_ema else state.params
           ev = evaluate(eval_step, params, frozen, exp, batch_sh, step)
@@ -464,10 +478,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                               ev["eval/nll_bound"], health.factor, health.best_eval)
             report(step, ev)
             last.update(ev)
+            eval_now = ev["eval/nll_bound"]
         if step % tcfg.checkpoint_every == 0 or at_end or stop:
           good = health.good
           ckpt.save(step, state, dict(meta, step=step, good=good, **health.meta()),
-                    good=good, metric=last.get("eval/nll_bound") if good else None)
+                    good=good, metric=eval_now if good else None)
           if good:
             last_good = step
           writer.flush()
