@@ -1,21 +1,284 @@
-"""Shared start-up of the absl binaries: clear errors for bad config overrides."""
+"""Shared start-up of the absl binaries: one line for user errors, tracebacks for bugs.
 
+Every binary in ``experiments/`` ends with ``cli.run(main)``. A user-caused error --
+any ``tcsm_jax.errors.UserError`` (config, flag, data, workdir, checkpoint, missing
+bucket backend), a bad flag or ``--config.x.y=v`` override, a missing or broken
+``--config`` file, ``app.UsageError``, or a ``FileNotFoundError`` /
+``NotADirectoryError`` / ``IsADirectoryError`` / ``PermissionError`` about a path the
+user gave -- prints exactly one line ``error: <message>`` on stderr and exits with
+status 2. Any other exception is a bug and keeps its traceback. ``--verbose`` or
+``TCSM_TRACEBACK=1`` prints the traceback of user errors too. Ctrl-C exits with status
+130 and one line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
 import sys
+import traceback
+from typing import Iterable, List, NoReturn, Optional, Tuple
 
 from absl import app, flags
+
+from tcsm_jax import errors
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Print the traceback of user errors too "
+                             "(same as the environment variable TCSM_TRACEBACK=1).")
+
+_OS_PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError,
+                   PermissionError)
+
+# Paths the user gave besides flag values (e.g. the data path of a workdir's config).
+_extra_user_paths: List[str] = []
+
+
+def one_line(message: str) -> str:
+  """``message`` with every line break (and the blanks around it) turned into ``' '``."""
+  return re.sub(r"\s*[\r\n]+\s*", " ", str(message)).strip()
+
+
+def add_user_paths(paths: Iterable[str]) -> None:
+  """Registers paths the user chose indirectly (config values), for path errors."""
+  _extra_user_paths.extend(p for p in paths if isinstance(p, str) and p)
+
+
+def show_tracebacks() -> bool:
+  """``--verbose`` or ``TCSM_TRACEBACK`` set to anything but ``''``/``0``/``false``."""
+  if os.environ.get("TCSM_TRACEBACK", "").strip().lower() not in ("", "0", "false", "no"):
+    return True
+  if flags.FLAGS.is_parsed():
+    return bool(_VERBOSE.value)
+  # Flag parsing failed: look at the raw command line.
+  return any(a in ("--verbose", "-verbose", "--verbose=true", "--verbose=1",
+                   "--verbose=True") for a in sys.argv[1:])
+
+
+def fail(message: str, exc: Optional[BaseException] = None) -> NoReturn:
+  """Prints ``error: <message>`` (one line) and exits with status 2."""
+  if exc is not None and show_tracebacks():
+    traceback.print_exception(type(exc), exc, exc.__traceback__)
+  sys.stdout.flush()
+  sys.stderr.write(f"error: {one_line(message)}\n")
+  sys.stderr.flush()
+  sys.exit(EXIT_USER_ERROR)
+
+
+# ----------------------------------------------------------------- user paths
+
+
+def config_strings(cfg, out: List[str]) -> None:
+  try:
+    items = cfg.items()
+  except Exception:  # pylint: disable=broad-except  (an unloadable config)
+    return
+  for _, v in items:
+    if isinstance(v, str):
+      out.append(v)
+    elif hasattr(v, "items"):
+      config_strings(v, out)
+
+
+def user_paths() -> List[str]:
+  """Strings the user typed or chose: flag values given on the command line, every
+  string of a parsed ``--config``, and paths registered with ``add_user_paths``."""
+  out = list(_extra_user_paths)
+  if not flags.FLAGS.is_parsed():
+    return out
+  for name in flags.FLAGS:
+    flag = flags.FLAGS[name]
+    if not flag.present and not _is_config_flag(flag):
+      continue
+    filename = getattr(flag, "config_filename", None)
+    if isinstance(filename, str):
+      out.append(filename.split(":", 1)[0])
+    val = flag.value
+    if isinstance(val, str):
+      out.append(val)
+    elif isinstance(val, (list, tuple)):
+      out.extend(v for v in val if isinstance(v, str))
+    elif _is_config_flag(flag) and not _is_error_config(val):
+      config_strings(val, out)
+  return [p for p in out if p and p not in (".", "/")]
+
+
+def _norm(p: str) -> str:
+  p = os.fspath(p)
+  return p.rstrip("/") if "://" in p else os.path.normpath(os.path.abspath(p))
+
+
+def _under(candidate: str, root: str) -> bool:
+  c, r = _norm(candidate), _norm(root)
+  return c == r or c.startswith(r.rstrip("/") + "/")
+
+
+def is_user_path_error(exc: BaseException) -> bool:
+  """Whether an ``OSError`` is about a path the user gave (or a file under it)."""
+  if not isinstance(exc, _OS_PATH_ERRORS):
+    return False
+  candidates = [str(f) for f in (getattr(exc, "filename", None),
+                                 getattr(exc, "filename2", None)) if f is not None]
+  candidates += re.findall(r"'([^']+)'", str(exc)) + re.findall(r'"([^"]+)"', str(exc))
+  roots = user_paths()
+  return any(_under(c, r) for c in candidates for r in roots)
+
+
+def _os_error_message(exc: OSError) -> str:
+  if getattr(exc, "filename", None) is not None and exc.strerror:
+    return f"{exc.strerror}: {os.fspath(exc.filename)!r}"
+  return str(exc)
+
+
+# ------------------------------------------------------------ config flags
+
+
+def _is_config_flag(flag) -> bool:
+  return type(flag).__name__ == "_ConfigFlag" or hasattr(flag, "config_filename")
+
+
+def _is_error_config(value) -> bool:
+  return type(value).__name__ == "_ErrorConfig"
+
+
+def _load_failure(flag_name: str, filename: str, reason: str) -> str:
+  reason = re.sub(r"^\[Errno \d+\]\s*", "", one_line(reason))
+  return f"--{flag_name}: cannot load config file {filename!r}: {reason}"
+
+
+def _config_file_error(flag) -> Optional[str]:
+  """Why a parsed ``--config`` flag holds no config (ml_collections defers a missing
+  file to the first access), or ``None``."""
+  val = flag.value
+  if not _is_error_config(val):
+    return None
+  err = object.__getattribute__(val, "_error")
+  name = getattr(flag, "config_filename", None) or flag.serialize()
+  lines = [l.strip() for l in str(err).splitlines() if l.strip()]
+  errno_lines = [l for l in lines if "[Errno" in l]
+  return _load_failure(flag.name, name, (errno_lines or lines or [repr(err)])[-1])
+
+
+def _config_args(argv: List[str]) -> List[Tuple[str, str]]:
+  """``(flag name, file)`` of the config-file flags on the command line."""
+  out = []
+  for a in argv[1:]:
+    name, eq, value = a.lstrip("-").partition("=")
+    if a.startswith("-") and eq and name in flags.FLAGS and _is_config_flag(
+        flags.FLAGS[name]):
+      out.append((name, value))
+  return out
+
+
+def _overrides(argv: List[str]) -> List[str]:
+  return [a.split("=", 1)[0] for a in argv[1:] if re.match(r"^--?\w+\.", a)]
+
+
+def _flag_error_message(exc: BaseException) -> str:
+  message = str(exc)
+  whilst = re.match(r"^flag --(\w+)=(.*?): Error whilst parsing config file", message)
+  if whilst:
+    # ml_collections embeds the config module's traceback; keep its last line.
+    lines = [l for l in message.splitlines() if l.strip()]
+    return _load_failure(whilst.group(1), whilst.group(2), lines[-1])
+  required = re.match(r"^flag --([\w.]+)=None: Flag --[\w.]+ must have a value other "
+                      r"than None\.?$", message)
+  if required:
+    return f"--{required.group(1)} is required"
+  name = getattr(exc, "flagname", None)
+  if isinstance(exc, flags.UnrecognizedFlagError) and name and "." in name:
+    prefix = name.split(".", 1)[0]
+    if prefix in flags.FLAGS and _is_config_flag(flags.FLAGS[prefix]):
+      return (f"--{name}: overriding config keys needs --{prefix}=FILE (without it the "
+              "config is the workdir's config.json, which is used as saved)")
+  return message
+
+
+def _parse_failure(exc: BaseException, argv: List[str]) -> Optional[str]:
+  """The one line for an exception raised while parsing flags, ``None`` for a bug."""
+  if isinstance(exc, flags.Error):
+    return _flag_error_message(exc)
+  overrides = _overrides(argv)
+  if isinstance(exc, (AttributeError, KeyError)) and overrides:
+    # An override naming a key the config does not have.
+    key = str(exc).strip("'\" ")
+    hit = [o for o in overrides if key in o.lstrip("-").split(".")[1:]]
+    if hit or not _config_args(argv):
+      return (f"unknown config key {key!r} in {', '.join(hit or overrides)}; "
+              "tcsm_jax/training/config.py lists every key")
+  given = _config_args(argv)
+  if given:
+    # Parsing --config runs the file: a syntax error, no get_config, a missing file
+    # combined with overrides, ... Without a config file it is a bug.
+    lines = [l.strip() for l in str(exc).splitlines() if l.strip()]
+    errno_lines = [l for l in lines if "[Errno" in l]
+    reason = (errno_lines or lines or [""])[-1]
+    if not errno_lines:
+      reason = f"{type(exc).__name__}: {reason}"
+    return _load_failure(given[0][0], given[0][1], reason)
+  return None
 
 
 def _parse(argv):
   try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    sys.exit(f"FATAL Flags parsing error: {e}")
-  except (AttributeError, KeyError) as e:
-    bad = [a for a in argv[1:] if a.startswith("--config.")]
-    sys.exit(f"error: unknown config key {str(e).strip(chr(34))} in overrides {bad}; "
-             "tcsm_jax/training/config.py lists every key")
+    rest = flags.FLAGS(argv)
+  except Exception as e:  # pylint: disable=broad-except
+    msg = _parse_failure(e, argv)
+    if msg is None:
+      raise
+    fail(msg, e)
+  for name in flags.FLAGS:
+    flag = flags.FLAGS[name]
+    if _is_config_flag(flag):
+      msg = _config_file_error(flag)
+      if msg:
+        fail(msg)
+  return rest
+
+
+# --------------------------------------------------------------- running
+
+
+def user_error_message(exc: BaseException) -> Optional[str]:
+  """The one-line message of a user-caused error, ``None`` for a bug."""
+  if isinstance(exc, errors.UserError):
+    return str(exc) or type(exc).__name__
+  if isinstance(exc, (flags.Error, app.UsageError)):
+    return _flag_error_message(exc)
+  if isinstance(exc, _OS_PATH_ERRORS) and is_user_path_error(exc):
+    return _os_error_message(exc)
+  return None
+
+
+def _guarded(main):
+
+  def wrapped(argv):
+    try:
+      if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]} (flags are written "
+                             "--name=value)")
+      return main(argv)
+    except KeyboardInterrupt:
+      sys.stdout.flush()
+      sys.stderr.write("interrupted (Ctrl-C)\n")
+      sys.stderr.flush()
+      sys.exit(EXIT_INTERRUPTED)
+    except Exception as e:  # pylint: disable=broad-except
+      msg = user_error_message(e)
+      if msg is None:
+        raise
+      fail(msg, e)
+
+  return wrapped
 
 
 def run(main) -> None:
-  """``app.run(main)``, turning a bad ``--config.x.y=v`` into a one-line error."""
-  app.run(main, flags_parser=_parse)
+  """``app.run(main)`` with one-line user errors (status 2) and quiet Ctrl-C (130)."""
+  try:
+    app.run(_guarded(main), flags_parser=_parse)
+  except KeyboardInterrupt:
+    # Ctrl-C during flag parsing or absl start-up.
+    sys.stderr.write("interrupted (Ctrl-C)\n")
+    sys.exit(EXIT_INTERRUPTED)

@@ -12,9 +12,8 @@ and equal compute), and, with a judge, ``DIR/summary.json`` with the final NLL b
 generative perplexity and entropy of samples for each variant.
 """
 
-import csv
 import json
-import os
+import re
 
 import jax
 import matplotlib
@@ -26,54 +25,96 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from experiments import cli, common  # noqa: E402
-from tcsm_jax import quality, sampling  # noqa: E402
-from tcsm_jax.training import log_setup, metrics as metrics_lib, trainer  # noqa: E402
+from tcsm_jax import errors, fs, quality, sampling  # noqa: E402
+from tcsm_jax.training import log_setup, trainer  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Base config.")
 _OUT = flags.DEFINE_string("outdir", None, "Output directory.")
 _VARIANTS = flags.DEFINE_multi_string("variants", [], "name:key=value,key=value")
 _JUDGE = flags.DEFINE_string("judge_workdir", "", "Causal judge for sample quality.")
-_SAMPLES = flags.DEFINE_integer("num_samples", 32, "Samples per variant for quality.")
-_STEPS = flags.DEFINE_integer("sample_steps", 128, "Sampling steps.")
+_SAMPLES = flags.DEFINE_integer("num_samples", 32, "Samples per variant for quality "
+                                "(>= 1).")
+_STEPS = flags.DEFINE_integer("sample_steps", 128, "Sampling steps (>= 1).")
 flags.mark_flags_as_required(["config", "outdir"])
 
 
-def _parse(spec):
-  name, _, rest = spec.partition(":")
+def parse_variant(spec: str):
+  """``'name:key=value,key=value'`` -> ``(name, {key: value})`` (``FlagError``)."""
+  name, sep, rest = spec.partition(":")
+  name = name.strip()
+  if not sep or not re.fullmatch(r"[A-Za-z0-9._-]+", name) or name in (".", ".."):
+    raise errors.FlagError(f"--variants {spec!r}: write name:key=value,key=value with a "
+                           "name of letters, digits, '.', '_', '-'")
   overrides = {}
-  for item in filter(None, rest.split(",")):
-    key, _, val = item.partition("=")
+  for item in filter(None, (i.strip() for i in rest.split(","))):
+    key, eq, val = item.partition("=")
+    if not eq or not key.strip():
+      raise errors.FlagError(f"--variants {spec!r}: {item!r} is not key=value")
     overrides[key.strip()] = val.strip()
   return name, overrides
 
 
-def _apply(cfg, overrides):
+def apply_overrides(cfg, overrides, variant: str = ""):
+  """A copy of ``cfg`` with string ``overrides`` converted to each key's type
+  (``ConfigError`` naming the variant and key)."""
   cfg = cfg.copy_and_resolve_references()
+  where = f"--variants {variant!r}: " if variant else ""
   for key, val in overrides.items():
     node = cfg
     parts = key.split(".")
-    for p in parts[:-1]:
-      node = node[p]
-    old = node[parts[-1]]
-    node[parts[-1]] = (val.lower() == "true") if isinstance(old, bool) else type(old)(val)
+    try:
+      for p in parts[:-1]:
+        node = node[p]
+      old = node[parts[-1]]
+    except (KeyError, AttributeError, TypeError):
+      raise errors.ConfigError(f"{where}unknown config key {key!r}; "
+                               "tcsm_jax/training/config.py lists every key") from None
+    try:
+      if isinstance(old, bool):
+        if val.lower() not in ("true", "false", "1", "0"):
+          raise ValueError(val)
+        new = val.lower() in ("true", "1")
+      elif old is None:
+        new = val
+      else:
+        new = type(old)(val)
+    except (TypeError, ValueError):
+      raise errors.ConfigError(f"{where}config key {key!r} must be of type "
+                               f"{type(old).__name__}, got {val!r}") from None
+    node[parts[-1]] = new
   return cfg
 
 
 def main(_):
+  common.at_least("num_samples", _SAMPLES.value, 1)
+  common.at_least("sample_steps", _STEPS.value, 1)
+  common.check_flag(bool(_VARIANTS.value), "--variants: give at least one "
+                    "name:key=value,... (e.g. --variants=data:)")
+  variants = [parse_variant(v) for v in _VARIANTS.value]
+  names = [n for n, _ in variants]
+  dup = sorted({n for n in names if names.count(n) > 1})
+  common.check_flag(not dup, f"--variants: names used twice: {dup}")
+  # Every variant's config is validated before the first one trains.
+  configs = {name: apply_overrides(_CONFIG.value, ov, name) for name, ov in variants}
+  for cfg in configs.values():
+    common.validate_config(cfg)
+  outdir = _OUT.value
+  common.require_output_dir(outdir, "outdir")
+  if _JUDGE.value:
+    common.require_run_dir(_JUDGE.value, "judge_workdir")
   log_setup.quiet_libraries()
-  os.makedirs(_OUT.value, exist_ok=True)
+  fs.makedirs(outdir)
   rows, summary = [], {}
   judge = None
   if _JUDGE.value:
-    jr = common.load_or_exit(_JUDGE.value)
+    jr = common.load_run(_JUDGE.value, flag="judge_workdir")
     judge = (jr.experiment.model, jr.params)
-  for spec in _VARIANTS.value:
-    name, overrides = _parse(spec)
-    cfg = _apply(_CONFIG.value, overrides)
-    wd = os.path.join(_OUT.value, name)
+  for name, overrides in variants:
+    cfg = configs[name]
+    wd = str(fs.join(outdir, name))
     last = trainer.train_and_evaluate(cfg, wd)
     times = {}
-    for r in metrics_lib.read_jsonl(os.path.join(wd, "metrics.jsonl")):
+    for r in common.read_jsonl(fs.join(wd, "metrics.jsonl")):
       if "train_time_sec" in r:
         times[r["step"]] = r["train_time_sec"]
       if "eval/nll_bound" in r:
@@ -82,7 +123,7 @@ def main(_):
                          nll_bound=r["eval/nll_bound"]))
     info = {"overrides": overrides, "final_nll_bound": last.get("eval/nll_bound")}
     if judge is not None:
-      run = common.load_or_exit(wd)
+      run = common.load_run(wd)
       exp = run.experiment
       x, _ = sampling.jit_sampler(exp.apply_fn, exp.process, exp.schedule,
                                   (_SAMPLES.value, cfg.data.seq_len),
@@ -90,10 +131,8 @@ def main(_):
       info.update(quality.report(np.asarray(x), judge))
       info["example"] = exp.dataset.decode(np.asarray(x)[0])
     summary[name] = info
-  with open(os.path.join(_OUT.value, "curves.csv"), "w", newline="") as f:
-    w = csv.DictWriter(f, fieldnames=["variant", "step", "train_time_sec", "nll_bound"])
-    w.writeheader()
-    w.writerows(rows)
+  common.write_csv(fs.join(outdir, "curves.csv"), rows,
+                   ["variant", "step", "train_time_sec", "nll_bound"])
   base = _CONFIG.value
   floor = None
   if base.data.name == "markov":      # known answer: the exact entropy per token
@@ -101,8 +140,7 @@ def main(_):
     chain = synthetic.chain_from_config(base.data)
     floor = chain.chunk_entropy(base.data.seq_len) / base.data.seq_len
     summary["exact_entropy_per_token"] = floor
-  with open(os.path.join(_OUT.value, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
+  common.write_json(fs.join(outdir, "summary.json"), summary)
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   for name in [n for n in summary if n != "exact_entropy_per_token"]:
     pts = [r for r in rows if r["variant"] == name]
@@ -119,7 +157,8 @@ def main(_):
     ax.legend()
   fig.suptitle("TCSM: data target vs parametric targets")
   fig.tight_layout()
-  fig.savefig(os.path.join(_OUT.value, "curves.png"), dpi=120)
+  common.save_figure(fig, fs.join(outdir, "curves.png"))
+  plt.close(fig)
   print(json.dumps(summary, indent=2))
 
 

@@ -13,7 +13,7 @@ side-by-side run against a data-only student.
 from absl import flags, logging
 from ml_collections import config_flags
 
-from experiments import cli
+from experiments import cli, common
 from tcsm_jax.training import distributed, log_setup, trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Student config.")
@@ -21,20 +21,27 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Student workdir.")
 _TEACHER = flags.DEFINE_string("teacher_workdir", None, "Causal teacher's workdir.")
 _MODE = flags.DEFINE_enum("mode", "taylor", ["exact", "top_k", "taylor"],
                           "Teacher concrete score: exact, Top-K or first-order Taylor.")
-_TOP_K = flags.DEFINE_integer("top_k", 8, "K for --mode=top_k.")
-_WEIGHT = flags.DEFINE_float("teacher_weight", 1.0, "Weight of the teacher target.")
+_TOP_K = flags.DEFINE_integer("top_k", 8, "K for --mode=top_k (>= 1).")
+_WEIGHT = flags.DEFINE_float("teacher_weight", 1.0, "Weight of the teacher target, in "
+                             "(0, 1].")
 flags.mark_flags_as_required(["config", "workdir", "teacher_workdir"])
 
 
 def main(_):
-  log_setup.quiet_libraries()
-  distributed.initialize()
+  common.at_least("top_k", _TOP_K.value, 1)
+  common.check_flag(0 < _WEIGHT.value <= 1, "--teacher_weight must be in (0, 1], got "
+                    f"{_WEIGHT.value}")
   cfg = _CONFIG.value.copy_and_resolve_references()
   cfg.teacher.kind = "ar"
   cfg.teacher.workdir = _TEACHER.value
   cfg.teacher.mode = _MODE.value
   cfg.teacher.top_k = _TOP_K.value
   cfg.loss.teacher_weight = _WEIGHT.value
+  common.validate_config(cfg)
+  common.require_output_dir(_WORKDIR.value, "workdir")
+  common.require_run_dir(_TEACHER.value, "teacher_workdir")
+  log_setup.quiet_libraries()
+  distributed.initialize()
   out = trainer.train_and_evaluate(cfg, _WORKDIR.value)
   logging.info("student NLL bound %.4f nats/token", out.get("eval/nll_bound", float("nan")))
   print(f"student NLL bound: {out.get('eval/nll_bound', float('nan')):.4f} nats/token")

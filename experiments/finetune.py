@@ -13,13 +13,14 @@ from absl import flags
 from ml_collections import config_flags
 
 from experiments import cli, common
-from tcsm_jax import sampling
+from tcsm_jax import errors, sampling
 from tcsm_jax.training import distributed, log_setup, trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Fine-tuning config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Fine-tuning workdir.")
-_SAMPLES = flags.DEFINE_integer("num_samples", 32, "Samples for the reward report.")
-_STEPS = flags.DEFINE_integer("sample_steps", 64, "Sampling steps for the report.")
+_SAMPLES = flags.DEFINE_integer("num_samples", 32, "Samples for the reward report "
+                                "(>= 1).")
+_STEPS = flags.DEFINE_integer("sample_steps", 64, "Sampling steps for the report (>= 1).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -32,13 +33,19 @@ def samples_and_reward(exp, params, reward_fn, num, steps, seed=0):
 
 
 def main(_):
-  log_setup.quiet_libraries()
-  distributed.initialize()
+  common.at_least("num_samples", _SAMPLES.value, 1)
+  common.at_least("sample_steps", _STEPS.value, 1)
   cfg = _CONFIG.value
   if cfg.finetune.kind == "none":
-    raise SystemExit("error: set finetune.kind to reward or preference")
+    raise errors.ConfigError("config key 'finetune.kind' is 'none': set "
+                             "--config.finetune.kind=reward or preference")
+  common.validate_config(cfg)
+  common.require_output_dir(_WORKDIR.value, "workdir")
+  common.require_run_dir(cfg.finetune.ref_workdir, "config.finetune.ref_workdir")
+  log_setup.quiet_libraries()
+  distributed.initialize()
   trainer.train_and_evaluate(cfg, _WORKDIR.value)
-  run = common.load_or_exit(_WORKDIR.value)
+  run = common.load_run(_WORKDIR.value)
   exp = run.experiment
   _, before = samples_and_reward(exp.ref, exp.ref_params, exp.reward_fn, _SAMPLES.value,
                                  _STEPS.value)

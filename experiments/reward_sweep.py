@@ -9,10 +9,6 @@ For the reference and each beta: mean reward of samples, their NLL bound under t
 entropy. The reward rises as beta falls while fidelity degrades.
 """
 
-import csv
-import json
-import os
-
 import jax
 import jax.numpy as jnp
 import matplotlib
@@ -24,15 +20,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from experiments import cli, common  # noqa: E402
-from tcsm_jax import likelihood, quality, sampling  # noqa: E402
+from tcsm_jax import errors, fs, likelihood, quality, sampling  # noqa: E402
 from tcsm_jax.training import log_setup, trainer  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Fine-tuning config.")
 _OUT = flags.DEFINE_string("outdir", None, "Output directory.")
-_BETAS = flags.DEFINE_list("betas", ["1.0", "0.3", "0.1"], "Betas.")
+_BETAS = flags.DEFINE_list("betas", ["1.0", "0.3", "0.1"], "Betas (> 0).")
 _JUDGE = flags.DEFINE_string("judge_workdir", "", "Causal judge.")
-_NUM = flags.DEFINE_integer("num_samples", 64, "Samples per model.")
-_STEPS = flags.DEFINE_integer("sample_steps", 64, "Sampling steps.")
+_NUM = flags.DEFINE_integer("num_samples", 64, "Samples per model (>= 1).")
+_STEPS = flags.DEFINE_integer("sample_steps", 64, "Sampling steps (>= 1).")
 flags.mark_flags_as_required(["config", "outdir"])
 
 
@@ -52,24 +48,50 @@ def evaluate(exp, params, ref, ref_params, reward_fn, judge, length):
               example=exp.dataset.decode(x[0]))
 
 
+def parse_betas(values):
+  """``--betas`` as positive floats (``FlagError`` naming a bad one)."""
+  out = []
+  for v in values:
+    try:
+      b = float(v)
+    except ValueError:
+      raise errors.FlagError(f"--betas: {v!r} is not a number") from None
+    common.check_flag(b > 0, f"--betas must all be > 0, got {v}")
+    out.append(b)
+  common.check_flag(bool(out), "--betas is empty")
+  return out
+
+
 def main(_):
+  common.at_least("num_samples", _NUM.value, 1)
+  common.at_least("sample_steps", _STEPS.value, 1)
+  betas = parse_betas(_BETAS.value)
+  outdir = _OUT.value
+  shared = str(fs.join(outdir, "classifier"))
+  configs = []
+  for beta in betas:
+    cfg = _CONFIG.value.copy_and_resolve_references()
+    cfg.finetune.beta = beta
+    cfg.finetune.classifier_dir = shared
+    common.validate_config(cfg)
+    configs.append((beta, cfg))
+  common.require_output_dir(outdir, "outdir")
+  common.require_run_dir(_CONFIG.value.finetune.ref_workdir,
+                         "config.finetune.ref_workdir")
+  if _JUDGE.value:
+    common.require_run_dir(_JUDGE.value, "judge_workdir")
   log_setup.quiet_libraries()
-  os.makedirs(_OUT.value, exist_ok=True)
+  fs.makedirs(outdir)
   judge = None
   if _JUDGE.value:
-    jr = common.load_or_exit(_JUDGE.value)
+    jr = common.load_run(_JUDGE.value, flag="judge_workdir")
     judge = (jr.experiment.model, jr.params)
   rows = []
   ref_row = None
-  for beta in map(float, _BETAS.value):
-    cfg = _CONFIG.value.copy_and_resolve_references()
-    cfg.finetune.beta = beta
-    wd = os.path.join(_OUT.value, f"beta_{beta:g}")
-    os.makedirs(wd, exist_ok=True)
-    shared = os.path.join(_OUT.value, "classifier")
-    cfg.finetune.classifier_dir = shared
+  for beta, cfg in configs:
+    wd = str(fs.makedirs(fs.join(outdir, f"beta_{beta:g}")))
     trainer.train_and_evaluate(cfg, wd)
-    run = common.load_or_exit(wd)
+    run = common.load_run(wd)
     exp = run.experiment
     length = cfg.data.seq_len
     if ref_row is None:
@@ -82,12 +104,8 @@ def main(_):
                                 judge, length)))
   keys = ["model", "beta", "reward", "ref_nll_per_token", "gen_perplexity",
           "unigram_entropy"]
-  with open(os.path.join(_OUT.value, "reward_sweep.csv"), "w", newline="") as f:
-    w = csv.DictWriter(f, fieldnames=keys + ["example"])
-    w.writeheader()
-    w.writerows(rows)
-  with open(os.path.join(_OUT.value, "reward_sweep.json"), "w") as f:
-    json.dump(rows, f, indent=2)
+  common.write_csv(fs.join(outdir, "reward_sweep.csv"), rows, keys + ["example"])
+  common.write_json(fs.join(outdir, "reward_sweep.json"), rows)
   head = (f"{'model':<12}{'reward':>9}{'ref NLL/tok':>13}{'gen PPL':>10}{'entropy':>9}")
   print(head)
   print("-" * len(head))
@@ -108,7 +126,8 @@ def main(_):
     a.grid(alpha=0.3)
   fig.suptitle("Reward fine-tuning with TCSM: reward vs fidelity across beta")
   fig.tight_layout()
-  fig.savefig(os.path.join(_OUT.value, "reward_sweep.png"), dpi=120)
+  common.save_figure(fig, fs.join(outdir, "reward_sweep.png"))
+  plt.close(fig)
 
 
 if __name__ == "__main__":
