@@ -180,6 +180,7 @@ class _LocalCheckpoints(ckpt_lib.Checkpointer):
   root = None
 
   def __init__(self, directory, **kw):
+    fs.makedirs(directory)      # as orbax does (through epath) in the real bucket
     local = os.path.join(self.root, os.fspath(directory).replace("gs://", ""))
     super().__init__(local, **kw)
 
@@ -234,3 +235,30 @@ def test_padded_prepared_data_trains_and_samples_without_the_shards(tmp_path):
   x, _ = sampling.jit_sampler(exp.apply_fn, exp.process, exp.schedule, (2, 64),
                               steps=4)(run.params, jax.random.PRNGKey(0))
   assert all(isinstance(t, str) for t in exp.dataset.decode(np.asarray(x)))
+
+
+def test_ctrl_c_checkpoints_and_exits_quietly(tmp_path):
+  import signal
+  import time
+  wd = str(tmp_path / "run")
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "experiments.train", f"--workdir={wd}"] + SMALL +
+      ["--config.train.num_steps=100000"], cwd=REPO, env=_env(1),
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.time() + 240
+    while time.time() < deadline:
+      p = os.path.join(wd, "metrics.jsonl")
+      if os.path.exists(p) and sum(1 for _ in open(p)) >= 3:
+        break
+      assert proc.poll() is None, proc.stderr.read()[-2000:]
+      time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == 130, err[-2000:]
+  assert "Traceback" not in err and "interrupted" in err
+  steps = ckpt_lib.Checkpointer(os.path.join(wd, "checkpoints")).all_steps()
+  assert len(steps) == 1 and steps[0] >= 3
