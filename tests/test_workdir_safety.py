@@ -262,3 +262,10 @@ def test_ctrl_c_checkpoints_and_exits_quietly(tmp_path):
   assert "Traceback" not in err and "interrupted" in err
   steps = ckpt_lib.Checkpointer(os.path.join(wd, "checkpoints")).all_steps()
   assert len(steps) == 1 and steps[0] >= 3
+
+
+def test_profile_steps_write_a_trace_into_the_workdir(tmp_path, ds):
+  cfg = tiny_config(**{"train.num_steps": 3, "train.profile_steps": "1,2"})
+  _train(cfg, tmp_path, ds)
+  traces = [os.path.join(r, f) for r, _, fs_ in os.walk(tmp_path / "profile") for f in fs_]
+  assert any(t.endswith(".xplane.pb") for t in traces), traces
