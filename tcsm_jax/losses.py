@@ -23,7 +23,8 @@ With the data target the estimators are unbiased up to a theta-independent const
 whose posterior is determined (support of one token) contribute exactly 0. In
 particular, per undetermined position:
 
-* score form, ``gkl``: ``-log p(x) + 1/(V p(x)) + (1/V) sum_{y in N} log p(y)``;
+* score form, ``gkl``: ``-(|N|/V) log p(x) + 1/(V p(x)) + (1/V) sum_{y in N} log p(y)``
+  (``|N| = V`` wherever the structured processes leave a choice);
 * score form, ``kl``: ``-log p(x) / V``;
 * distribution form, ``kl``: ``-log p(x)`` (cross-entropy).
 

@@ -145,6 +145,10 @@ def test_score_form_scale_identities(full):
                              -np.asarray(log_p)[keep] / v, rtol=1e-6)
   np.testing.assert_allclose(losses.distribution_loss(lp, x, "kl", support=sup[:n]),
                              -np.asarray(log_p)[keep], rtol=1e-6)
+  pk = np.exp(np.asarray(log_p, np.float64))[keep]
+  np.testing.assert_allclose(losses.score_loss(lp, x, "gkl", support=sup[:n]),
+                             -(n / v) * np.log(pk) + 1 / (v * pk) + np.log(pk).sum() / v,
+                             rtol=1e-5)
 
 
 def _setup(kind, v=3, length=3, seed=0):
