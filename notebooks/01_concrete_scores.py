@@ -119,16 +119,16 @@ for ax, (name, proc) in zip(axes, procs.items()):
   ax.set_title(name)
   ax.set_xlabel("t")
 axes[0].set_ylabel("p_t(x)")
-axes[-1].legend(loc="upper right", fontsize=7)
+axes[1].legend(loc="upper right", fontsize=7)        # the one with a mask
 fig.tight_layout()
 plt.show()
 
-# Forward sampling follows the kernel (Monte Carlo check on 20k draws).
-x0 = jnp.zeros((20000, 1), jnp.int32)
+# Forward sampling follows the kernel (Monte Carlo check on 5000 draws, ~4 sigma).
+x0 = jnp.zeros((5000, 1), jnp.int32)
 for name, proc in procs.items():
   xt = proc.sample_forward(jax.random.PRNGKey(0), x0, 1.0)
   freq = np.bincount(np.asarray(xt).ravel(), minlength=proc.num_states) / xt.size
-  np.testing.assert_allclose(freq, tj.exact.kernel(proc, 1.0)[0], atol=0.015)
+  np.testing.assert_allclose(freq, tj.exact.kernel(proc, 1.0)[0], atol=0.03)
 print("forward samples follow the kernel")
 
 # %% [markdown]

@@ -59,7 +59,9 @@ _here = [pathlib.Path.cwd(), pathlib.Path(globals().get("__file__", ".")).resolv
 REPO = next(p for h in _here for p in [h, *h.parents]
             if (p / "experiments" / "configs").is_dir())
 sys.path.insert(0, str(REPO))
-WORK = pathlib.Path(tempfile.mkdtemp(prefix="tcsm_nb02_"))   # workdirs of this notebook
+# Workdirs of this notebook: a fresh temporary directory (under $TCSM_NB_WORKDIR if set).
+WORK = pathlib.Path(tempfile.mkdtemp(prefix="tcsm_nb02_",
+                                     dir=os.environ.get("TCSM_NB_WORKDIR") or None))
 print("jax", jax.__version__, jax.devices(), "| quick" if QUICK else "| full",
       "| workdirs in", WORK)
 
@@ -216,8 +218,10 @@ print("workdir:", sorted(os.listdir(wd_lib)))
 assert live.train and live.evals
 
 # %% [markdown]
-# Re-running `tj.train` with the same workdir resumes (here: already at the last
-# step, so it only says so); raise `config.train.num_steps` to continue.
+# Calling `tj.train` again with the same workdir resumes from the newest checkpoint
+# (params, optimizer, EMA, step, data position); with the same `train.num_steps` there
+# is nothing left to do, so raise it to continue. `tj.load_run` restores the run for
+# sampling and evaluation.
 
 # %%
 run_lib = tj.load_run(str(wd_lib))

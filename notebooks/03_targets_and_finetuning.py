@@ -57,7 +57,9 @@ _here = [pathlib.Path.cwd(), pathlib.Path(globals().get("__file__", ".")).resolv
 REPO = next(p for h in _here for p in [h, *h.parents]
             if (p / "experiments" / "configs").is_dir())
 sys.path.insert(0, str(REPO))
-WORK = pathlib.Path(tempfile.mkdtemp(prefix="tcsm_nb03_"))
+# Workdirs of this notebook: a fresh temporary directory (under $TCSM_NB_WORKDIR if set).
+WORK = pathlib.Path(tempfile.mkdtemp(prefix="tcsm_nb03_",
+                                     dir=os.environ.get("TCSM_NB_WORKDIR") or None))
 print("jax", jax.__version__, jax.devices(), "| quick" if QUICK else "| full",
       "| workdirs in", WORK)
 
@@ -348,6 +350,7 @@ for beta, c in curves.items():
   a1.plot(c, label=f"beta={beta}")
 a1.set_xlabel("fine-tuning step")
 a1.set_ylabel("TCSM loss")
+a1.set_yscale("symlog", linthresh=1e-3)
 a1.legend(fontsize=7)
 a2.plot(xs, [sweep[k][0] for k in labels], "o-")
 a2.set_ylabel(f"mean vowels per {L} chars")

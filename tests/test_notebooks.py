@@ -10,10 +10,11 @@ the test with that cell's source and traceback.
   two cores run them in about the time of the longest).
 * ``pytest -m slow``: each notebook in full.
 
-Kernels see one CPU device (``XLA_FLAGS``, as a user's notebook would) and a
-per-notebook persistent compilation cache in a temporary directory, which lets a
-subprocess reuse what its notebook compiled (notebook 02 runs the training binary on
-the config it trained with). ``TCSM_NB_SAVE=DIR`` writes the executed notebooks
+Kernels see one CPU device (``XLA_FLAGS``, as a user's notebook would), write their
+workdirs under pytest's temporary directory (``TCSM_NB_WORKDIR``) and get a
+per-notebook persistent compilation cache there, which lets a subprocess reuse what its
+notebook compiled (notebook 02 runs the training binary on the config it trained
+with). ``TCSM_NB_SAVE=DIR`` writes the executed notebooks
 (``.ipynb`` with outputs) to ``DIR``.
 """
 
@@ -35,11 +36,13 @@ NOTEBOOKS = sorted(p.name for p in NB_DIR.glob("[0-9][0-9]_*.py"))
 CELL_TIMEOUT = 600          # seconds per cell
 
 
-def _env(quick: bool, cache_dir: pathlib.Path) -> dict:
+def _env(quick: bool, tmp: pathlib.Path) -> dict:
+  """The kernel's environment; its compilation cache and workdirs go under ``tmp``."""
+  (tmp / "work").mkdir(parents=True, exist_ok=True)
   env = dict(os.environ)
-  env.update(TCSM_NB_QUICK="1" if quick else "0",
+  env.update(TCSM_NB_QUICK="1" if quick else "0", TCSM_NB_WORKDIR=str(tmp / "work"),
              XLA_FLAGS="--xla_force_host_platform_device_count=1",
-             JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+             JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(tmp / "jax_cache"),
              PYTHONPATH=os.pathsep.join(filter(None, [str(REPO),
                                                       env.get("PYTHONPATH")])))
   env.pop("MPLBACKEND", None)         # the kernel's inline backend (renders with Agg)
@@ -59,7 +62,7 @@ def run_notebooks(names, quick: bool, tmp: pathlib.Path) -> dict:
   async def one(name):
     t0 = time.time()
     try:
-      await clients[name].async_execute(env=_env(quick, tmp / f"jax_cache_{name}"))
+      await clients[name].async_execute(env=_env(quick, tmp / name[:-3]))
       err = None
     except Exception as e:  # noqa: BLE001  (reported by the test of that notebook)
       err = e
@@ -131,4 +134,4 @@ def test_a_failing_cell_fails_with_its_error(tmp_path):
   client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=60,
                                    resources={"metadata": {"path": str(tmp_path)}})
   with pytest.raises(nbclient.exceptions.CellExecutionError, match="boom from cell 2"):
-    client.execute(env=_env(True, tmp_path / "cache"))
+    client.execute(env=_env(True, tmp_path))
