@@ -11,11 +11,14 @@ draws ``x0 ~ p_theta(x0 | x_{t_end})``.
 * ``analytic``: the exact reverse transition of the factorized posterior,
   ``p(x_s | x_t) = sum_a p_theta(a | x_t) P_s(a, x_s) P_{s->t}(x_s, x_t) / P_t(a, x_t)``
   (Tweedie tau-leaping; for the absorbing process it is MDLM/MD4's ancestral step).
-* ``ancestral``: the analytic step plus the unchanged-sequence cache (MDLM, RADD): when
-  a step changes no token the next step reuses the previous logits instead of calling
-  the network. Exact for a denoiser that does not depend on ``sigma_bar`` at masked
-  positions (true for the Bayes denoiser of the absorbing process); an approximation
-  otherwise.
+* ``ancestral``: the analytic step plus the unchanged-sequence cache (MDLM, RADD), per
+  sequence: a sequence that the last step left unchanged keeps its logits, and the
+  network runs only on the sequences that changed, gathered into the smallest of a few
+  compiled batch sizes (``ancestral_cache_buckets``; none at all when nothing changed).
+  When the schedule, length and step count make almost every sequence change at every
+  step the cache steps aside and the sampler is the analytic one. Exact for a denoiser
+  that does not depend on ``sigma_bar`` at masked positions (true for the Bayes
+  denoiser of the absorbing process); an approximation otherwise.
 
 Options: ``temperature`` and nucleus ``top_p`` on the denoiser's logits; prompting and
 infilling by clamping any positions (``clamp_mask``, ``clamp_tokens``): clamped
@@ -28,6 +31,7 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from tcsm_jax import _checks, scores
 from tcsm_jax.processes import Absorbing, Process, Uniform
@@ -112,11 +116,77 @@ def _euler_log_probs(process, log_probs, x_t, sigma_t, dsigma_t, dt):
   return jnp.log(probs / probs.sum(-1, keepdims=True))
 
 
+def ancestral_cache_buckets(schedule: Schedule, shape, steps: int, t_end: float = 1e-5,
+                            free_positions=None, min_share: float = 0.05) -> tuple:
+  """Batch sizes the cached ancestral sampler compiles the network for.
+
+  The cache is per sequence: a sequence that did not change in the last step keeps its
+  logits, and the network runs only on the sequences that changed, gathered into the
+  smallest of these sizes that holds them (``0``: no network call). In the reverse chain
+  of the absorbing process a sequence with ``n`` free positions changes in the step
+  ``t -> s`` with probability ``1 - (1 - (alpha_s - alpha_t))^n``, so the number of
+  changed sequences per step is binomial; a size below the batch is kept only when it
+  would serve at least ``min_share`` of the steps (and one step). When none is kept the
+  result is ``(batch,)``: the cache cannot pay (e.g. 256 tokens in 64 steps, where
+  almost every sequence changes every step) and the sampler runs the network on the
+  whole batch at every step, with no cache bookkeeping.
+
+  Args:
+    schedule, steps, t_end: those of ``sample``.
+    shape: ``(batch, length)``.
+    free_positions: positions per sequence that are not clamped (default ``length``).
+  Returns:
+    Increasing batch sizes ending with ``batch``.
+  """
+  from scipy import stats
+  b, length = shape
+  n_free = float(length if free_positions is None else np.mean(free_positions))
+  ts = np.linspace(1.0, t_end, steps + 1)
+  with jax.ensure_compile_time_eval():
+    sig = np.asarray(schedule.sigma_bar(jnp.asarray(ts, jnp.float32)), np.float64)
+  alpha = np.exp(-sig)
+  p_row = 1.0 - (1.0 - np.clip(alpha[1:] - alpha[:-1], 0.0, 1.0)) ** n_free   # [steps]
+  cands, m = [b], b
+  while m > 1:
+    m = -(-m // 2)
+    cands.append(m)
+  cands = sorted(set(cands) | {0})
+  cdf = stats.binom.cdf(np.asarray(cands)[:, None], b, p_row[None])        # [C, steps]
+  share = np.diff(np.concatenate([np.zeros((1, steps)), cdf]), axis=0).sum(1)
+  keep = [c for c, e in zip(cands, share) if c == b or e >= max(1.0, min_share * steps)]
+  return tuple(keep)
+
+
+def _cached_model_log_probs(model_log_probs, x, sigma, lp, stale, buckets):
+  """Refreshes the rows of ``lp`` whose sequence changed (``stale [batch]``).
+
+  The changed rows are gathered into the smallest bucket that holds them (padded with
+  unchanged rows, which are recomputed too) and the network runs on that many rows only.
+  Returns ``(lp, rows)`` with ``rows`` the batch size the network saw (0: no call).
+  """
+  b = x.shape[0]
+  order = jnp.argsort(~stale, stable=True)               # changed rows first
+  branch = jnp.searchsorted(jnp.asarray(buckets), stale.sum(), side="left")
+
+  def run(m):
+    def f(lp):
+      if m == 0:
+        return lp
+      if m == b:
+        return model_log_probs(x, sigma)
+      rows = order[:m]
+      return lp.at[rows].set(model_log_probs(x[rows], sigma[rows]))
+    return f
+
+  lp = jax.lax.switch(branch, [run(m) for m in buckets], lp)
+  return lp, jnp.asarray(buckets)[branch]
+
+
 def sample(key, denoise_fn: Callable, process: Process, schedule: Schedule, shape,
            *, steps: int, sampler: str = "analytic", temperature: float = 1.0,
            top_p: float = 1.0, clamp_tokens=None, clamp_mask=None, t_end: float = 1e-5,
            final_denoise: bool = True, return_path: bool = False,
-           progress: Optional[Callable] = None):
+           progress: Optional[Callable] = None, cache_buckets=None):
   """Draws ``shape = (batch, length)`` sequences by running the reverse chain.
 
   Args:
@@ -133,9 +203,14 @@ def sample(key, denoise_fn: Callable, process: Process, schedule: Schedule, shap
     final_denoise: draw ``x0 ~ p_theta(. | x_{t_end})`` at the end.
     return_path: also return every intermediate state ``[steps + 1, batch, length]``.
     progress: host callback ``f(step)`` called after each step (progress bars).
+    cache_buckets: ``ancestral`` only: the batch sizes the network is compiled for
+      (increasing, ending with ``batch``; see ``ancestral_cache_buckets``, the default).
+      ``(batch,)`` turns the cache off.
   Returns:
-    ``(tokens [batch, length], info)`` with ``info['nfe']`` the number of network calls
-    (and ``info['path']`` if requested).
+    ``(tokens [batch, length], info)`` with ``info['nfe']`` the number of network calls,
+    ``info['nfe_rows']`` the number of sequences they evaluated in all (``nfe * batch``
+    unless the ancestral cache evaluated only the changed ones), and ``info['path']`` if
+    requested.
   """
   if sampler not in SAMPLERS:
     raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
@@ -146,6 +221,7 @@ def sample(key, denoise_fn: Callable, process: Process, schedule: Schedule, shap
   if sampler == "ancestral" and not isinstance(process, Absorbing):
     raise ValueError("the ancestral (cached) sampler needs the absorbing process")
   b, length = shape
+  clamp_given = clamp_mask                 # before conversion: host values if concrete
   if (clamp_mask is None) != (clamp_tokens is None):
     raise ValueError("clamp_mask and clamp_tokens go together")
   if clamp_mask is None:
@@ -170,37 +246,50 @@ def sample(key, denoise_fn: Callable, process: Process, schedule: Schedule, shap
   x = jax.random.categorical(k_init, process.prior_log_probs(sigma1), shape=shape)
   x = clamp(x.astype(jnp.int32))
   full = lambda v: jnp.full((b,), v)
+  if sampler == "ancestral" and cache_buckets is None:
+    try:
+      free = None if clamp_given is None else (~np.asarray(clamp_given, bool)).sum(-1)
+    except jax.errors.TracerArrayConversionError:      # clamp given as a traced value
+      free = None
+    cache_buckets = ancestral_cache_buckets(schedule, shape, steps, t_end, free)
+  cached = sampler == "ancestral" and tuple(cache_buckets) != (b,)
+  if cached and (list(cache_buckets) != sorted(set(cache_buckets))
+                 or cache_buckets[-1] != b or cache_buckets[0] < 0):
+    raise ValueError(f"cache_buckets must increase and end with the batch size {b}, "
+                     f"got {cache_buckets}")
 
   def body(carry, k):
-    x, lp, fresh, nfe = carry
+    x, lp, fresh, nfe, rows = carry
     t, s = ts[k], ts[k + 1]
     sig_t, dsig_t = schedule(full(t))
     sig_s = schedule.sigma_bar(full(s))
-    if sampler == "ancestral":
-      lp, nfe = jax.lax.cond(fresh, lambda: (lp, nfe),
-                             lambda: (model_log_probs(x, sig_t), nfe + 1))
+    if cached:       # per-sequence cache: the network sees only the changed sequences
+      lp, m = _cached_model_log_probs(model_log_probs, x, sig_t, lp, ~fresh,
+                                      tuple(cache_buckets))
+      nfe, rows = nfe + (m > 0), rows + m
     else:
-      lp, nfe = model_log_probs(x, sig_t), nfe + 1
+      lp, nfe, rows = model_log_probs(x, sig_t), nfe + 1, rows + b
     if sampler == "euler":
       logq = _euler_log_probs(process, lp, x, sig_t, dsig_t, full(t - s))
     else:
       logq = reverse_transition_log_probs(process, lp, x, sig_t, sig_s)
     new = clamp(jax.random.categorical(jax.random.fold_in(k_loop, k), logq).astype(
         jnp.int32))
-    fresh = jnp.all(new == x)          # unchanged: cached logits stay valid
+    fresh = jnp.all(new == x, axis=-1)     # per sequence: cached logits stay valid
     if progress is not None:
       jax.debug.callback(progress, k)
-    return (new, lp, fresh, nfe), (new if return_path else None)
+    return (new, lp, fresh, nfe, rows), (new if return_path else None)
 
   lp0 = jnp.zeros(shape + (process.vocab_size,), jnp.float32)
-  (x, lp, fresh, nfe), path = jax.lax.scan(
-      body, (x, lp0, jnp.asarray(False), jnp.asarray(0)), jnp.arange(steps))
+  (x, lp, fresh, nfe, rows), path = jax.lax.scan(
+      body, (x, lp0, jnp.zeros((b,), bool), jnp.asarray(0), jnp.asarray(0)),
+      jnp.arange(steps))
   if final_denoise:
     s_end = schedule.sigma_bar(full(t_end))
     lp_end = model_log_probs(x, s_end)
     x = clamp(jax.random.categorical(k_final, lp_end).astype(jnp.int32))
-    nfe = nfe + 1
-  info = {"nfe": nfe}
+    nfe, rows = nfe + 1, rows + b
+  info = {"nfe": nfe, "nfe_rows": rows}
   if return_path:
     info["path"] = path
   return x, info

@@ -4,13 +4,16 @@ r"""Sample quality and speed against the number of sampling steps.
       [--steps=8,16,32,64,128,256,512,1024] [--samplers=analytic,ancestral,euler] \
       [--num_samples=32]
 
-For each sampler and step count: samples/s, network calls, generative perplexity
-under the judge and unigram entropy (the data's own values are printed first). Writes
-``DIR/sampling_benchmark.csv``.
+For each sampler and step count: samples/s, network calls (NFE), the full-batch
+equivalents of the rows they evaluated (the ancestral sampler's per-sequence cache runs
+the network on the changed sequences only), seconds per network call, generative
+perplexity under the judge and unigram entropy (the data's own values are printed
+first). Writes ``DIR/sampling_benchmark.csv``. For speed alone, with random weights and
+no workdir, see ``experiments.benchmarks.sampling_speed``.
 """
 
 import csv
-import os
+import io
 import time
 
 import jax
@@ -18,7 +21,7 @@ import numpy as np
 from absl import app, flags
 
 from experiments import common
-from tcsm_jax import quality, sampling
+from tcsm_jax import fs, quality, sampling
 from tcsm_jax.processes import Absorbing
 from tcsm_jax.training import log_setup
 
@@ -45,8 +48,8 @@ def main(_):
   print(f"model {_WORKDIR.value} step {run.step}; {_NUM.value} samples of {length} tokens")
   print(f"data: gen PPL {data_q.get('gen_perplexity', float('nan')):.3f}, unigram "
         f"entropy {data_q['unigram_entropy']:.3f}")
-  head = (f"{'sampler':<11}{'steps':>7}{'NFE':>7}{'samples/s':>11}{'gen PPL':>10}"
-          f"{'entropy':>9}")
+  head = (f"{'sampler':<11}{'steps':>7}{'NFE':>7}{'rows':>8}{'samples/s':>11}"
+          f"{'s/call':>9}{'gen PPL':>10}{'entropy':>9}")
   print(head)
   print("-" * len(head))
   rows = []
@@ -56,25 +59,29 @@ def main(_):
     for steps in map(int, _STEPS.value):
       jitted = sampling.jit_sampler(exp.apply_fn, exp.process, exp.schedule,
                                     (_NUM.value, length), steps=steps, sampler=sampler)
-      fn = lambda k: jitted(run.params, k)
-      jax.block_until_ready(fn(jax.random.PRNGKey(0)))           # compile
+      compiled = jitted.lower(run.params, jax.random.PRNGKey(0)).compile()
+      fn = lambda k: compiled(run.params, k)
       t0 = time.perf_counter()
       x, info = fn(jax.random.PRNGKey(1))
       x = np.asarray(jax.block_until_ready(x))
       dt = time.perf_counter() - t0
       q = quality.report(x, judge)
-      row = dict(sampler=sampler, steps=steps, nfe=int(info["nfe"]),
-                 samples_per_sec=_NUM.value / dt,
+      nfe = int(info["nfe"])
+      row = dict(sampler=sampler, steps=steps, nfe=nfe,
+                 full_batch_calls=int(info.get("nfe_rows", nfe * _NUM.value)) / _NUM.value,
+                 samples_per_sec=_NUM.value / dt, sec_per_call=dt / nfe,
                  gen_perplexity=q.get("gen_perplexity", float("nan")),
                  unigram_entropy=q["unigram_entropy"])
       rows.append(row)
-      print(f"{sampler:<11}{steps:>7}{row['nfe']:>7}{row['samples_per_sec']:>11.2f}"
+      print(f"{sampler:<11}{steps:>7}{nfe:>7}{row['full_batch_calls']:>8.1f}"
+            f"{row['samples_per_sec']:>11.2f}{row['sec_per_call']:>9.4f}"
             f"{row['gen_perplexity']:>10.3f}{row['unigram_entropy']:>9.3f}", flush=True)
-  path = os.path.join(_WORKDIR.value, "sampling_benchmark.csv")
-  with open(path, "w", newline="") as f:
-    w = csv.DictWriter(f, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
+  path = fs.join(_WORKDIR.value, "sampling_benchmark.csv")    # local or bucket workdir
+  buf = io.StringIO()
+  w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+  w.writeheader()
+  w.writerows(rows)
+  fs.write_text_atomic(path, buf.getvalue())
   print(f"wrote {path}")
 
 

@@ -36,10 +36,12 @@ def main(_):
   x = jnp.asarray(exp.dataset.validation[:n * length].reshape(n, length), jnp.int32)
 
   def timed(mode, k=8):
-    fn = jax.jit(targets.ar_teacher(exp.model, run.params, mode, k))
-    jax.block_until_ready(fn(x))
+    # Parameters as an argument of the executable, not constants closed over (slow
+    # compiles, a second copy in memory; NaN results seen on multi-device CPU hosts).
+    fn = jax.jit(lambda params, xs: targets.ar_teacher(exp.model, params, mode, k)(xs))
+    fn = fn.lower(run.params, x).compile()
     t0 = time.perf_counter()
-    out = jax.block_until_ready(fn(x))
+    out = jax.block_until_ready(fn(run.params, x))
     return out, (time.perf_counter() - t0) / n
 
   ex, t_ex = timed("exact")

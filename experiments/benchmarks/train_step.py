@@ -3,18 +3,25 @@ r"""Train-step throughput and memory for several model sizes and losses.
   python -m experiments.benchmarks.train_step [--sizes=tiny,small,gpt2_small]
       [--batch=16] [--seq_len=256] [--dtype=bfloat16] [--losses=tcsm_score,masked_elbo]
 
-Prints one row per (size, loss): parameters, compile time, step time, steps/s, tokens/s, model
-FLOPs utilisation (when the device's peak FLOP/s is known) and peak memory (device
+Prints one row per (size, loss): parameters, compile time, step time, steps/s, tokens/s,
+achieved model TFLOP/s per device, model FLOPs utilisation and peak memory (device
 allocator peak where the backend reports it, else XLA's compiled-memory estimate).
+
+MFU = model FLOPs per step / (step time x devices x peak FLOP/s of one device). Model
+FLOPs per token are ``6 N + 12 layers width seq`` (``train_flops_per_token``), with ``N``
+the parameters of the per-token matmuls (``matmul_params``: not the embedding lookup,
+not the once-per-sequence noise conditioning). The peak comes from ``PEAK_FLOPS`` by
+``device_kind`` and ``--dtype`` (H100/H200 SXM, PCIe and NVL, A100, TPU v4, v5e, v5p,
+v6e); any other device (a CPU) prints ``n/a``.
 """
 
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from experiments.benchmarks.mfu import matmul_params, peak_flops, train_flops_per_token
 from experiments.configs import base
 from tcsm_jax import models, objective
 from tcsm_jax.data import pipeline, text8
@@ -31,27 +38,9 @@ _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after one warm-up step).
 _REMAT = flags.DEFINE_bool("remat", False, "Rematerialize blocks.")
 _SCAN = flags.DEFINE_bool("scan_layers", False, "lax.scan over layers.")
 
-# Dense peak FLOP/s per device for MFU (bfloat16 tensor cores where relevant).
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12,
-              "TPU v5": 459e12}
-
 LOSSES = {"tcsm_score": dict(kind="tcsm", form="score", divergence="gkl"),
           "tcsm_distribution": dict(kind="tcsm", form="distribution", divergence="kl"),
           "masked_elbo": dict(kind="masked_elbo")}
-
-
-def peak_flops():
-  kind = jax.devices()[0].device_kind
-  for k, v in PEAK_FLOPS.items():
-    if k in kind:
-      return v
-  return None
-
-
-def model_flops_per_token(n_params_nonembed, layers, width, seq):
-  # 6N for matmuls (forward + backward) + attention scores 12 * L * d * T.
-  return 6 * n_params_nonembed + 12 * layers * width * seq
-
 
 def bench(size, loss_name):
   config = base.get_config()
@@ -90,12 +79,14 @@ def bench(size, loss_name):
   jax.block_until_ready(m)
   dt = (time.perf_counter() - t0) / _STEPS.value
   n = models.count_params(state.params)
-  embed = exp.model.cfg.num_input_states * exp.model.cfg.width
   tok_s = _BATCH.value * _SEQ.value / dt
-  fl = model_flops_per_token(n - embed, exp.model.cfg.num_layers, exp.model.cfg.width,
+  cfg = exp.model.cfg
+  fl = train_flops_per_token(matmul_params(state.params), cfg.num_layers, cfg.width,
                              _SEQ.value)
-  pk = peak_flops()
-  mfu = fl * tok_s / (pk * jax.device_count()) if pk else None
+  pk = peak_flops(jax.devices()[0].device_kind, _DTYPE.value,
+                  jax.config.jax_default_matmul_precision)
+  achieved = fl * tok_s / jax.device_count()              # model FLOP/s per device
+  mfu = achieved / pk if pk else None
   stats = jax.devices()[0].memory_stats() or {}
   if "peak_bytes_in_use" in stats:
     mem, src = stats["peak_bytes_in_use"], "allocator"
@@ -106,15 +97,19 @@ def bench(size, loss_name):
     src = "xla-estimate"
   return dict(size=size, loss=loss_name, params=n, compile_s=compile_s,
               step_ms=dt * 1e3, steps_s=1 / dt,
-              tok_s=tok_s, mfu=mfu, mem_gib=mem / 2 ** 30, mem_src=src)
+              tok_s=tok_s, tflops=achieved / 1e12, mfu=mfu, mem_gib=mem / 2 ** 30,
+              mem_src=src)
 
 
 def main(_):
-  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()} | batch "
-        f"{_BATCH.value} x {_SEQ.value} tokens | {_DTYPE.value}")
+  kind = jax.devices()[0].device_kind
+  pk = peak_flops(kind, _DTYPE.value, jax.config.jax_default_matmul_precision)
+  print(f"device: {kind} x{jax.device_count()} | batch {_BATCH.value} x {_SEQ.value} "
+        f"tokens | {_DTYPE.value} | peak "
+        + (f"{pk / 1e12:.1f} TFLOP/s per device" if pk else "unknown (MFU n/a)"))
   head = (f"{'size':<11}{'loss':<19}{'params':>12}{'compile s':>10}{'step ms':>10}"
-          f"{'steps/s':>9}"
-          f"{'tokens/s':>11}{'MFU':>7}{'peak GiB':>10}  mem source")
+          f"{'steps/s':>9}{'tokens/s':>11}{'TFLOP/s':>9}{'MFU':>7}{'peak GiB':>10}"
+          "  mem source")
   print(head)
   print("-" * len(head))
   for size in _SIZES.value:
@@ -122,9 +117,9 @@ def main(_):
       r = bench(size, loss)
       mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
       print(f"{r['size']:<11}{r['loss']:<19}{r['params']:>12,}{r['compile_s']:>10.1f}"
-            f"{r['step_ms']:>10.1f}"
-            f"{r['steps_s']:>9.2f}{r['tok_s']:>11,.0f}{mfu:>7}{r['mem_gib']:>10.3f}"
-            f"  {r['mem_src']}", flush=True)
+            f"{r['step_ms']:>10.1f}{r['steps_s']:>9.2f}{r['tok_s']:>11,.0f}"
+            f"{r['tflops']:>9.3f}{mfu:>7}{r['mem_gib']:>10.3f}  {r['mem_src']}",
+            flush=True)
 
 
 if __name__ == "__main__":
