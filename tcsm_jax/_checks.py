@@ -1,7 +1,7 @@
 """Input validation shared by the public functions.
 
-Shape, rank and dtype checks use ``chex`` (static: they hold under ``jax.jit`` too and
-raise ``AssertionError`` naming the shapes). Value checks (token range, sign of the
+Shape, rank and dtype checks use ``chex`` (static: they hold under ``jax.jit`` too) and
+raise ``ValueError`` naming the shapes, like every other bad-input check here. Value checks (token range, sign of the
 noise level) run only on concrete arrays and raise ``ValueError``: under ``jax.jit``
 the values are tracers. Callers that jit their own code validate their inputs once,
 outside the jitted region (the data pipeline does this for every batch it yields).
@@ -54,13 +54,14 @@ def expand_leading(v, ndim: int):
 
 def check_last_dim(x, size: int, name: str) -> None:
   """Asserts ``x.shape[-1] == size`` (``[..., size]``)."""
-  chex.assert_axis_dimension(x, -1, size, custom_message=name)
+  chex.assert_axis_dimension(x, -1, size, custom_message=name, exception_type=ValueError)
 
 
 def check_tokens_and_logits(tokens, logits, name: str = "logits") -> None:
   """Asserts ``tokens [batch, length]`` ints and ``logits [batch, length, V]`` floats."""
-  chex.assert_rank(tokens, 2)
-  chex.assert_rank(logits, 3)
-  chex.assert_type(tokens, int)
-  chex.assert_type(logits, float)
-  chex.assert_equal_shape_prefix([tokens, logits], 2, custom_message=name)
+  kw = dict(exception_type=ValueError)
+  chex.assert_rank(tokens, 2, custom_message="tokens", **kw)
+  chex.assert_rank(logits, 3, custom_message=name, **kw)
+  chex.assert_type(tokens, int, custom_message="tokens", **kw)
+  chex.assert_type(logits, float, custom_message=name, **kw)
+  chex.assert_equal_shape_prefix([tokens, logits], 2, custom_message=name, **kw)
