@@ -20,6 +20,7 @@ trap 'preempted=1; kill -TERM "${pids[@]}" 2>/dev/null || true' TERM INT
 # If one process fails, the others would wait forever in a collective: stop them, and
 # KILL after a grace period those stuck on their dead peer.
 killer=0
+killer_pid=""
 alive() { for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && return 0; done; return 1; }
 while alive; do
   rc=0; wait -n || rc=$?
@@ -27,10 +28,19 @@ while alive; do
     killer=1
     echo "launch/local.sh: a process exited with status $rc; stopping the others" >&2
     kill -TERM "${pids[@]}" 2>/dev/null || true
-    (sleep "${TCSM_KILL_GRACE:-20}"; kill -KILL "${pids[@]}" 2>/dev/null || true) &
-    disown $!
+    # The grace killer must not hold the launcher's stdout/stderr open (a caller
+    # reading them would wait for it) and must not outlive the launcher (it would
+    # SIGKILL pids the system may have reused).
+    (sleep "${TCSM_KILL_GRACE:-20}"; kill -KILL "${pids[@]}" 2>/dev/null || true) \
+      </dev/null >/dev/null 2>&1 &
+    killer_pid=$!
   fi
 done
 status=0
 for p in "${pids[@]}"; do rc=0; wait "$p" || rc=$?; (( status == 0 )) && status=$rc; done
+if [[ -n "$killer_pid" ]]; then
+  pkill -KILL -P "$killer_pid" 2>/dev/null || true   # its sleep
+  kill -KILL "$killer_pid" 2>/dev/null || true
+  wait "$killer_pid" 2>/dev/null || true
+fi
 exit $status

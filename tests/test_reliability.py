@@ -11,8 +11,8 @@
 * A SIGKILLed worker of a 2-process ``launch/local.sh`` run: the launcher exits non-zero
   within ``TCSM_KILL_GRACE`` plus a margin, no training process is left, and a
   single-process re-run resumes from the last committed step and finishes.
-* Expected to fail until launch/local.sh is fixed (strict xfail): the launcher's output
-  stays open TCSM_KILL_GRACE seconds after it exited.
+* The launcher's output closes when it exits (its grace killer neither holds the
+  output open nor outlives it).
 
 Already covered elsewhere (not repeated here): SIGTERM resume (test_training.py),
 flipped/truncated/deleted checkpoint files at the ``Checkpointer`` level
@@ -457,9 +457,6 @@ def test_killed_worker_of_two_process_run_stops_all_and_resumes_single(
   assert _listing(wd)[0][-1] == end and not _listing(wd)[1]
 
 
-@pytest.mark.xfail(strict=True, reason="launch/local.sh: the disowned 'sleep "
-                   "TCSM_KILL_GRACE; kill -KILL' helper outlives the launcher, keeps "
-                   "its stdout/stderr open and later SIGKILLs pids that may be reused")
 def test_launcher_output_closes_when_it_exits(tmp_path):
   """A caller reading the launcher's output (``subprocess.run(capture_output=True)``,
   ``launch/local.sh ... | tee log``) must not wait TCSM_KILL_GRACE seconds more after

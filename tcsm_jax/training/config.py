@@ -73,6 +73,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.dropout = 0.0
   c.model.remat = False
   c.model.scan_layers = False        # lax.scan over layers: compile time flat in depth
+  c.model.attention_impl = "auto"    # auto | xla | cudnn (GPU, bfloat16) | einsum;
+                                     # auto = jax's default on GPU/TPU, einsum on CPU
 
   c.loss = ml_collections.ConfigDict()
   c.loss.kind = "tcsm"               # tcsm | masked_elbo | sedd
@@ -166,6 +168,7 @@ CHOICES: Dict[str, Tuple[str, ...]] = {
     "model.arch": ("diffusion", "causal"),
     "model.size": tuple(transformer.SIZES),
     "model.dtype": ("float32", "bfloat16"),
+    "model.attention_impl": transformer.ATTENTION_IMPLS,
     "loss.kind": objective.KINDS,
     "loss.form": losses.FORMS,
     "loss.divergence": ("gkl", "kl", "lsif", "itakura_saito"),
@@ -280,6 +283,9 @@ RULES: List[Tuple[Callable[[Any], bool], Callable[[Any], str]]] = [
     (lambda c: (_model_dims(c)[1] // _model_dims(c)[2]) % 2 == 0,
      lambda c: f"model head dimension {_model_dims(c)[1] // _model_dims(c)[2]} "
                "(width / num_heads) must be even (rotary embeddings)"),
+    (lambda c: not (c.model.attention_impl == "cudnn" and c.model.dtype != "bfloat16"),
+     lambda c: "model.attention_impl='cudnn' needs model.dtype='bfloat16' (cuDNN flash "
+               "attention has no float32 kernel)"),
     (lambda c: _profile_ok(c.train.profile_steps),
      lambda c: f"train.profile_steps must be 'first,last' with 0 <= first < last, got "
                f"{c.train.profile_steps!r}"),
