@@ -65,7 +65,7 @@ def main(argv):
   distributed.initialize()
   t0 = time.time()
   result = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  logging.info("done: %s", result)
+  logging.debug("done: %s", result)
   if result.get("stopped_by") == "SIGINT":
     print(f"interrupted: checkpoint saved in {_WORKDIR.value}; re-run the same command "
           "to resume", file=sys.stderr)

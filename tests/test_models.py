@@ -129,6 +129,14 @@ def test_attention_function_matches_jax_and_rejects_cudnn_off_gpu():
   if jax.default_backend() != "gpu":
     with pytest.raises(ValueError, match="cudnn.*needs a GPU"):
       transformer.attention(qb, kb, vb, causal=False, impl="cudnn")
+  else:          # auto (cuDNN for bf16 on GPU) and cudnn equal XLA to bf16 rounding
+    for causal in (False, True):
+      want = np.asarray(transformer.attention(qb, kb, vb, causal=causal, impl="xla"),
+                        np.float32)
+      for impl in ("auto", "cudnn"):
+        got = np.asarray(transformer.attention(qb, kb, vb, causal=causal, impl=impl),
+                         np.float32)
+        np.testing.assert_allclose(got, want, atol=2e-2, err_msg=impl)
   with pytest.raises(ValueError, match="bfloat16"):
     _cfg(attention_impl="cudnn")                      # float32 activations
   with pytest.raises(ValueError, match="attention_impl"):

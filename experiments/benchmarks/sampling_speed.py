@@ -139,8 +139,13 @@ HEAD = (f"{'setting':<18}{'sampler':<16}{'steps':>6}{'NFE':>6}{'rows':>8}"
 
 def format_row(r):
   return (f"{r['setting']:<18}{r['sampler']:<16}{r['steps']:>6}{r['nfe']:>6}"
-          f"{r['rows']:>8.1f}{r['samples_s']:>11.3f}{r['s_call']:>9.3f}{r['s_row']:>11.3f}"
-          f"{r['cpu_call']:>11.3f}{r['compile_s']:>11.1f}")
+          f"{r['rows']:>8.1f}{r['samples_s']:>11.3f}{_g(r['s_call']):>9}{_g(r['s_row']):>11}"
+          f"{_g(r['cpu_call']):>11}{r['compile_s']:>11.1f}")
+
+
+def _g(seconds: float) -> str:
+  """Seconds with 3 significant digits (GPU calls take well under a millisecond)."""
+  return f"{seconds:.3f}" if seconds >= 0.01 else f"{seconds:.2e}"
 
 
 def main(_):

@@ -5,7 +5,8 @@ r"""Train-step throughput and memory for several model sizes and losses.
 
 Prints one row per (size, loss): parameters, compile time, step time, steps/s, tokens/s,
 achieved model TFLOP/s per device, model FLOPs utilisation and peak memory (device
-allocator peak where the backend reports it, else XLA's compiled-memory estimate).
+allocator peak where the backend reports it -- a running maximum over the rows so far,
+so order rows small to large -- else XLA's compiled-memory estimate).
 
 MFU = model FLOPs per step / (step time x devices x peak FLOP/s of one device). Model
 FLOPs per token are ``6 N + 12 layers width seq`` (``train_flops_per_token``), with ``N``
@@ -37,6 +38,8 @@ _LOSSES = flags.DEFINE_list("losses", ["tcsm_score", "tcsm_distribution", "maske
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after one warm-up step).")
 _REMAT = flags.DEFINE_bool("remat", False, "Rematerialize blocks.")
 _SCAN = flags.DEFINE_bool("scan_layers", False, "lax.scan over layers.")
+_ATTN = flags.DEFINE_string("attention_impl", "auto", "model.attention_impl: auto | xla | "
+                            "cudnn (GPU, bfloat16) | einsum.")
 
 LOSSES = {"tcsm_score": dict(kind="tcsm", form="score", divergence="gkl"),
           "tcsm_distribution": dict(kind="tcsm", form="distribution", divergence="kl"),
@@ -48,6 +51,7 @@ def bench(size, loss_name):
   config.model.dtype = _DTYPE.value
   config.model.remat = _REMAT.value
   config.model.scan_layers = _SCAN.value
+  config.model.attention_impl = _ATTN.value
   config.data.seq_len = _SEQ.value
   config.train.batch_size = _BATCH.value
   for k, v in LOSSES[loss_name].items():
@@ -105,7 +109,7 @@ def main(_):
   kind = jax.devices()[0].device_kind
   pk = peak_flops(kind, _DTYPE.value, jax.config.jax_default_matmul_precision)
   print(f"device: {kind} x{jax.device_count()} | batch {_BATCH.value} x {_SEQ.value} "
-        f"tokens | {_DTYPE.value} | peak "
+        f"tokens | {_DTYPE.value} | attention {_ATTN.value} | peak "
         + (f"{pk / 1e12:.1f} TFLOP/s per device" if pk else "unknown (MFU n/a)"))
   head = (f"{'size':<11}{'loss':<19}{'params':>12}{'compile s':>10}{'step ms':>10}"
           f"{'steps/s':>9}{'tokens/s':>11}{'TFLOP/s':>9}{'MFU':>7}{'peak GiB':>10}"

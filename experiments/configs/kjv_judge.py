@@ -2,6 +2,11 @@
 
   python -m experiments.train --config=experiments/configs/kjv_judge.py \
       --workdir=workdirs/kjv_judge
+
+Same architecture and sequence length as ``kjv_tiny`` (so it scores kjv_tiny's samples
+at their own length), trained on 16 x 64 characters for 3,000 steps (~2.5 minutes on
+2 CPU cores). A judge should be clearly better than the models it scores: an AR model
+of this size needs far fewer steps than the diffusion model to get there.
 """
 
 from experiments.configs import kjv_tiny
@@ -10,5 +15,9 @@ from experiments.configs import kjv_tiny
 def get_config():
   c = kjv_tiny.get_config()
   c.model.arch = "causal"
-  c.train.num_steps = 800
+  c.train.batch_size = 16
+  c.train.num_steps = 3_000
+  c.train.eval_every = 1_000
+  c.train.checkpoint_every = 1_000
+  c.train.log_every = 250
   return c

@@ -16,9 +16,13 @@ accelerators).
 
 Attention (``TransformerConfig.attention_impl``, config key ``model.attention_impl``):
 
-* ``"auto"`` (default): ``jax.nn.dot_product_attention(implementation=None)`` on GPU and
-  TPU, so JAX picks the cuDNN fused kernel where its conditions hold (GPU, bf16/fp16)
-  and XLA's otherwise; on CPU the same arithmetic written head-major (``_attention_einsum``),
+* ``"auto"`` (default): on GPU with bfloat16/float16 activations and a head dimension
+  cuDNN supports (a multiple of 8, at most 128), the cuDNN fused kernel; where JAX's
+  cuDNN path refuses the call at trace time, and on GPU in float32 and on TPU,
+  ``jax.nn.dot_product_attention(implementation=None)`` (which does *not* pick cuDNN by
+  itself: measured on an H200, GPT-2-small size, bf16, 32 x 1024 tokens, its train step
+  ran at 330k tokens/s and 41.8 GiB peak against cuDNN's 607k tokens/s and 14.1 GiB);
+  on CPU the same arithmetic written head-major (``_attention_einsum``),
   which XLA:CPU runs in ~2/3 of the time of the ``[B, T, N, H]`` einsums inside
   ``jax.nn.dot_product_attention`` (measured on 2 cores, 6 layers x 384, 256 tokens).
 * ``"xla"``: ``jax.nn.dot_product_attention(implementation="xla")`` on every backend.
@@ -168,6 +172,12 @@ def _attention_einsum(q, k, v, causal: bool):
   return jnp.matmul(probs, vh).transpose(0, 2, 1, 3)               # [B, T, N, H]
 
 
+def _cudnn_may_run(q) -> bool:
+  """cuDNN flash attention's basic conditions: half precision, head dim % 8, <= 128."""
+  return (q.dtype in (jnp.bfloat16, jnp.float16) and q.shape[-1] % 8 == 0
+          and q.shape[-1] <= 128)
+
+
 def attention(q, k, v, *, causal: bool, impl: str = "auto"):
   """Softmax attention ``[batch, length, heads, head_dim]`` with the chosen kernel."""
   if impl not in ATTENTION_IMPLS:
@@ -182,6 +192,12 @@ def attention(q, k, v, *, causal: bool, impl: str = "auto"):
                        f"got {q.dtype}")
   if impl == "einsum" or (impl == "auto" and backend == "cpu"):
     return _attention_einsum(q, k, v, causal)
+  if impl == "auto" and backend == "gpu" and _cudnn_may_run(q):
+    try:
+      return jax.nn.dot_product_attention(q, k, v, is_causal=causal,
+                                          implementation="cudnn")
+    except (ValueError, NotImplementedError, RuntimeError):
+      pass             # JAX refused this shape / version at trace time: its default
   return jax.nn.dot_product_attention(q, k, v, is_causal=causal,
                                       implementation=None if impl == "auto" else impl)
 
