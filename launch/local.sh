@@ -21,9 +21,11 @@ trap 'preempted=1; kill -TERM "${pids[@]}" 2>/dev/null || true' TERM INT
 # KILL after a grace period those stuck on their dead peer.
 killer=0
 killer_pid=""
+first_rc=0      # the launcher's status: the first failure's, not the ones it caused
 alive() { for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && return 0; done; return 1; }
 while alive; do
   rc=0; wait -n || rc=$?
+  (( rc != 0 && first_rc == 0 && !preempted )) && first_rc=$rc
   if (( rc != 0 && !preempted && !killer )); then
     killer=1
     echo "launch/local.sh: a process exited with status $rc; stopping the others" >&2
@@ -36,7 +38,7 @@ while alive; do
     killer_pid=$!
   fi
 done
-status=0
+status=$first_rc
 for p in "${pids[@]}"; do rc=0; wait "$p" || rc=$?; (( status == 0 )) && status=$rc; done
 if [[ -n "$killer_pid" ]]; then
   pkill -KILL -P "$killer_pid" 2>/dev/null || true   # its sleep

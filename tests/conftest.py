@@ -11,3 +11,40 @@ hypothesis.settings.register_profile(
     "ci", max_examples=25, deadline=None, derandomize=True,
     suppress_health_check=[hypothesis.HealthCheck.too_slow])
 hypothesis.settings.load_profile("ci")
+
+
+# The default run's budget (README: under 6 minutes on 2 CPU cores). These tests take
+# 8-60 s each; each feature they exercise keeps a cheaper test in the default run
+# (named after the '#'), and ``pytest -m slow`` runs them all.
+SLOW_BY_BUDGET = (
+    "test_end_to_end.py::test_binaries_train_evaluate_sample",      # test_cli, test_readme
+    "test_end_to_end.py::test_finetune_and_distill_binaries",       # test_posttrain, test_targets
+    "test_end_to_end.py::test_markov_bound_stays_above",            # test_likelihood (exact)
+    "test_posttrain.py::test_finetune_runs_checkpoint_and_reload",  # reward tests (exact)
+    "test_losses.py::test_losses_finite_for_all_shapes",            # test_precision
+    "test_multihost.py::",                                          # test_workdir_safety 8->1
+    "test_targets.py::test_distillation_and_mlm_teacher_train",     # oracle-teacher test
+    "test_targets.py::test_taylor_is_exact_for_a_teacher_linear",   # top_k == exact test
+    "test_targets.py::test_soft_one_hot_input_matches_token_input",
+    "test_training.py::test_sigterm_checkpoints_and_resumes_exactly",  # exact resume
+    "test_training.py::test_loss_falls_on_bundled_corpus",          # test_readme main job
+    "test_training.py::test_eight_device_step_equals_single",       # 8 -> 1 restore
+    "test_reliability.py::test_killed_worker",                      # launcher output test
+    "test_reliability.py::test_sigkill_during_async_saves",         # flipped-bytes fallback
+    "test_models.py::test_scan_over_layers",                        # shapes/attention tests
+    "test_workdir_safety.py::test_padded_prepared_data",            # test_prepared padding
+    "test_workdir_safety.py::test_consecutive_skipped_steps",       # diverging resume
+    "test_workdir_safety.py::test_profile_steps",
+    "test_sampling.py::test_true_score_sampler_recovers_data_distribution[uniform-euler-512]",
+    "test_sampling.py::test_true_score_sampler_recovers_data_distribution[absorbing-euler-256]",
+    "test_sampling.py::test_reverse_chain_reproduces_forward_marginals[uniform-euler]",
+    "test_sampling.py::test_reverse_chain_reproduces_forward_marginals[uniform-analytic]",
+)
+
+
+def pytest_collection_modifyitems(config, items):  # noqa: D103
+  import pytest  # pylint: disable=g-import-not-at-top
+  for item in items:
+    nodeid = item.nodeid.split("tests/", 1)[-1]
+    if any(nodeid.startswith(p) for p in SLOW_BY_BUDGET):
+      item.add_marker(pytest.mark.slow)

@@ -5,10 +5,10 @@ notebook in memory (jupytext) and execute it in a fresh ``python3`` kernel (nbcl
 ipykernel) with the notebook directory as the working directory. A failing cell fails
 the test with that cell's source and traceback.
 
-* Default suite: the three notebooks in quick mode (``TCSM_NB_QUICK=1``: fewer steps,
-  smaller models), in three kernels at once (compilation is mostly single-threaded, so
-  two cores run them in about the time of the longest).
-* ``pytest -m slow``: each notebook in full.
+* Default suite: notebook 01 (the core as pure functions) in quick mode
+  (``TCSM_NB_QUICK=1``: fewer Monte Carlo draws, smaller models).
+* ``pytest -m slow``: notebooks 02 and 03 in quick mode, in two kernels at once, and
+  each notebook in full.
 
 Kernels see one CPU device (``XLA_FLAGS``, as a user's notebook would), write their
 workdirs under pytest's temporary directory (``TCSM_NB_WORKDIR``) and get a
@@ -96,9 +96,12 @@ def _check(name, result):
   assert images, f"notebooks/{name} displayed no figure"
 
 
+DEFAULT_QUICK = NOTEBOOKS[:1]     # the rest of the quick runs are slow (test budget)
+
+
 @pytest.fixture(scope="module")
 def quick_runs(tmp_path_factory):
-  return run_notebooks(NOTEBOOKS, True, tmp_path_factory.mktemp("notebooks_quick"))
+  return run_notebooks(NOTEBOOKS[1:], True, tmp_path_factory.mktemp("notebooks_quick"))
 
 
 def test_notebooks_are_jupytext_percent_files():
@@ -115,8 +118,14 @@ def test_notebooks_are_jupytext_percent_files():
     nbformat.validate(nb)
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_quick(name, quick_runs):
+@pytest.mark.parametrize("name", DEFAULT_QUICK)
+def test_notebook_quick(name, tmp_path):
+  _check(name, run_notebooks([name], True, tmp_path)[name])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NOTEBOOKS[1:])
+def test_notebook_quick_slow(name, quick_runs):
   _check(name, quick_runs[name])
 
 
