@@ -38,7 +38,8 @@ def summary(workdir: str, result, seconds: float, num_samples: int) -> str:
   nll = result.get("eval/nll_bound")
   if nll is not None:
     unit = "char" if exp.dataset.vocab_size == 27 else "token"
-    lines.append(f"NLL bound       {nll:.4f} nats/{unit} = {nll / np.log(2):.4f} "
+    what = "NLL (exact)" if exp.causal else "NLL bound"
+    lines.append(f"{what:<16}{nll:.4f} nats/{unit} = {nll / np.log(2):.4f} "
                  f"bits/{unit} (validation, {cfg.train.eval_batches} batches)")
   if "tokens_per_sec" in result:
     lines.append(f"throughput      {result['tokens_per_sec']:.0f} tokens/s, "
@@ -50,10 +51,11 @@ def summary(workdir: str, result, seconds: float, num_samples: int) -> str:
     lines.append("samples (analytic sampler, 128 steps):")
     for t in exp.dataset.decode(np.asarray(x)):
       lines.append(f"  > {t}")
-  lines += ["next:",
-            f"  python -m experiments.sample   --workdir={workdir} --num_samples=8 "
-            "--steps=128 [--prompt=\"in the beginning\"]",
-            f"  python -m experiments.evaluate --workdir={workdir}",
+  lines.append("next:")
+  if not exp.causal:
+    lines.append(f"  python -m experiments.sample   --workdir={workdir} --num_samples=8 "
+                 "--steps=128 [--prompt=\"in the beginning\"]")
+  lines += [f"  python -m experiments.evaluate --workdir={workdir}",
             f"  tensorboard --logdir={workdir}/tensorboard"]
   return "\n".join(lines)
 
