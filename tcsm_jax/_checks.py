@@ -1,10 +1,11 @@
 """Input validation shared by the public functions.
 
 Shape, rank and dtype checks use ``chex`` (static: they hold under ``jax.jit`` too) and
-raise ``ValueError`` naming the shapes, like every other bad-input check here. Value checks (token range, sign of the
-noise level) run only on concrete arrays and raise ``ValueError``: under ``jax.jit``
-the values are tracers. Callers that jit their own code validate their inputs once,
-outside the jitted region (the data pipeline does this for every batch it yields).
+raise ``ValueError`` naming the array, like every other bad-input check here. Value
+checks (token range, sign of the noise level) run only on concrete arrays: under
+``jax.jit`` the values are tracers. Callers that jit their own code validate their
+inputs once, outside the jitted region (the data pipeline does this for every batch it
+yields).
 """
 
 from __future__ import annotations
