@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from tcsm_jax import exact, processes, scores
+from tcsm_jax import exact, losses, objective, processes, scores
 from tcsm_jax.posttrain import reward
 
 V, L, SIGMA = 3, 2, 0.8
@@ -244,6 +244,169 @@ def test_tilted_target_from_the_reference_denoiser_for_a_correlated_reference():
   np.testing.assert_allclose(np.exp(np.asarray(tilted)),
                              _exact_tilted_conditionals(p_tilt, x0, xt, proc), atol=1e-3)
 
+
+
+def test_snis_weights_are_the_exact_normalized_weights():
+  r = jnp.asarray([0.3, -1.2, 2.0, 0.0, 0.7], jnp.float32)
+  beta = 0.4
+  got = np.asarray(reward.snis_weights(r, beta), np.float64)
+  e = np.exp(np.asarray(r, np.float64) / beta)
+  np.testing.assert_allclose(got, len(e) * e / e.sum(), rtol=1e-5)
+  np.testing.assert_allclose(got.sum(), len(e), rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(reward.snis_weights(r + 1e3, beta)), got,
+                             rtol=1e-4)                      # shift-invariant, no overflow
+  big = np.asarray(jax.jit(reward.snis_weights, static_argnums=1)(r * 1e3, beta))
+  assert np.all(np.isfinite(big)) and abs(big.sum() - 5) < 1e-4
+  g = jax.grad(lambda x: jnp.sum(reward.snis_weights(x, beta) * x))(r)
+  np.testing.assert_allclose(np.asarray(g), got, rtol=1e-6)  # weights under stop_gradient
+
+
+def _fit_factorized(x0, xt, it, wts, ref_logits, target, form, div, steps=600):
+  """A free logit table ``c[x_t, L, V]`` fitted on the population loss (enumeration).
+
+  ``target`` is ``(deltas, beta)`` for the default tilted-denoiser target
+  (``reward.reward_loss``) or ``[n, L, V]`` target posterior log-probabilities.
+  """
+  proc = processes.Absorbing(V)
+  sig = jnp.full((len(x0),), SIGMA)
+  wts = jnp.asarray(wts, jnp.float32)
+
+  def loss(c):
+    corr = c[it]
+    if isinstance(target, tuple):
+      per = reward.reward_loss(corr, ref_logits, x0, xt, sig, proc, target[0], target[1],
+                               form, div)
+    else:
+      per = losses.tcsm_loss(ref_logits + corr, x0, xt, sig, proc, form=form,
+                             divergence=div, target_log_posterior=target)
+    return jnp.sum(wts * per.sum(-1))
+
+  c = jnp.zeros((proc.num_states ** L, L, V))
+  opt = optax.adam(0.05)
+  st = opt.init(c)
+  step = jax.jit(lambda c, st: _upd(opt, loss, c, st))
+  for _ in range(steps):
+    c, st = step(c, st)
+  return c
+
+
+@pytest.mark.parametrize("form,div", [("distribution", "kl"), ("score", "gkl")])
+def test_importance_weights_and_clean_space_target_reach_the_tilted_marginals(form, div):
+  """Factorized model, correlated reference, coupled reward (issue 15), by enumeration.
+
+  Population loss over all ``(x0, x_t)``, minimized for a free logit table per
+  ``(x_t, position)`` on top of the Bayes-optimal factorized reference denoiser:
+  (a) the default recipe (centres ``x0 ~ p_ref``, target = the reference denoiser tilted)
+  misses the tilted marginals ``p_1(x0^i | x_t)``; so do the two fixes alone; (b) centres
+  reweighted by the exact self-normalized weights ``exp(r / beta) / E_ref exp(r / beta)``
+  (the population limit of ``snis_weights``) and the exact clean-space target (teacher
+  route: reference conditionals tilted, through ``scores.posterior_log_probs``) reach
+  them.
+  """
+  p_ref, pair, r = _correlated(7)
+  beta = 1.0
+  p_tilt = p_ref * np.exp(r / beta)
+  p_tilt /= p_tilt.sum()
+  proc = processes.Absorbing(V)
+  x0, xt, wts, it = _pairs(p_ref, proc)
+  sig = jnp.full((len(x0),), SIGMA)
+  den = exact.true_denoiser(p_ref, proc, L)
+  ref_logits = den(jnp.asarray(xt), sig)
+  pair_j = jnp.asarray(pair, jnp.float32)
+  deltas = reward.sequence_reward_deltas(lambda t: pair_j[t[:, 0], t[:, 1]],
+                                         jnp.asarray(x0), V, "exact")
+  idx = exact.index_of(x0, V)
+  iw = (np.exp(r / beta) / (p_ref * np.exp(r / beta)).sum())[idx]
+  np.testing.assert_allclose(wts * iw, exact.joint(p_tilt, proc, SIGMA, L)[
+      idx, it], rtol=1e-9)                                     # reweighted = tilted joint
+  ref_cond = exact.conditionals(p_ref, V, L)[idx]
+  teacher = scores.posterior_log_probs(jnp.asarray(np.log(ref_cond), jnp.float32)
+                                       + deltas / beta, proc, jnp.asarray(xt), sig)
+  nt = proc.num_states ** L
+  xts = jnp.asarray(exact.all_sequences(proc.num_states, L))
+  d = den(xts, jnp.full((nt,), SIGMA))
+  want = exact.position_marginals(exact.posterior(p_tilt, proc, SIGMA, L)[1], V, L)
+  err = {}
+  for name, w, target in [("default", wts, (deltas, beta)),
+                          ("weights_only", wts * iw, (deltas, beta)),
+                          ("target_only", wts, teacher),
+                          ("weights_and_target", wts * iw, teacher)]:
+    c = _fit_factorized(jnp.asarray(x0), jnp.asarray(xt), it, w, ref_logits, target,
+                        form, div)
+    got = jax.nn.softmax(jnp.where(jnp.isfinite(d), d + c, -jnp.inf))
+    err[name] = float(np.abs(np.asarray(got, np.float64) - want).max())
+  assert err["weights_and_target"] < 0.01, err
+  assert min(err["default"], err["weights_only"], err["target_only"]) > 0.05, err
+
+
+class _TableModel:
+  """A stand-in correction network: a logit table indexed by the noisy token."""
+
+  def apply(self, variables, x_t, sigma, deterministic=True, rngs=None):
+    del deterministic, rngs
+    return variables["params"]["c"][x_t] * sigma[:, None, None]
+
+
+class _ExactReference:
+
+  def __init__(self, den):
+    self.den = den
+
+  def apply_fn(self, params, x_t, sigma, train=False, key=None):
+    del params, train, key
+    return self.den(x_t, sigma)
+
+
+def test_importance_weights_config_key_and_none_leaves_the_reward_loss_unchanged():
+  from tcsm_jax import errors, schedules
+  from tcsm_jax.posttrain import finetune
+  from tcsm_jax.training import config as config_lib
+  cfg = config_lib.default_config()
+  assert cfg.finetune.importance_weights == "none"
+  assert config_lib.from_dict({"finetune": {"beta": 2.0}}).finetune.importance_weights \
+      == "none"                                                # older configs: default
+  cfg.finetune.importance_weights = "self_normalized"
+  config_lib.validate(cfg)
+  cfg.finetune.importance_weights = "importance"
+  with pytest.raises(errors.ConfigError, match="finetune.importance_weights"):
+    config_lib.validate(cfg)
+
+  p_ref, pair, _ = _correlated(7)
+  proc = processes.Absorbing(V)
+  sched = schedules.get("log_linear")
+  pair_j = jnp.asarray(pair, jnp.float32)
+  reward_fn = lambda t: pair_j[t[:, 0], t[:, 1]]
+  deltas_fn = lambda x0: reward.sequence_reward_deltas(reward_fn, x0, V, "exact")
+  den = exact.true_denoiser(p_ref, proc, L)
+  params = {"c": jnp.asarray(np.random.default_rng(0).normal(size=(proc.num_states, V)),
+                             jnp.float32)}
+  x0 = jnp.asarray(exact.all_sequences(V, L))
+  key = jax.random.PRNGKey(3)
+
+  def loss(mode):
+    c = config_lib.default_config()
+    c.data.seq_len, c.finetune.kind, c.finetune.beta = L, "reward", 0.5
+    if mode is not None:
+      c.finetune.importance_weights = mode
+    exp = finetune.FinetuneExperiment(c, None, proc, sched, _TableModel(),
+                                      ref=_ExactReference(den), reward_fn=reward_fn,
+                                      deltas_fn=deltas_fn)
+    return float(exp.loss_fns()[0](params, None, x0, key)[0])
+
+  # The pre-option formula, step by step (same keys as ``loss_fns``).
+  k_t, k_x, _ = jax.random.split(key, 3)
+  sigma, dsigma = sched(objective.sample_times(k_t, x0.shape[0], 1e-5))
+  x_t = proc.sample_forward(k_x, x0, sigma)
+  per = reward.reward_loss(params["c"][x_t] * sigma[:, None, None], den(x_t, sigma), x0,
+                           x_t, sigma, proc, deltas_fn(x0), 0.5, "score", "gkl").sum(-1)
+  w = losses.time_weight("masked_elbo", sigma, dsigma)
+  before = float(jnp.mean(w * per)) / L
+  snis = reward.snis_weights(reward_fn(x0), 0.5)
+  np.testing.assert_allclose(loss(None), before, rtol=1e-6)
+  np.testing.assert_allclose(loss("none"), before, rtol=1e-6)
+  np.testing.assert_allclose(loss("self_normalized"), float(jnp.mean(snis * w * per)) / L,
+                             rtol=1e-5)
+  assert abs(loss("self_normalized") - before) > 1e-3 * abs(before)
 
 def test_dpo_on_reward_ranked_pairs_raises_reward():
   _, p_ref = _product(2)

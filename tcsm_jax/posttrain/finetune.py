@@ -60,6 +60,7 @@ class FinetuneExperiment(experiment_lib.Experiment):
     cfg, ft = self.config, self.config.finetune
     proc, sched = self.process, self.schedule
     length = cfg.data.seq_len
+    importance = ft.get("importance_weights", "none")
 
     def split(key, x0):
       k_t, k_x, k_d = jax.random.split(key, 3)
@@ -82,6 +83,8 @@ class FinetuneExperiment(experiment_lib.Experiment):
       per = reward_lib.reward_loss(corr, ref, x0, x_t, sigma, proc, deltas, ft.beta,
                                    cfg.loss.form, cfg.loss.divergence)
       w = losses.time_weight(cfg.loss.weighting, sigma, dsigma)
+      if importance == "self_normalized":        # centres reweighted to p_ref e^{r/beta}
+        w = w * reward_lib.snis_weights(self.reward_fn(x0), ft.beta)
       loss = jnp.mean(w * per.sum(-1)) / length
       return loss, {"loss": loss}
 

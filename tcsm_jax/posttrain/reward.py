@@ -8,8 +8,26 @@ zero, so training starts exactly at the reference). The target posterior at each
 position is the reference posterior tilted by the reward differences:
 ``log q(y | x_t) = log p_ref(y | x_t) + (r(x0^{i<-y}) - r(x0)) / beta + const``, and the
 TCSM loss (score or distribution form, any divergence) pulls the model onto it. Clean
-centres ``x0`` come from data (an offline proposal); the score form is minimized by the
-target ratios wherever the proposal has mass.
+centres ``x0`` come from data (an offline proposal).
+
+*What the minimizer is.* A factorized model ``p_theta(x0^i | x_t)`` cannot see
+``x0^{-i}``, while the target at a centre ``x0`` depends on it (the tilt and, for a
+correlated reference, the conditionals). So the loss is not minimized by the target
+ratios at every centre (no factorized model matches them all); it is minimized by a
+proposal-weighted compromise over the ``x0`` consistent with ``x_t``. For ``kl`` (both
+forms) and ``gkl`` (score form) that compromise is the mixture
+``E_{x0 ~ proposal(. | x_t)} q(. | x0, x_t)``, which is the tilted marginal
+``p_1(x0^i | x_t)`` only when (i) the centres are drawn from ``p_1`` itself and (ii) ``q``
+is ``p_1``'s exact conditional posterior ``p_1(x0^i | x0^{-i}, x_t)``. Neither holds by
+default: centres come from the reference, and ``tilted_posterior`` tilts the factorized
+reference denoiser ``p_ref(x0^i | x_t)`` instead of the reference's clean-space
+conditionals (exact only for a product reference and an additive reward). On an
+enumerable example (``tests/test_posttrain.py``, correlated reference, coupled reward)
+(beta = 1) the converged model misses the tilted marginals by 0.18-0.20 in probability.
+Weighting each centre by ``snis_weights`` (config ``finetune.importance_weights =
+"self_normalized"``) fixes (i); with the exact clean-space target as well the error is
+< 1e-6, but either fix alone still leaves 0.06-0.21: the default target stays biased
+for a correlated reference even with the weights.
 
 **Preference.** From ``(chosen, rejected)`` pairs, a DPO-style loss on the implicit
 reward ``beta * sum_i log(p_theta / p_ref)(x^i | x_t)``, i.e. ``beta`` times the
@@ -66,6 +84,27 @@ def sequence_reward_deltas(reward_fn: Callable, x0, vocab_size: int, mode: str =
       raise ValueError("mode='taylor' needs a differentiable soft_reward_fn(onehot)")
     return targets.ar_taylor(soft_reward_fn, x0, vocab_size)
   raise ValueError(f"unknown reward mode {mode!r}; choose exact or taylor")
+
+
+def snis_weights(rewards, beta: float):
+  """Self-normalized importance weights of reference samples for ``p_ref exp(r / beta)``.
+
+  Args:
+    rewards: ``[batch]`` rewards ``r(x0_b)`` of clean sequences drawn from the reference
+      (or the data it was fitted to).
+    beta: the temperature of the target ``p_ref(x) exp(r(x) / beta) / Z``.
+  Returns:
+    ``[batch]`` float32 weights ``w_b = B * softmax_b(r(x0_b) / beta)`` (a log-sum-exp
+    softmax, so float32-safe for large ``r / beta``): non-negative, summing to ``B``,
+    unchanged by adding a constant to ``r``, and under ``stop_gradient``. Averaging
+    ``w_b * loss_b`` over the batch estimates the loss with centres drawn from the
+    tilted distribution. The estimate is consistent (bias ``O(1/B)`` from normalizing by
+    the batch's own ``Z``), not unbiased; its variance grows with the spread of
+    ``r / beta`` (effective sample size ``B^2 / sum_b w_b^2``).
+  """
+  logits = jnp.asarray(rewards, jnp.float32) / beta
+  w = logits.shape[0] * jax.nn.softmax(logits, axis=0)
+  return jax.lax.stop_gradient(w)
 
 
 # ---- losses -----------------------------------------------------------------------

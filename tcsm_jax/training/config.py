@@ -104,6 +104,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.finetune.token_weights = "aeiou=1"  # token reward: "chars=weight,chars=weight"
   c.finetune.num_pairs = 256         # preference pairs generated from the reference
   c.finetune.pair_sample_steps = 64
+  c.finetune.importance_weights = "none"  # reward: none | self_normalized (B softmax r/beta)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 3e-4
@@ -179,6 +180,7 @@ CHOICES: Dict[str, Tuple[str, ...]] = {
     "finetune.kind": _FINETUNE_KINDS,
     "finetune.reward": ("classifier", "token"),
     "finetune.reward_mode": ("exact", "taylor"),
+    "finetune.importance_weights": ("none", "self_normalized"),
     "optim.lr_schedule": optim.SCHEDULES,
 }
 
