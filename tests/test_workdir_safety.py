@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from tcsm_jax import errors, fs
+from tcsm_jax import errors, fs, likelihood, sampling
 from tcsm_jax.training import checkpoint as ckpt_lib
 from tcsm_jax.training import config as config_lib
 from tcsm_jax.training import metrics as metrics_lib
@@ -130,6 +130,17 @@ def test_checkpoint_from_eight_devices_restores_on_one_and_fsdp(tmp_path, ds):
   four = restore.load_run(str(tmp_path), dataset=ds,
                           mesh=partition.make_mesh(4, jax.devices()[:4]))
   assert _tree_equal(ref.params, four.params)
+  # ... and evaluates and samples on that one device, as experiments.evaluate / sample
+  # do (their binaries on such a workdir: the slow 1 -> 8 -> 1 test).
+  exp, length = one.experiment, cfg.data.seq_len
+  batch = np.asarray(ds.validation[:2 * length]).reshape(2, length)
+  rep = likelihood.evaluate(jax.random.PRNGKey(0), exp.apply_fn, [batch], exp.process,
+                            exp.schedule, 2, params=one.params)
+  assert np.isfinite(rep.nats_per_token) and rep.nats_per_token > 0
+  x, _ = sampling.jit_sampler(exp.apply_fn, exp.process, exp.schedule, (2, length),
+                              steps=4)(one.params, jax.random.PRNGKey(1))
+  x = np.asarray(x)
+  assert x.shape == (2, length) and x.min() >= 0 and x.max() < exp.process.vocab_size
 
 
 def _env(devices):
