@@ -408,6 +408,118 @@ def test_importance_weights_config_key_and_none_leaves_the_reward_loss_unchanged
                              rtol=1e-5)
   assert abs(loss("self_normalized") - before) > 1e-3 * abs(before)
 
+@pytest.mark.parametrize("beta", [0.5, 1.0])
+def test_clean_conditionals_target_is_the_exact_tilted_posterior(beta):
+  """``finetune.reward_target = "clean_conditionals"`` builds p_1's exact target (issue 15).
+
+  Correlated reference, coupled reward, absorbing, by enumeration: the reference read as
+  a masked-LM teacher (``reward.tilted_clean_conditionals`` on the Bayes-optimal
+  factorized denoiser of ``p_ref``), pushed through the path identity as ``tcsm_loss``
+  does, is ``p_1(x0^i | x0^{-i}, x_t)``; the default tilted-denoiser target is not. The
+  reward loss with it equals the loss against the enumerated posterior.
+  """
+  p_ref, pair, r = _correlated(7)
+  p_tilt = p_ref * np.exp(r / beta)
+  p_tilt /= p_tilt.sum()
+  proc = processes.Absorbing(V)
+  x0, xt, _, _ = _pairs(p_ref, proc)
+  sig = jnp.full((len(x0),), SIGMA)
+  pair_j = jnp.asarray(pair, jnp.float32)
+  deltas = reward.sequence_reward_deltas(lambda t: pair_j[t[:, 0], t[:, 1]],
+                                         jnp.asarray(x0), V, "exact")
+  den = exact.true_denoiser(p_ref, proc, L)
+  apply_fn = lambda params, x, s: den(x, s)
+  cond = jax.jit(reward.tilted_clean_conditionals, static_argnums=(0, 2, 5))(
+      apply_fn, None, proc.mask_id, jnp.asarray(x0), deltas, beta)
+  idx = exact.index_of(x0, V)
+  np.testing.assert_allclose(np.exp(np.asarray(cond, np.float64)),
+                             exact.conditionals(p_tilt, V, L)[idx], atol=1e-5)
+  want = _exact_tilted_conditionals(p_tilt, x0, xt, proc)
+  got = np.exp(np.asarray(scores.posterior_log_probs(cond, proc, jnp.asarray(xt), sig),
+                          np.float64))
+  err_new = np.abs(got - want).max()
+  old = reward.tilted_posterior(den(jnp.asarray(xt), sig), deltas, beta, proc,
+                                jnp.asarray(xt), sig)
+  err_old = np.abs(np.exp(np.asarray(old, np.float64)) - want).max()
+  assert err_new < 1e-5 and err_old > 0.05, (err_new, err_old)
+  # Through reward_loss: the same loss as against the enumerated posterior.
+  corr = jnp.asarray(np.random.default_rng(1).normal(size=(len(x0), L, V)), jnp.float32)
+  ref_logits = den(jnp.asarray(xt), sig)
+  log_want = jnp.asarray(np.log(np.maximum(want, 1e-30)), jnp.float32)
+  for form, div in [("score", "gkl"), ("distribution", "kl")]:
+    per = reward.reward_loss(corr, ref_logits, jnp.asarray(x0), jnp.asarray(xt), sig,
+                             proc, deltas, beta, form, div, target_log_cond=cond)
+    ref_per = losses.tcsm_loss(ref_logits + corr, jnp.asarray(x0), jnp.asarray(xt), sig,
+                               proc, form=form, divergence=div,
+                               target_log_posterior=log_want)
+    np.testing.assert_allclose(np.asarray(per), np.asarray(ref_per), rtol=1e-4,
+                               atol=1e-5)
+
+
+def test_reward_target_config_key_and_clean_conditionals_through_loss_fns():
+  from tcsm_jax import errors, schedules
+  from tcsm_jax.posttrain import finetune
+  from tcsm_jax.training import config as config_lib
+  cfg = config_lib.default_config()
+  assert cfg.finetune.reward_target == "tilted_denoiser"
+  assert config_lib.from_dict({"finetune": {"beta": 2.0}}).finetune.reward_target \
+      == "tilted_denoiser"                                     # older configs: default
+  cfg.finetune.reward_target = "clean_conditionals"
+  config_lib.validate(cfg)
+  cfg.process = "uniform"
+  with pytest.raises(errors.ConfigError, match="finetune.reward_target"):
+    config_lib.validate(cfg)
+  cfg.process = "absorbing"
+  cfg.finetune.reward_target = "clean"
+  with pytest.raises(errors.ConfigError, match="finetune.reward_target"):
+    config_lib.validate(cfg)
+
+  p_ref, pair, _ = _correlated(7)
+  proc = processes.Absorbing(V)
+  sched = schedules.get("log_linear")
+  pair_j = jnp.asarray(pair, jnp.float32)
+  reward_fn = lambda t: pair_j[t[:, 0], t[:, 1]]
+  deltas_fn = lambda x0: reward.sequence_reward_deltas(reward_fn, x0, V, "exact")
+  den = exact.true_denoiser(p_ref, proc, L)
+  params = {"c": jnp.asarray(np.random.default_rng(0).normal(size=(proc.num_states, V)),
+                             jnp.float32)}
+  x0 = jnp.asarray(exact.all_sequences(V, L))
+  key = jax.random.PRNGKey(3)
+
+  def loss_fn(mode):
+    c = config_lib.default_config()
+    c.data.seq_len, c.finetune.kind, c.finetune.beta = L, "reward", 0.5
+    if mode is not None:
+      c.finetune.reward_target = mode
+    exp = finetune.FinetuneExperiment(c, None, proc, sched, _TableModel(),
+                                      ref=_ExactReference(den), reward_fn=reward_fn,
+                                      deltas_fn=deltas_fn)
+    return exp.loss_fns()[0]
+
+  # The pre-option formula, step by step (same keys as ``loss_fns``).
+  k_t, k_x, _ = jax.random.split(key, 3)
+  sigma, dsigma = sched(objective.sample_times(k_t, x0.shape[0], 1e-5))
+  x_t = proc.sample_forward(k_x, x0, sigma)
+  per = reward.reward_loss(params["c"][x_t] * sigma[:, None, None], den(x_t, sigma), x0,
+                           x_t, sigma, proc, deltas_fn(x0), 0.5, "score", "gkl").sum(-1)
+  w = losses.time_weight("masked_elbo", sigma, dsigma)
+  before = float(jnp.mean(w * per)) / L
+  for mode in (None, "tilted_denoiser"):
+    np.testing.assert_allclose(float(loss_fn(mode)(params, None, x0, key)[0]), before,
+                               rtol=1e-6)
+  fn = loss_fn("clean_conditionals")
+  val, grad = jax.jit(jax.value_and_grad(lambda p: fn(p, None, x0, key)[0]))(params)
+  assert np.isfinite(float(val)) and abs(float(val) - before) > 1e-4 * abs(before)
+  g = np.asarray(grad["c"])
+  assert np.all(np.isfinite(g)) and np.abs(g).max() > 0
+  cond = reward.tilted_clean_conditionals(lambda p, x, s: den(x, s), None, proc.mask_id,
+                                          x0, deltas_fn(x0), 0.5)
+  per_new = reward.reward_loss(params["c"][x_t] * sigma[:, None, None], den(x_t, sigma),
+                               x0, x_t, sigma, proc, deltas_fn(x0), 0.5, "score", "gkl",
+                               target_log_cond=cond).sum(-1)
+  np.testing.assert_allclose(float(val), float(jnp.mean(w * per_new)) / L, rtol=1e-5)
+
+
 def test_dpo_on_reward_ranked_pairs_raises_reward():
   _, p_ref = _product(2)
   proc = processes.Absorbing(V)

@@ -61,6 +61,10 @@ class FinetuneExperiment(experiment_lib.Experiment):
     proc, sched = self.process, self.schedule
     length = cfg.data.seq_len
     importance = ft.get("importance_weights", "none")
+    reward_target = ft.get("reward_target", "tilted_denoiser")
+    if reward_target == "clean_conditionals" and getattr(proc, "mask_id", None) is None:
+      raise errors.ConfigError("finetune.reward_target='clean_conditionals' needs an "
+                               "absorbing process")
 
     def split(key, x0):
       k_t, k_x, k_d = jax.random.split(key, 3)
@@ -80,8 +84,13 @@ class FinetuneExperiment(experiment_lib.Experiment):
       x_t = proc.sample_forward(k_x, x0, sigma)
       corr, ref = corr_and_ref(params, frozen, x_t, sigma, train, k_d)
       deltas = jax.lax.stop_gradient(self.deltas_fn(x0))
+      cond = None
+      if reward_target == "clean_conditionals":  # L extra reference passes (MLM teacher)
+        cond = reward_lib.tilted_clean_conditionals(self.ref.apply_fn, frozen,
+                                                    proc.mask_id, x0, deltas, ft.beta)
       per = reward_lib.reward_loss(corr, ref, x0, x_t, sigma, proc, deltas, ft.beta,
-                                   cfg.loss.form, cfg.loss.divergence)
+                                   cfg.loss.form, cfg.loss.divergence,
+                                   target_log_cond=cond)
       w = losses.time_weight(cfg.loss.weighting, sigma, dsigma)
       if importance == "self_normalized":        # centres reweighted to p_ref e^{r/beta}
         w = w * reward_lib.snis_weights(self.reward_fn(x0), ft.beta)

@@ -27,7 +27,11 @@ enumerable example (``tests/test_posttrain.py``, correlated reference, coupled r
 Weighting each centre by ``snis_weights`` (config ``finetune.importance_weights =
 "self_normalized"``) fixes (i); with the exact clean-space target as well the error is
 < 1e-6, but either fix alone still leaves 0.06-0.21: the default target stays biased
-for a correlated reference even with the weights.
+for a correlated reference even with the weights. (ii) is config
+``finetune.reward_target = "clean_conditionals"`` (absorbing process only):
+``tilted_clean_conditionals`` reads the reference's clean-space conditionals off the
+frozen reference as a masked-LM teacher (``L`` extra reference forward passes per
+batch) and tilts them; exact when the reference denoiser is Bayes-optimal.
 
 **Preference.** From ``(chosen, rejected)`` pairs, a DPO-style loss on the implicit
 reward ``beta * sum_i log(p_theta / p_ref)(x^i | x_t)``, i.e. ``beta`` times the
@@ -116,10 +120,59 @@ def tilted_posterior(ref_logits, reward_deltas, beta: float, process: Process, x
   return jax.nn.log_softmax(jnp.where(keep, ref_lp + reward_deltas / beta, -jnp.inf), -1)
 
 
+def tilted_clean_conditionals(ref_apply_fn: Callable, ref_params, mask_id: int, x0,
+                              reward_deltas, beta: float):
+  """Clean-space conditionals of ``p_1 = p_ref exp(r / beta) / Z`` from the reference.
+
+  The frozen absorbing reference is used as a masked-LM teacher
+  (``targets.mlm_teacher``): for each position ``i`` it is evaluated on ``x0`` with
+  ``x0^i`` masked (one mask out of ``L``), which for a Bayes-optimal absorbing denoiser
+  is ``p_ref(x0^i | x0^{-i})`` exactly; the reward differences then tilt it:
+  ``log p_1(y | x0^{-i}) = log p_ref(y | x0^{-i}) + (r(x0^{i<-y}) - r(x0)) / beta + c``.
+  Passed to ``losses.tcsm_loss(target_log_cond=...)``, the path identity turns it into
+  ``p_1(x0^i | x0^{-i}, x_t)``, the target under which the factorized model's
+  minimizer is the tilted marginal (with centres from ``p_1``, see ``snis_weights``).
+
+  Cost: ``L`` extra reference forward passes on the full ``[batch, L]`` batch (one per
+  masked position, sequentially under ``lax.map``), i.e. ``L`` times the reference
+  cost of the default ``tilted_denoiser`` target, with no backward pass through them.
+
+  Args:
+    ref_apply_fn: ``(params, x [b, L], sigma [b]) -> logits [b, L, V]``, the frozen
+      reference denoiser of an absorbing process.
+    ref_params: its parameters (passed in, not closed over by the caller).
+    mask_id: the absorbing process's mask token.
+    x0: ``[batch, L]`` int clean centres.
+    reward_deltas: ``[batch, L, V]`` neighbour reward differences
+      ``r(x0^{i<-y}) - r(x0)``.
+    beta: the temperature.
+  Returns:
+    ``[batch, L, V]`` float32 log-probabilities ``log p_1(x0^i = y | x0^{-i})``
+    (normalized over ``y``), under ``stop_gradient``.
+  """
+  ref_cond = targets.mlm_teacher(ref_apply_fn, ref_params, mask_id)(x0)
+  tilted = jax.nn.log_softmax(ref_cond + jnp.asarray(reward_deltas, jnp.float32) / beta,
+                              -1)
+  return jax.lax.stop_gradient(tilted)
+
+
 def reward_loss(corr_logits, ref_logits, x0, x_t, sigma, process: Process, reward_deltas,
-                beta: float, form: str = "score", divergence: str = "gkl"):
-  """Per-position TCSM loss of the density-ratio model against the tilted target."""
+                beta: float, form: str = "score", divergence: str = "gkl",
+                target_log_cond=None):
+  """Per-position TCSM loss ``[b, L]`` of the density-ratio model against the target.
+
+  By default (``target_log_cond=None``, config ``finetune.reward_target =
+  "tilted_denoiser"``) the target posterior is ``tilted_posterior`` of the reference
+  denoiser ``ref_logits`` ``[b, L, V]``. With ``target_log_cond`` ``[b, L, V]`` (clean-
+  space target log-conditionals, e.g. ``tilted_clean_conditionals``; config
+  ``"clean_conditionals"``) the target is that pushed through the path identity, and
+  ``reward_deltas`` / ``beta`` are not used again (they are already in it).
+  """
   ref_logits = jax.lax.stop_gradient(ref_logits.astype(jnp.float32))
+  if target_log_cond is not None:
+    return losses.tcsm_loss(ref_logits + corr_logits, x0, x_t, sigma, process, form=form,
+                            divergence=divergence,
+                            target_log_cond=jax.lax.stop_gradient(target_log_cond))
   target = jax.lax.stop_gradient(tilted_posterior(ref_logits, reward_deltas, beta,
                                                   process, x_t, sigma))
   return losses.tcsm_loss(ref_logits + corr_logits, x0, x_t, sigma, process, form=form,

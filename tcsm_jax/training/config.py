@@ -105,6 +105,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.finetune.num_pairs = 256         # preference pairs generated from the reference
   c.finetune.pair_sample_steps = 64
   c.finetune.importance_weights = "none"  # reward: none | self_normalized (B softmax r/beta)
+  c.finetune.reward_target = "tilted_denoiser"  # reward: tilted_denoiser | clean_conditionals
+                                     # (reference as MLM teacher, L extra passes; absorbing)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 3e-4
@@ -181,6 +183,7 @@ CHOICES: Dict[str, Tuple[str, ...]] = {
     "finetune.reward": ("classifier", "token"),
     "finetune.reward_mode": ("exact", "taylor"),
     "finetune.importance_weights": ("none", "self_normalized"),
+    "finetune.reward_target": ("tilted_denoiser", "clean_conditionals"),
     "optim.lr_schedule": optim.SCHEDULES,
 }
 
@@ -271,6 +274,10 @@ RULES: List[Tuple[Callable[[Any], bool], Callable[[Any], str]]] = [
     (lambda c: not (c.loss.teacher_weight > 0 and c.teacher.kind in ("ar", "mlm")
                     and not c.teacher.workdir),
      lambda c: f"teacher.kind={c.teacher.kind!r} needs teacher.workdir (a trained run)"),
+    (lambda c: not (c.finetune.reward_target == "clean_conditionals"
+                    and c.process != "absorbing"),
+     lambda c: "finetune.reward_target='clean_conditionals' needs process='absorbing' "
+               f"(the reference is read as a masked-LM teacher), got {c.process!r}"),
     (lambda c: not (c.finetune.kind != "none" and not c.finetune.ref_workdir),
      lambda c: "finetune.ref_workdir must name the reference model's workdir"),
     (lambda c: not (c.data.name in ("text8", "text_file", "prepared") and not c.data.path),
