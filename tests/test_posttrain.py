@@ -357,20 +357,17 @@ class _ExactReference:
     return self.den(x_t, sigma)
 
 
-def test_importance_weights_config_key_and_none_leaves_the_reward_loss_unchanged():
-  from tcsm_jax import errors, schedules
+def _finetune_case():
+  """The exact V=3, L=2 reward case through ``FinetuneExperiment.loss_fns``.
+
+  Correlated reference (its Bayes-optimal denoiser as the frozen reference), coupled
+  reward, a logit-table correction; ``loss_fn(key, mode)`` is the experiment's reward
+  loss with ``finetune.<key> = mode`` (``mode=None``: the key left unset), and
+  ``before`` the pre-option formula written out step by step (same keys).
+  """
+  from tcsm_jax import schedules
   from tcsm_jax.posttrain import finetune
   from tcsm_jax.training import config as config_lib
-  cfg = config_lib.default_config()
-  assert cfg.finetune.importance_weights == "none"
-  assert config_lib.from_dict({"finetune": {"beta": 2.0}}).finetune.importance_weights \
-      == "none"                                                # older configs: default
-  cfg.finetune.importance_weights = "self_normalized"
-  config_lib.validate(cfg)
-  cfg.finetune.importance_weights = "importance"
-  with pytest.raises(errors.ConfigError, match="finetune.importance_weights"):
-    config_lib.validate(cfg)
-
   p_ref, pair, _ = _correlated(7)
   proc = processes.Absorbing(V)
   sched = schedules.get("log_linear")
@@ -383,17 +380,16 @@ def test_importance_weights_config_key_and_none_leaves_the_reward_loss_unchanged
   x0 = jnp.asarray(exact.all_sequences(V, L))
   key = jax.random.PRNGKey(3)
 
-  def loss(mode):
+  def loss_fn(option, mode):
     c = config_lib.default_config()
     c.data.seq_len, c.finetune.kind, c.finetune.beta = L, "reward", 0.5
     if mode is not None:
-      c.finetune.importance_weights = mode
+      c.finetune[option] = mode
     exp = finetune.FinetuneExperiment(c, None, proc, sched, _TableModel(),
                                       ref=_ExactReference(den), reward_fn=reward_fn,
                                       deltas_fn=deltas_fn)
-    return float(exp.loss_fns()[0](params, None, x0, key)[0])
+    return exp.loss_fns()[0]
 
-  # The pre-option formula, step by step (same keys as ``loss_fns``).
   k_t, k_x, _ = jax.random.split(key, 3)
   sigma, dsigma = sched(objective.sample_times(k_t, x0.shape[0], 1e-5))
   x_t = proc.sample_forward(k_x, x0, sigma)
@@ -401,12 +397,35 @@ def test_importance_weights_config_key_and_none_leaves_the_reward_loss_unchanged
                            x_t, sigma, proc, deltas_fn(x0), 0.5, "score", "gkl").sum(-1)
   w = losses.time_weight("masked_elbo", sigma, dsigma)
   before = float(jnp.mean(w * per)) / L
-  snis = reward.snis_weights(reward_fn(x0), 0.5)
+  return dict(proc=proc, reward_fn=reward_fn, deltas_fn=deltas_fn, den=den,
+              params=params, x0=x0, key=key, x_t=x_t, sigma=sigma, w=w, per=per,
+              before=before, loss_fn=loss_fn)
+
+
+def test_importance_weights_config_key_and_none_leaves_the_reward_loss_unchanged():
+  from tcsm_jax import errors
+  from tcsm_jax.training import config as config_lib
+  cfg = config_lib.default_config()
+  assert cfg.finetune.importance_weights == "none"
+  assert config_lib.from_dict({"finetune": {"beta": 2.0}}).finetune.importance_weights \
+      == "none"                                                # older configs: default
+  cfg.finetune.importance_weights = "self_normalized"
+  config_lib.validate(cfg)
+  cfg.finetune.importance_weights = "importance"
+  with pytest.raises(errors.ConfigError, match="finetune.importance_weights"):
+    config_lib.validate(cfg)
+
+  case = _finetune_case()
+  params, x0, key, w, per, before, loss_fn = (
+      case[k] for k in ("params", "x0", "key", "w", "per", "before", "loss_fn"))
+  loss = lambda mode: float(loss_fn("importance_weights", mode)(params, None, x0, key)[0])
+  snis = reward.snis_weights(case["reward_fn"](x0), 0.5)
   np.testing.assert_allclose(loss(None), before, rtol=1e-6)
   np.testing.assert_allclose(loss("none"), before, rtol=1e-6)
   np.testing.assert_allclose(loss("self_normalized"), float(jnp.mean(snis * w * per)) / L,
                              rtol=1e-5)
   assert abs(loss("self_normalized") - before) > 1e-3 * abs(before)
+
 
 @pytest.mark.parametrize("beta", [0.5, 1.0])
 def test_clean_conditionals_target_is_the_exact_tilted_posterior(beta):
@@ -457,8 +476,7 @@ def test_clean_conditionals_target_is_the_exact_tilted_posterior(beta):
 
 
 def test_reward_target_config_key_and_clean_conditionals_through_loss_fns():
-  from tcsm_jax import errors, schedules
-  from tcsm_jax.posttrain import finetune
+  from tcsm_jax import errors
   from tcsm_jax.training import config as config_lib
   cfg = config_lib.default_config()
   assert cfg.finetune.reward_target == "tilted_denoiser"
@@ -474,40 +492,15 @@ def test_reward_target_config_key_and_clean_conditionals_through_loss_fns():
   with pytest.raises(errors.ConfigError, match="finetune.reward_target"):
     config_lib.validate(cfg)
 
-  p_ref, pair, _ = _correlated(7)
-  proc = processes.Absorbing(V)
-  sched = schedules.get("log_linear")
-  pair_j = jnp.asarray(pair, jnp.float32)
-  reward_fn = lambda t: pair_j[t[:, 0], t[:, 1]]
-  deltas_fn = lambda x0: reward.sequence_reward_deltas(reward_fn, x0, V, "exact")
-  den = exact.true_denoiser(p_ref, proc, L)
-  params = {"c": jnp.asarray(np.random.default_rng(0).normal(size=(proc.num_states, V)),
-                             jnp.float32)}
-  x0 = jnp.asarray(exact.all_sequences(V, L))
-  key = jax.random.PRNGKey(3)
-
-  def loss_fn(mode):
-    c = config_lib.default_config()
-    c.data.seq_len, c.finetune.kind, c.finetune.beta = L, "reward", 0.5
-    if mode is not None:
-      c.finetune.reward_target = mode
-    exp = finetune.FinetuneExperiment(c, None, proc, sched, _TableModel(),
-                                      ref=_ExactReference(den), reward_fn=reward_fn,
-                                      deltas_fn=deltas_fn)
-    return exp.loss_fns()[0]
-
-  # The pre-option formula, step by step (same keys as ``loss_fns``).
-  k_t, k_x, _ = jax.random.split(key, 3)
-  sigma, dsigma = sched(objective.sample_times(k_t, x0.shape[0], 1e-5))
-  x_t = proc.sample_forward(k_x, x0, sigma)
-  per = reward.reward_loss(params["c"][x_t] * sigma[:, None, None], den(x_t, sigma), x0,
-                           x_t, sigma, proc, deltas_fn(x0), 0.5, "score", "gkl").sum(-1)
-  w = losses.time_weight("masked_elbo", sigma, dsigma)
-  before = float(jnp.mean(w * per)) / L
+  case = _finetune_case()
+  (proc, deltas_fn, den, params, x0, key, x_t, sigma, w, before, loss_fn) = (
+      case[k] for k in ("proc", "deltas_fn", "den", "params", "x0", "key", "x_t", "sigma",
+                        "w", "before", "loss_fn"))
   for mode in (None, "tilted_denoiser"):
-    np.testing.assert_allclose(float(loss_fn(mode)(params, None, x0, key)[0]), before,
+    np.testing.assert_allclose(float(loss_fn("reward_target", mode)(params, None, x0,
+                                                                    key)[0]), before,
                                rtol=1e-6)
-  fn = loss_fn("clean_conditionals")
+  fn = loss_fn("reward_target", "clean_conditionals")
   val, grad = jax.jit(jax.value_and_grad(lambda p: fn(p, None, x0, key)[0]))(params)
   assert np.isfinite(float(val)) and abs(float(val) - before) > 1e-4 * abs(before)
   g = np.asarray(grad["c"])
