@@ -97,11 +97,12 @@ def _check(name, result):
 
 
 DEFAULT_QUICK = NOTEBOOKS[:1]     # the rest of the quick runs are slow (test budget)
+SLOW_QUICK = NOTEBOOKS[len(DEFAULT_QUICK):]
 
 
 @pytest.fixture(scope="module")
 def quick_runs(tmp_path_factory):
-  return run_notebooks(NOTEBOOKS[1:], True, tmp_path_factory.mktemp("notebooks_quick"))
+  return run_notebooks(SLOW_QUICK, True, tmp_path_factory.mktemp("notebooks_quick"))
 
 
 def test_notebooks_are_jupytext_percent_files():
@@ -124,7 +125,7 @@ def test_notebook_quick(name, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", NOTEBOOKS[1:])
+@pytest.mark.parametrize("name", SLOW_QUICK)
 def test_notebook_quick_slow(name, quick_runs):
   _check(name, quick_runs[name])
 

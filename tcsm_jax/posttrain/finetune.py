@@ -60,11 +60,8 @@ class FinetuneExperiment(experiment_lib.Experiment):
     cfg, ft = self.config, self.config.finetune
     proc, sched = self.process, self.schedule
     length = cfg.data.seq_len
-    importance = ft.get("importance_weights", "none")
-    reward_target = ft.get("reward_target", "tilted_denoiser")
-    if reward_target == "clean_conditionals" and getattr(proc, "mask_id", None) is None:
-      raise errors.ConfigError("finetune.reward_target='clean_conditionals' needs an "
-                               "absorbing process")
+    # Validated by the config table (clean_conditionals needs process='absorbing').
+    importance, reward_target = ft.importance_weights, ft.reward_target
 
     def split(key, x0):
       k_t, k_x, k_d = jax.random.split(key, 3)
