@@ -1,0 +1,60 @@
+"""What every study sees: output directory, seeds, compute budget, quick mode."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import List, Tuple
+
+from experiments.study import runner
+
+
+@dataclasses.dataclass
+class Context:
+  outdir: str
+  seeds: List[int]
+  budget: float = 1.0      # multiplies every full-study step count
+  quick: bool = False      # a smoke-sized study (tests): few steps, few variants
+  command: str = ""
+  # What plan() learned for report_() (e.g. the teachers' cost and quality).
+  notes: dict = dataclasses.field(default_factory=dict)
+
+  def steps(self, full: int, quick: int = 20) -> int:
+    """Training steps: ``full * budget`` (at least 10), or ``quick`` in quick mode."""
+    return quick if self.quick else max(10, int(round(full * self.budget)))
+
+  def schedule(self, cfg, num_steps: int, evals: int = 5, quick_evals: int = 2) -> None:
+    """Sets ``num_steps`` and evenly spaced evaluations (logged at each, so training
+    time is known there); one checkpoint, at the end."""
+    n = quick_evals if self.quick else evals
+    every = max(1, num_steps // n)
+    t = cfg.train
+    t.num_steps = num_steps
+    t.eval_every = every
+    t.log_every = every
+    t.checkpoint_every = num_steps
+    t.keep_checkpoints = 1
+    t.async_checkpoint = False
+    cfg.optim.warmup_steps = min(cfg.optim.warmup_steps, max(1, num_steps // 10))
+
+  def run_all(self, study: str, runs) -> List[dict]:
+    return runner.run_all(self.outdir, study, runs)
+
+  def prerequisite(self, name: str, config):
+    return runner.prerequisite(self.outdir, name, config)
+
+
+Variant = Tuple[str, dict]
+
+
+def with_overrides(cfg, overrides: dict):
+  """A copy of ``cfg`` with dotted-key ``overrides`` (python values) applied."""
+  cfg = cfg.copy_and_resolve_references()
+  for key, val in overrides.items():
+    node = cfg
+    parts = key.split(".")
+    for p in parts[:-1]:
+      node = node[p]
+    if parts[-1] not in node:
+      raise KeyError(f"unknown config key {key!r}")
+    node[parts[-1]] = val
+  return cfg

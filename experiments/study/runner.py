@@ -1,0 +1,134 @@
+"""Runs a study's training runs (variants x seeds) once each, resumably.
+
+Layout under ``outdir``::
+
+  prereq/<name>/            a run every variant shares (teacher, judge, reference),
+                            trained once (seed 0)
+  runs/<variant>/seed_<s>/  one training workdir per variant and seed
+      result.json           written last: the run's rows and final metrics; a run with
+                            one is finished and is never trained again
+
+A run without ``result.json`` resumes from its last checkpoint. Its training time
+(``train_time_sec``: seconds in train steps, compilation, evaluation and checkpointing
+excluded) is carried across the restart. A finished run whose saved config differs from
+the one asked for (another ``--budget`` or ``--quick``) is refused: a study directory
+holds one design.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from absl import logging
+import math
+from typing import Callable, Dict, List, Optional
+
+import ml_collections
+
+from experiments import common
+from tcsm_jax import errors, fs
+from tcsm_jax.training import trainer
+
+ROW_KEYS = ["study", "variant", "seed", "step", "train_time_sec", "nll_bound",
+            "bits_per_token"]
+
+
+@dataclasses.dataclass
+class Run:
+  """One training run of a study: ``variant`` trained with ``config`` (its seed set)."""
+
+  variant: str
+  seed: int
+  config: ml_collections.ConfigDict
+  # (run, workdir) -> extra final metrics (floats) for the run's last row.
+  finalize: Optional[Callable[["Run", str], Dict[str, float]]] = None
+
+
+def _config_key(config) -> str:
+  return json.dumps(json.loads(config.to_json_best_effort()), sort_keys=True)
+
+
+def metric_rows(workdir) -> List[dict]:
+  """``{step, train_time_sec, nll_bound, bits_per_token}`` at every evaluation of a
+  training workdir, with training time accumulated over restarts.
+
+  The trainer counts each process's train time from zero and writes ``compile_sec`` at
+  the step it (re)started from; a restart at step ``s`` continues from the cumulative
+  time logged at ``s`` (or the last log before it, a slight undercount when the
+  checkpoint fell between logs). Later rows for a step replace earlier ones.
+  """
+  cum = {}            # step -> cumulative train seconds (in file order: latest wins)
+  offset = 0.0
+  evals = {}
+  for line in fs.read_text(fs.join(workdir, "metrics.jsonl")).splitlines():
+    if not line.strip():
+      continue
+    r = json.loads(line)
+    step = int(r["step"])
+    if "compile_sec" in r:                       # a (re)start at this step
+      before = [s for s in cum if s <= step]
+      offset = cum[max(before)] if before else 0.0
+      cum = {s: t for s, t in cum.items() if s <= step}
+    if "train_time_sec" in r:
+      cum[step] = offset + float(r["train_time_sec"])
+    if "eval/nll_bound" in r:
+      evals[step] = float(r["eval/nll_bound"])
+  return [dict(step=s, train_time_sec=cum.get(s, float("nan")), nll_bound=v,
+               bits_per_token=v / math.log(2.0)) for s, v in sorted(evals.items())]
+
+
+def _load_result(path, config, what: str) -> Optional[dict]:
+  if not fs.exists(path):
+    return None
+  try:
+    res = json.loads(fs.read_text(path))
+    saved = res["config"]
+  except (ValueError, KeyError):
+    raise errors.WorkdirError(f"{path} is not a study result (corrupt?); delete it to "
+                              "rerun that run") from None
+  if saved != _config_key(config):
+    raise errors.FlagError(
+        f"{what} in {fs.path(path).parent} was trained with another config (a different "
+        "--budget, --quick or code version); use a new --outdir or delete that run")
+  return res
+
+
+def train_once(workdir, config, what: str, finalize=None) -> dict:
+  """Trains ``config`` in ``workdir`` unless it holds a finished result; returns the
+  result ``{rows, final, config}``."""
+  path = fs.join(workdir, "result.json")
+  res = _load_result(path, config, what)
+  if res is not None:
+    logging.info("%s: finished earlier, skipped", what)
+    return res
+  logging.info("%s: training in %s", what, workdir)
+  fs.makedirs(workdir)
+  trainer.train_and_evaluate(config, str(workdir))
+  rows = metric_rows(workdir)
+  final = dict(finalize(str(workdir))) if finalize else {}
+  res = {"rows": rows, "final": final, "config": _config_key(config)}
+  common.write_json(path, res)
+  return res
+
+
+def prerequisite(outdir, name: str, config) -> dict:
+  """A shared run (``prereq/<name>``), trained once; its result plus ``workdir``."""
+  wd = fs.join(outdir, "prereq", name)
+  res = train_once(wd, config, f"prerequisite {name!r}")
+  return dict(res, workdir=str(wd))
+
+
+def run_all(outdir, study: str, runs: List[Run]) -> List[dict]:
+  """Trains every unfinished run, in order; returns the rows of all of them
+  (``ROW_KEYS`` plus the run's final metrics on its last row)."""
+  out = []
+  for run in runs:
+    wd = fs.join(outdir, "runs", run.variant, f"seed_{run.seed}")
+    fin = (lambda w, run=run: run.finalize(run, w)) if run.finalize else None
+    res = train_once(wd, run.config, f"{run.variant} seed {run.seed}", fin)
+    rows = [dict(study=study, variant=run.variant, seed=run.seed, **r)
+            for r in res["rows"]]
+    if rows:
+      rows[-1].update(res["final"])
+    out.extend(rows)
+  return out
