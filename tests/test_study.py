@@ -148,6 +148,7 @@ def test_runner_skips_finished_runs_and_refuses_a_changed_design(tmp_path, monke
   rows = runner.run_all(tmp_path, "demo", runs)
   assert len(calls) == 2 and len(rows) == 4
   assert rows[1]["final_nll"] == 1.0 and rows[3]["final_nll"] == 2.0
+  assert rows[3]["diverged"] == 0.0
   assert "final_nll" not in rows[0]                  # final metrics on the last row only
   assert rows[3]["nll_bound"] == pytest.approx(2.1)  # seed 1's curve
   again = runner.run_all(tmp_path, "demo", runs)
@@ -159,6 +160,27 @@ def test_runner_skips_finished_runs_and_refuses_a_changed_design(tmp_path, monke
   (tmp_path / "runs" / "v" / "seed_1" / "result.json").write_text("{not json")
   with pytest.raises(errors.WorkdirError, match="not a study result"):
     runner.run_all(tmp_path, "demo", runs)
+
+
+def test_a_diverged_run_is_a_recorded_result(tmp_path, monkeypatch):
+  calls = []
+  fake = _fake_trainer(calls)
+
+  def diverge(config, workdir):
+    fake(config, workdir)
+    raise runner.trainer.TrainingError("stopped at step 10: 3 evals worse")
+
+  monkeypatch.setattr(runner.trainer, "train_and_evaluate", diverge)
+  cfg = kjv_tiny.get_config()
+  cfg.train.num_steps = 10
+  finals = []
+  run = runner.Run("v", 0, cfg, lambda r, wd: finals.append(1) or {"x": 1.0})
+  rows = runner.run_all(tmp_path, "demo", [run])
+  assert rows[-1]["diverged"] == 1.0 and "x" not in rows[-1] and not finals
+  assert len(rows) == 2 and len(calls) == 1
+  assert runner.run_all(tmp_path, "demo", [run]) == rows and len(calls) == 1
+  res = json.loads((tmp_path / "runs" / "v" / "seed_0" / "result.json").read_text())
+  assert "3 evals worse" in res["error"]
 
 
 def test_summary_is_the_mean_of_runs_and_report_files(tmp_path):

@@ -18,12 +18,12 @@ import shlex
 import sys
 
 import jax
-from absl import flags
+from absl import flags, logging
 
 from experiments import cli, common
-from experiments.study import report
+from experiments.study import report, runner
 from experiments.study.context import Context
-from tcsm_jax import fs
+from tcsm_jax import errors, fs
 from tcsm_jax.training import log_setup
 
 STUDIES = ("objectives", "teacher", "distill", "reward")
@@ -34,6 +34,15 @@ _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per variant (>= 1; 2 in --quick
 _BUDGET = flags.DEFINE_float("budget", 1.0, "Multiplier of every training step count "
                              "(> 0).")
 _QUICK = flags.DEFINE_bool("quick", False, "Smoke-sized study for tests.")
+_SHARD = flags.DEFINE_string(
+    "shard", "", "'i/n': train only every n-th run starting at i (parallel workers on "
+    "one machine; train the shared runs first with --prereq_only, then run once "
+    "without --shard to write the report).")
+_PREREQ = flags.DEFINE_bool("prereq_only", False, "Train the shared runs (teachers, "
+                            "judge, reference) and stop.")
+_REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Write the report from the "
+                                  "finished runs only (partial studies); train nothing "
+                                  "but missing shared runs.")
 _CACHE = flags.DEFINE_string(
     "compile_cache", "", "JAX persistent compilation cache (runs of one variant over "
     "seeds share executables); default <outdir>/jax_cache for a local outdir, 'none' "
@@ -41,18 +50,54 @@ _CACHE = flags.DEFINE_string(
 flags.mark_flags_as_required(["study", "outdir"])
 
 
-def run_study(name: str, ctx: Context) -> str:
-  """Runs study ``name`` in ``ctx.outdir``; returns the path of its REPORT.md."""
+def parse_shard(spec: str):
+  """``'i/n'`` -> ``(i, n)`` with ``0 <= i < n`` (``FlagError`` otherwise)."""
+  try:
+    i, n = (int(p) for p in spec.split("/"))
+  except ValueError:
+    raise errors.FlagError(f"--shard {spec!r}: write i/n, e.g. 0/3") from None
+  common.check_flag(0 <= i < n, f"--shard {spec!r}: need 0 <= i < n")
+  return i, n
+
+
+def run_study(name: str, ctx: Context, shard=None, prereq_only: bool = False,
+              report_only: bool = False) -> str:
+  """Runs study ``name`` in ``ctx.outdir``; returns the path of its REPORT.md ('' when
+  only shared runs or one shard were trained)."""
   mod = importlib.import_module(f"experiments.study.{name}")
   fs.makedirs(ctx.outdir)
-  runs = mod.plan(ctx)
+  runs = mod.plan(ctx)                    # trains the shared runs first
   for r in runs:
     common.validate_config(r.config)
+  if prereq_only:
+    return ""
+  if shard is not None:
+    ctx.run_all(mod.NAME, runs[shard[0]::shard[1]])
+    return ""
+  if report_only:
+    missing = [f"{r.variant} seed {r.seed}" for r in runs
+               if not runner.is_finished(ctx.outdir, r)]
+    if missing:
+      ctx.notes["missing"] = missing
+      logging.warning("report from finished runs only; %d missing: %s", len(missing),
+                      ", ".join(missing))
+    runs = [r for r in runs if runner.is_finished(ctx.outdir, r)]
   rows = ctx.run_all(mod.NAME, runs)
   report.write_runs(ctx.outdir, rows)
   summary = report.summarize(rows)
   report.write_summary(ctx.outdir, summary)
   setup, sections, verdicts = mod.report_(ctx, rows, summary)
+  diverged = [r for r in rows if r.get("diverged") == 1.0]
+  if diverged:
+    sections = list(sections) + [
+        "### Diverged runs\n\nStopped by the trainer's divergence guard (their curves "
+        "are in runs.csv; they have no final measurements and are left out of the "
+        "tables above):\n\n" + "\n".join(
+            f"- {r['variant']} seed {r['seed']}, last evaluation at step {r['step']}"
+            for r in diverged)]
+  if ctx.notes.get("missing"):
+    setup += ("\n\n**Partial study:** these runs had not finished and are left out: "
+              + ", ".join(ctx.notes["missing"]) + ".")
   return report.write_report(ctx.outdir, mod.TITLE, mod.CLAIM, setup, ctx.command,
                              sections, verdicts)
 
@@ -78,8 +123,10 @@ def main(_):
                 budget=_BUDGET.value, quick=_QUICK.value,
                 command="python -m experiments.study " + " ".join(
                     shlex.quote(a) for a in sys.argv[1:]))
-  path = run_study(_STUDY.value, ctx)
-  print(fs.read_text(path))
+  shard = parse_shard(_SHARD.value) if _SHARD.value else None
+  path = run_study(_STUDY.value, ctx, shard, _PREREQ.value, _REPORT_ONLY.value)
+  if path:
+    print(fs.read_text(path))
 
 
 if __name__ == "__main__":

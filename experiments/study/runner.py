@@ -95,7 +95,8 @@ def _load_result(path, config, what: str) -> Optional[dict]:
 
 def train_once(workdir, config, what: str, finalize=None) -> dict:
   """Trains ``config`` in ``workdir`` unless it holds a finished result; returns the
-  result ``{rows, final, config}``."""
+  result ``{rows, final, config}`` (a run stopped by the trainer's divergence guard is
+  finished too, with ``final = {diverged: 1}`` and the guard's message as ``error``)."""
   path = fs.join(workdir, "result.json")
   res = _load_result(path, config, what)
   if res is not None:
@@ -103,9 +104,20 @@ def train_once(workdir, config, what: str, finalize=None) -> dict:
     return res
   logging.info("%s: training in %s", what, workdir)
   fs.makedirs(workdir)
-  trainer.train_and_evaluate(config, str(workdir))
+  try:
+    trainer.train_and_evaluate(config, str(workdir))
+  except trainer.TrainingError as e:
+    # Divergence is a result (stability is part of what studies compare): the run is
+    # recorded as finished with its curve so far and ``diverged = 1``; no final
+    # measurement (there may be no good checkpoint to measure).
+    logging.warning("%s diverged: %s", what, e)
+    res = {"rows": metric_rows(workdir), "final": {"diverged": 1.0},
+           "config": _config_key(config), "error": str(e)}
+    common.write_json(path, res)
+    return res
   rows = metric_rows(workdir)
   final = dict(finalize(str(workdir))) if finalize else {}
+  final["diverged"] = 0.0
   res = {"rows": rows, "final": final, "config": _config_key(config)}
   common.write_json(path, res)
   return res
@@ -118,12 +130,20 @@ def prerequisite(outdir, name: str, config) -> dict:
   return dict(res, workdir=str(wd))
 
 
+def run_dir(outdir, run: Run):
+  return fs.join(outdir, "runs", run.variant, f"seed_{run.seed}")
+
+
+def is_finished(outdir, run: Run) -> bool:
+  return fs.exists(fs.join(run_dir(outdir, run), "result.json"))
+
+
 def run_all(outdir, study: str, runs: List[Run]) -> List[dict]:
   """Trains every unfinished run, in order; returns the rows of all of them
   (``ROW_KEYS`` plus the run's final metrics on its last row)."""
   out = []
   for run in runs:
-    wd = fs.join(outdir, "runs", run.variant, f"seed_{run.seed}")
+    wd = run_dir(outdir, run)
     fin = (lambda w, run=run: run.finalize(run, w)) if run.finalize else None
     res = train_once(wd, run.config, f"{run.variant} seed {run.seed}", fin)
     rows = [dict(study=study, variant=run.variant, seed=run.seed, **r)
