@@ -1,8 +1,8 @@
 r"""Distils an autoregressive teacher into a diffusion student with TCSM.
 
   python -m experiments.distill --config=experiments/configs/kjv_tiny.py \
-      --workdir=DIR --teacher_workdir=JDIR [--mode=taylor|top_k|exact] [--top_k=8] \
-      [--teacher_weight=1.0]
+      --workdir=DIR --teacher_workdir=JDIR [--mode=taylor|top_k|top_k_tail|exact] \
+      [--top_k=8] [--tail_samples=4] [--teacher_weight=1.0]
 
 The student is trained with the teacher's clean-space concrete score as the TCSM
 target (``loss.teacher_weight`` of it, the rest from data). Afterwards the NLL bound
@@ -19,9 +19,12 @@ from tcsm_jax.training import distributed, log_setup, trainer
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Student config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Student workdir.")
 _TEACHER = flags.DEFINE_string("teacher_workdir", None, "Causal teacher's workdir.")
-_MODE = flags.DEFINE_enum("mode", "taylor", ["exact", "top_k", "taylor"],
-                          "Teacher concrete score: exact, Top-K or first-order Taylor.")
-_TOP_K = flags.DEFINE_integer("top_k", 8, "K for --mode=top_k (>= 1).")
+_MODE = flags.DEFINE_enum("mode", "taylor", ["exact", "top_k", "top_k_tail", "taylor"],
+                          "Teacher concrete score: exact, Top-K, Top-K plus an "
+                          "importance-sampled tail (dense), or first-order Taylor.")
+_TOP_K = flags.DEFINE_integer("top_k", 8, "K for --mode=top_k / top_k_tail (>= 1).")
+_TAIL = flags.DEFINE_integer("tail_samples", 4, "Tail draws per position for "
+                             "--mode=top_k_tail (>= 1).")
 _WEIGHT = flags.DEFINE_float("teacher_weight", 1.0, "Weight of the teacher target, in "
                              "(0, 1].")
 flags.mark_flags_as_required(["config", "workdir", "teacher_workdir"])
@@ -29,6 +32,7 @@ flags.mark_flags_as_required(["config", "workdir", "teacher_workdir"])
 
 def main(_):
   common.at_least("top_k", _TOP_K.value, 1)
+  common.at_least("tail_samples", _TAIL.value, 1)
   common.check_flag(0 < _WEIGHT.value <= 1, "--teacher_weight must be in (0, 1], got "
                     f"{_WEIGHT.value}")
   cfg = _CONFIG.value.copy_and_resolve_references()
@@ -36,6 +40,7 @@ def main(_):
   cfg.teacher.workdir = _TEACHER.value
   cfg.teacher.mode = _MODE.value
   cfg.teacher.top_k = _TOP_K.value
+  cfg.teacher.tail_samples = _TAIL.value
   cfg.loss.teacher_weight = _WEIGHT.value
   common.validate_config(cfg)
   common.require_output_dir(_WORKDIR.value, "workdir")

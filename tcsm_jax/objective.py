@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from tcsm_jax import losses, scores
+from tcsm_jax import losses, scores, targets
 from tcsm_jax.processes import Process
 from tcsm_jax.schedules import Schedule
 
@@ -60,6 +60,7 @@ def make_loss_fn(cfg: ml_collections.ConfigDict, process: Process, schedule: Sch
     apply_fn: ``(params, x_t, sigma_bar, train, key) -> logits [batch, length, V]``.
     target_fn: optional ``x0 [batch, length] -> [batch, length, V]`` clean-space
       target log-conditionals (a teacher); used with weight ``cfg.teacher_weight``.
+      One with a ``key`` argument gets a fresh key each step.
     pad_id: the dataset's padding id (``TokenDataset.pad_id``): pad positions of ``x0``
       are left out of the loss, which is then per real token.
   """
@@ -94,7 +95,10 @@ def make_loss_fn(cfg: ml_collections.ConfigDict, process: Process, schedule: Sch
             logits, x0, x_t, sigma, process, form=cfg.form,
             divergence=cfg.divergence), real)
       if teacher_w > 0.0:
-        target = jax.lax.stop_gradient(target_fn(x0))
+        # A stochastic target (teacher.mode=top_k_tail) draws from its own stream; the
+        # corruption's keys stay as they were.
+        target = jax.lax.stop_gradient(targets.call_target(
+            target_fn, x0, jax.random.fold_in(key, 0x7a5)))
         per_seq = per_seq + teacher_w * _sum_real(losses.tcsm_loss(
             logits, x0, x_t, sigma, process, form=cfg.form, divergence=cfg.divergence,
             target_log_cond=target), real)

@@ -14,6 +14,16 @@ gives no mass (Top-K leaves the rest out).
   (``length * V`` sequence evaluations: ground truth for small V and length).
 * ``ar_top_k``: the same for the ``K`` most likely replacements at each position under
   the teacher's own next-token distribution ``p_AR(. | x_{<i})``; others ``-inf``.
+* ``ar_top_k_tail`` (dense; issue 15, part 3): Top-K exact, and the tail kept instead of
+  dropped. The log-ratio splits into a prefix factor ``log p(y | x_{<i}) -
+  log p(x^i | x_{<i})``, known for every ``y`` from one forward pass, and a suffix factor
+  ``log p(x_{>i} | x_{<i}, y) - log p(x_{>i} | x_{<i}, x^i)``. ``M`` tail tokens drawn
+  from the teacher's next-token distribution restricted to the tail get their exact
+  suffix factors; every tail token gets its own prefix factor times the sample mean of
+  ``exp(suffix)``. The tail's total mass is then unbiased (over the draws); each tail
+  token's share of it is exact when the suffix factor is constant over the tail (the last
+  position, or a teacher that ignores the token) and otherwise biased toward the tail
+  average. ``(K + M) * L`` sequence evaluations.
 * ``ar_taylor``: first order in the one-hot input, ``g[i, y] - g[i, x^i]`` with
   ``g = d log p_AR(X) / dX`` at ``X = onehot(x)``: one forward and backward pass; exact
   when ``log p_AR`` is linear in its one-hot input.
@@ -21,12 +31,26 @@ gives no mass (Top-K leaves the rest out).
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
-MODES = ("exact", "top_k", "taylor")
+MODES = ("exact", "top_k", "top_k_tail", "taylor")
+
+
+def accepts_key(fn: Callable) -> bool:
+  """Whether a target function takes a ``key`` argument (a stochastic target)."""
+  try:
+    return "key" in inspect.signature(fn).parameters
+  except (TypeError, ValueError):
+    return False
+
+
+def call_target(fn: Callable, x0, key=None):
+  """``fn(x0, key=key)`` for a target that takes a key, ``fn(x0)`` otherwise."""
+  return fn(x0, key=key) if accepts_key(fn) else fn(x0)
 
 
 # ---- causal-model adapters ----------------------------------------------------------
@@ -115,6 +139,49 @@ def ar_top_k(log_prob_fn: Callable, x0, candidate_log_probs, k: int):
   return jnp.transpose(lp, (1, 0, 2)) - base[:, None, None]
 
 
+def ar_top_k_tail(log_prob_fn: Callable, x0, next_log_probs, k: int, m: int, key):
+  """``[b, L, V]`` dense neighbour log-ratios: Top-``k`` exact plus an importance-sampled
+  tail of ``m`` draws per position (module docstring: unbiased tail mass).
+
+  Args:
+    log_prob_fn: ``tokens [n, L] -> [n]``.
+    x0: ``[b, L]``.
+    next_log_probs: ``[b, L, V]`` = ``log p_AR(x^i = . | x^{<i})`` (the prefix factor;
+      ``next_token_log_probs``), also ranking the Top-K candidates.
+    k, m: exact candidates and tail draws per position.
+    key: a ``jax.random`` key for the tail draws.
+  """
+  b, length = x0.shape
+  v = next_log_probs.shape[-1]
+  nlp = next_log_probs.astype(jnp.float32)
+  _, cand = jax.lax.top_k(nlp, k)                                     # [b, L, k]
+  base = log_prob_fn(x0)                                              # [b]
+  rows = jnp.arange(b)[:, None]
+
+  def per_position(i):
+    vals = cand[:, i].T                                               # [k, b]
+    lp_k = log_prob_fn(_at_position(x0, i, vals).reshape(k * b, length)).reshape(k, b)
+    xi = x0[:, i]
+    prefix = nlp[:, i] - jnp.take_along_axis(nlp[:, i], xi[:, None], -1)   # [b, V]
+    tail = jnp.ones((b, v), bool).at[rows, vals.T].set(False).at[jnp.arange(b), xi].set(
+        False)
+    has_tail = tail.any(-1)                                           # [b]
+    logits_t = jnp.where(tail, nlp[:, i], -jnp.inf)
+    logits_t = jnp.where(has_tail[:, None], logits_t, 0.0)           # keep draws finite
+    draws = jax.random.categorical(jax.random.fold_in(key, i), logits_t,
+                                   shape=(m, b))                      # [m, b]
+    lp_m = log_prob_fn(_at_position(x0, i, draws).reshape(m * b, length)).reshape(m, b)
+    # Suffix log-factors of the draws: total log-ratio minus the prefix factor.
+    suffix = (lp_m - base[None]) - jnp.take_along_axis(prefix, draws.T, -1).T  # [m, b]
+    s_hat = jax.nn.logsumexp(suffix, 0) - jnp.log(m)                  # [b]
+    out = jnp.where(tail, prefix + s_hat[:, None], -jnp.inf)
+    out = out.at[rows, vals.T].set((lp_k - base[None]).T)
+    return out.at[jnp.arange(b), xi].set(0.0)
+
+  lp = jax.lax.map(per_position, jnp.arange(length))                 # [L, b, V]
+  return jnp.transpose(lp, (1, 0, 2))
+
+
 def ar_taylor(soft_log_prob_fn: Callable, x0, vocab_size: int):
   """``[b, L, V]`` first-order (one-hot gradient) estimate of the neighbour log-ratios."""
   onehot = jax.nn.one_hot(x0, vocab_size)
@@ -122,19 +189,34 @@ def ar_taylor(soft_log_prob_fn: Callable, x0, vocab_size: int):
   return g - jnp.take_along_axis(g, x0[..., None], -1)
 
 
-def ar_teacher(model, params, mode: str = "taylor", top_k: int = 8) -> Callable:
-  """A target function from a causal transformer (see module docstring)."""
+def ar_teacher(model, params, mode: str = "taylor", top_k: int = 8,
+               tail_samples: int = 4) -> Callable:
+  """A target function from a causal transformer (see module docstring);
+  ``top_k_tail`` returns ``fn(x0, key)`` (its tail draws need a key), the others
+  ``fn(x0, key=None)``."""
   if mode not in MODES:
     raise ValueError(f"unknown AR teacher mode {mode!r}; choose one of {MODES}")
   v = model.cfg.vocab_size
   lp_fn = ar_log_prob_fn(model, params)
   if mode == "exact":
-    return lambda x0: ar_exact(lp_fn, x0, v)
+    return lambda x0, key=None: ar_exact(lp_fn, x0, v)
+  if mode == "top_k_tail":
+    if not 1 <= top_k <= v or tail_samples < 1:
+      raise ValueError(f"top_k must lie in [1, {v}] and tail_samples >= 1, got "
+                       f"{top_k}, {tail_samples}")
+
+    def dense(x0, key):
+      if key is None:
+        raise ValueError("the top_k_tail teacher draws tail tokens: pass a key")
+      return ar_top_k_tail(lp_fn, x0, next_token_log_probs(model, params, x0), top_k,
+                           tail_samples, key)
+    return dense
   if mode == "top_k":
     if not 1 <= top_k <= v:
       raise ValueError(f"top_k must lie in [1, {v}], got {top_k}")
-    return lambda x0: ar_top_k(lp_fn, x0, next_token_log_probs(model, params, x0), top_k)
-  return lambda x0: ar_taylor(ar_soft_log_prob_fn(model, params), x0, v)
+    return lambda x0, key=None: ar_top_k(lp_fn, x0, next_token_log_probs(model, params, x0),
+                                         top_k)
+  return lambda x0, key=None: ar_taylor(ar_soft_log_prob_fn(model, params), x0, v)
 
 
 def mlm_teacher(apply_fn: Callable, params, mask_id: int) -> Callable:

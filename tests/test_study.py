@@ -155,8 +155,20 @@ def test_runner_skips_finished_runs_and_refuses_a_changed_design(tmp_path, monke
   assert len(calls) == 2 and again == rows           # finished: skipped, same rows
   changed = runner.Run("v", 0, cfg.copy_and_resolve_references())
   changed.config.train.num_steps = 20
-  with pytest.raises(errors.FlagError, match="another config"):
+  with pytest.raises(errors.FlagError, match="another config.*train.num_steps"):
     runner.run_all(tmp_path, "demo", [changed])
+  # A key added to the schema after a run was saved: harmless at its default.
+  res_path = tmp_path / "runs" / "v" / "seed_0" / "result.json"
+  res = json.loads(res_path.read_text())
+  saved = json.loads(res["config"])
+  del saved["teacher"]["top_k"]
+  res["config"] = json.dumps(saved, sort_keys=True)
+  res_path.write_text(json.dumps(res))
+  assert runner.run_all(tmp_path, "demo", runs) == rows and len(calls) == 2
+  moved = runner.Run("v", 0, runs[0].config.copy_and_resolve_references())
+  moved.config.teacher.top_k = 3
+  with pytest.raises(errors.FlagError, match="teacher.top_k"):
+    runner.run_all(tmp_path, "demo", [moved])
   (tmp_path / "runs" / "v" / "seed_1" / "result.json").write_text("{not json")
   with pytest.raises(errors.WorkdirError, match="not a study result"):
     runner.run_all(tmp_path, "demo", runs)

@@ -61,6 +61,110 @@ def test_top_k_with_k_equal_vocab_is_exact():
   assert 0 < float(err["mass_covered"]) < 1 and float(err["mae_kept"]) < 1e-4
 
 
+def _table_teacher(p0, v, length):
+  """``(log_prob_fn, next_log_probs fn)`` of an explicit sequence law ``p0 [V**L]``:
+  ``next[b, i, y] = log p(x^i = y | x^{<i})`` from the prefix marginals."""
+  table = jnp.log(jnp.asarray(p0, jnp.float32))
+  p = np.asarray(p0, np.float64).reshape((v,) * length)
+
+  def next_lp(x0):
+    x0 = np.asarray(x0)
+    out = np.zeros(x0.shape + (v,))
+    for b, row in enumerate(x0):
+      for i in range(length):
+        marg = p[tuple(row[:i])].reshape(v, -1).sum(-1)   # p(x_<i, y) over y
+        out[b, i] = np.log(marg) - np.log(marg.sum())
+    return jnp.asarray(out, jnp.float32)
+
+  return (lambda toks: table[_index(toks, v)]), next_lp
+
+
+def test_top_k_tail_keeps_the_tail_with_unbiased_mass():
+  v, length, k, m = 5, 3, 1, 2
+  p0 = exact.random_distribution(np.random.default_rng(3), v, length, concentration=1.0)
+  lp_fn, next_lp = _table_teacher(p0, v, length)
+  x0 = jnp.asarray(exact.all_sequences(v, length)[::17][:6])
+  ex = np.asarray(targets.ar_exact(lp_fn, x0, v), np.float64)
+  nlp = next_lp(x0)
+  fn = jax.jit(jax.vmap(lambda key: targets.ar_top_k_tail(lp_fn, x0, nlp, k, m, key)))
+  n = 4000
+  est = np.asarray(fn(jax.random.split(jax.random.PRNGKey(0), n)), np.float64)
+  assert np.isfinite(est).all()                         # dense: no neighbour dropped
+  # Top-K candidates and the token itself are exact in every draw.
+  top = np.asarray(jax.lax.top_k(nlp, k)[1])
+  keep = np.zeros(ex.shape, bool)
+  np.put_along_axis(keep, top, True, -1)
+  np.put_along_axis(keep, np.asarray(x0)[..., None], True, -1)
+  np.testing.assert_allclose(est[:, keep], np.broadcast_to(ex[keep], est[:, keep].shape),
+                             atol=1e-4)
+  # The tail's total mass is unbiased: its mean over draws matches the exact mass.
+  tail_est = np.where(~keep, np.exp(est), 0.0).sum(-1)  # [n, b, L]
+  tail_ex = np.where(~keep, np.exp(ex), 0.0).sum(-1)
+  mean, se = tail_est.mean(0), tail_est.std(0) / np.sqrt(n)
+  assert (se > 0).any()                                 # the estimator is random
+  assert np.all(np.abs(mean - tail_ex) <= 4 * se + 1e-5 * tail_ex), (mean, tail_ex, se)
+  # Tail shares are biased where the suffix depends on the token; not wildly so.
+  assert np.abs(est[:, ~keep].mean(0) - ex[~keep]).max() > 1e-3
+
+
+def test_top_k_tail_is_exact_where_the_suffix_ignores_the_token():
+  v, length = 4, 3
+  rng = np.random.default_rng(4)
+  p0 = exact.random_distribution(rng, v, length, concentration=1.0)
+  lp_fn, next_lp = _table_teacher(p0, v, length)
+  x0 = jnp.asarray(exact.all_sequences(v, length)[::5])
+  ex = np.asarray(targets.ar_exact(lp_fn, x0, v))
+  got = np.asarray(targets.ar_top_k_tail(lp_fn, x0, next_lp(x0), 1, 1,
+                                         jax.random.PRNGKey(1)))
+  # The last position has no suffix: every tail ratio is its exact prefix factor.
+  np.testing.assert_allclose(got[:, -1], ex[:, -1], atol=1e-4)
+  # Independent positions: the suffix never depends on the token; exact everywhere.
+  marg = [rng.dirichlet(np.ones(v)) for _ in range(length)]
+  prod = np.einsum("a,b,c->abc", *marg).reshape(-1)
+  lp_fn, next_lp = _table_teacher(prod, v, length)
+  ex = np.asarray(targets.ar_exact(lp_fn, x0, v))
+  got = np.asarray(targets.ar_top_k_tail(lp_fn, x0, next_lp(x0), 2, 1,
+                                         jax.random.PRNGKey(2)))
+  np.testing.assert_allclose(got, ex, atol=1e-4)
+
+
+def test_top_k_tail_through_the_causal_adapter():
+  model, params = _tiny_causal()
+  x = jnp.asarray(np.random.default_rng(2).integers(0, 4, (3, 5)))
+  ex = np.asarray(targets.ar_teacher(model, params, "exact")(x))
+  dense = targets.ar_teacher(model, params, "top_k_tail", top_k=4, tail_samples=2)
+  assert targets.accepts_key(dense)
+  np.testing.assert_allclose(dense(x, jax.random.PRNGKey(0)), ex, atol=1e-5)  # K = V
+  got = np.asarray(targets.ar_teacher(model, params, "top_k_tail", top_k=1,
+                                      tail_samples=3)(x, jax.random.PRNGKey(0)))
+  assert np.isfinite(got).all()
+  np.testing.assert_allclose(got[:, -1], ex[:, -1], atol=1e-5)     # no suffix: exact
+  with pytest.raises(ValueError, match="pass a key"):
+    dense(x, None)
+  with pytest.raises(ValueError, match="tail_samples"):
+    targets.ar_teacher(model, params, "top_k_tail", tail_samples=0)
+
+
+def test_a_stochastic_target_gets_a_key_from_the_loss():
+  from ml_collections import ConfigDict
+  from tcsm_jax import objective, schedules
+  proc = processes.Absorbing(4)
+  seen = []
+
+  def target(x0, key):
+    seen.append(key)
+    return jnp.zeros(x0.shape + (4,)) + 0.0 * jax.random.uniform(key)
+
+  cfg = ConfigDict(dict(kind="tcsm", form="score", divergence="gkl",
+                        weighting="constant", t_min=1e-5, stratified=True,
+                        teacher_weight=1.0))
+  fn = objective.make_loss_fn(cfg, proc, schedules.get("log_linear"),
+                              lambda p, x, s, tr, k: jnp.zeros(x.shape + (4,)), target)
+  loss, _ = fn(None, jnp.zeros((2, 3), jnp.int32), jax.random.PRNGKey(0))
+  assert np.isfinite(float(loss)) and seen and seen[0] is not None
+  assert targets.call_target(lambda x0: x0 + 1, 1, key=jax.random.PRNGKey(0)) == 2
+
+
 def test_taylor_is_exact_for_a_teacher_linear_in_its_one_hot_input():
   v, length = 5, 4
   w = jnp.asarray(np.random.default_rng(3).normal(size=(length, v)), jnp.float32)
@@ -156,6 +260,7 @@ def test_distillation_and_mlm_teacher_train_through_the_trainer(tmp_path):
   trainer.train_and_evaluate(mlm_cfg, str(tmp_path / "mlm"),
                              experiment=trainer.build(mlm_cfg, ds))
   for kind, mode, weight, form in [("ar", "top_k", 1.0, "score"),
+                                   ("ar", "top_k_tail", 1.0, "distribution"),
                                    ("ar", "taylor", 0.5, "distribution"),
                                    ("ar", "exact", 1.0, "distribution"),
                                    ("mlm", "taylor", 0.7, "score")]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from experiments.configs import kjv_tiny
-from experiments.study import evals, report, stats
+from experiments.study import evals, report, runner, stats
 from experiments.study.context import Context, with_overrides
 from experiments.study.runner import Run
 from tcsm_jax.data import synthetic
@@ -123,6 +123,15 @@ def report_(ctx: Context, rows, summary):
     for v in vs:
       m, s, n = stats.mean_std(eq[v].values())
       eq_lines.append(f"| {v} | {m:.4f} +- {s:.4f} (n={n}) |")
+    # Gradient norms before clipping (optim.grad_clip): a variant whose norm sits far
+    # above the clip learns with a smaller effective step.
+    gn_lines = ["| variant | median grad norm (clip at 1.0) | max |", "|---|---|---|"]
+    for v in vs:
+      g = []
+      for seed in ctx.seeds:
+        g += runner.logged(runner.run_dir(ctx.outdir, Run(v, seed, None)), "grad_norm")
+      if g:
+        gn_lines.append(f"| {v} | {np.median(g):.3g} | {np.max(g):.3g} |")
     head = (f"### {data}: final metrics (nats/token; final_nll = ELBO bound with "
             "stratified time samples, exact for ar; mean +- std over seeds)")
     if data == "markov":
@@ -134,7 +143,9 @@ def report_(ctx: Context, rows, summary):
     sections.append(head + "\n\n" + report.final_table(rows, vs, metrics) +
                     f"\n\n![curves](curves_{data}.png)\n\n"
                     f"NLL bound (training eval) at equal training time t = {t_eq:.1f} s "
-                    "(the shortest variant's):\n\n" + "\n".join(eq_lines))
+                    "(the shortest variant's):\n\n" + "\n".join(eq_lines) +
+                    "\n\nGradient norm before clipping, at every logged step of every "
+                    "seed:\n\n" + "\n".join(gn_lines))
     tcsm = [v for v in vs if v.split("/")[1].startswith("tcsm_")]
     for base in ("masked_elbo", "sedd_absorbing"):
       if f"{data}/{base}" not in vs or not tcsm:

@@ -27,6 +27,7 @@ import ml_collections
 
 from experiments import common
 from tcsm_jax import errors, fs
+from tcsm_jax.training import config as config_lib
 from tcsm_jax.training import trainer
 
 ROW_KEYS = ["study", "variant", "seed", "step", "train_time_sec", "nll_bound",
@@ -77,6 +78,36 @@ def metric_rows(workdir) -> List[dict]:
                bits_per_token=v / math.log(2.0)) for s, v in sorted(evals.items())]
 
 
+def _flat(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[prefix + k] = v
+  return out
+
+
+def config_differences(saved_key: str, config) -> List[str]:
+  """Keys whose value differs between a saved run's config and ``config``; a key the
+  saved config lacks (added to the schema later) counts only if ``config`` moves it off
+  its default."""
+  saved = _flat(json.loads(saved_key))
+  new = _flat(json.loads(_config_key(config)))
+  default = _flat(json.loads(_config_key(config_lib.default_config())))
+  diff = []
+  for k in sorted(set(saved) | set(new)):
+    if k in saved and k in new:
+      if saved[k] != new[k]:
+        diff.append(k)
+    elif k in new:
+      if k not in default or new[k] != default[k]:
+        diff.append(k)
+    else:
+      diff.append(k)
+  return diff
+
+
 def _load_result(path, config, what: str) -> Optional[dict]:
   if not fs.exists(path):
     return None
@@ -86,10 +117,12 @@ def _load_result(path, config, what: str) -> Optional[dict]:
   except (ValueError, KeyError):
     raise errors.WorkdirError(f"{path} is not a study result (corrupt?); delete it to "
                               "rerun that run") from None
-  if saved != _config_key(config):
+  diff = config_differences(saved, config)
+  if diff:
     raise errors.FlagError(
-        f"{what} in {fs.path(path).parent} was trained with another config (a different "
-        "--budget, --quick or code version); use a new --outdir or delete that run")
+        f"{what} in {fs.path(path).parent} was trained with another config ({', '.join(diff[:4])}"
+        f"{' ...' if len(diff) > 4 else ''} differ: another --budget, --quick or code "
+        "version); use a new --outdir or delete that run")
   return res
 
 
@@ -128,6 +161,15 @@ def prerequisite(outdir, name: str, config) -> dict:
   wd = fs.join(outdir, "prereq", name)
   res = train_once(wd, config, f"prerequisite {name!r}")
   return dict(res, workdir=str(wd))
+
+
+def logged(workdir, key: str) -> List[float]:
+  """Every logged value of ``key`` (e.g. ``grad_norm``) in a workdir's metrics, in
+  step order (later rows for a step replace earlier ones)."""
+  path = fs.join(workdir, "metrics.jsonl")
+  if not fs.exists(path):
+    return []
+  return [float(r[key]) for r in common.read_jsonl(path) if key in r]
 
 
 def run_dir(outdir, run: Run):

@@ -11,6 +11,7 @@ the exact law of the synthetic Markov data (no parameters).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Tuple
 
 import ml_collections
@@ -32,7 +33,7 @@ def _trained_teacher(config: ml_collections.ConfigDict, vocab_size: int):
 
 
 def load_ar(config: ml_collections.ConfigDict, vocab_size: int) -> Tuple[Callable, Any]:
-  """An autoregressive teacher (exact / Top-K / Taylor neighbour ratios)."""
+  """An autoregressive teacher (exact / Top-K / dense Top-K + tail / Taylor ratios)."""
   run, exp = _trained_teacher(config, vocab_size)
   t = config.teacher
   if not exp.causal:
@@ -41,10 +42,11 @@ def load_ar(config: ml_collections.ConfigDict, vocab_size: int) -> Tuple[Callabl
     raise errors.ConfigError(
         f"the AR teacher's max length {run.config.data.seq_len} is shorter than the "
         f"student's data.seq_len {config.data.seq_len}")
-  if t.mode == "top_k" and t.top_k > vocab_size:
+  if t.mode in ("top_k", "top_k_tail") and t.top_k > vocab_size:
     raise errors.ConfigError(f"teacher.top_k {t.top_k} exceeds the vocabulary {vocab_size}")
-  model, mode, k = exp.model, t.mode, t.top_k
-  return (lambda frozen, x0: targets.ar_teacher(model, frozen, mode, k)(x0)), run.params
+  model, mode, k, m = exp.model, t.mode, t.top_k, t.tail_samples
+  return ((lambda frozen, x0, key=None: targets.ar_teacher(model, frozen, mode, k, m)(
+      x0, key)), run.params)
 
 
 def load_mlm(config: ml_collections.ConfigDict, vocab_size: int) -> Tuple[Callable, Any]:
@@ -69,7 +71,7 @@ def load_teacher(config: ml_collections.ConfigDict, vocab_size: int) -> Callable
   """Target function ``x0 -> [b, L, V]`` of ``config.teacher`` (parameters closed
   over: for notebooks and benchmarks; training passes them as arguments)."""
   fn, frozen = experiment_lib.load_teacher(config, vocab_size)
-  return lambda x0: fn(frozen, x0)
+  return lambda x0, key=None: targets.call_target(functools.partial(fn, frozen), x0, key)
 
 
 experiment_lib.register_teacher("ar", load_ar)

@@ -90,8 +90,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.teacher.kind = "none"            # none | ar | mlm | markov: parametric clean-space
                                      # target (markov: the exact law of markov data)
   c.teacher.workdir = ""             # the teacher's training workdir
-  c.teacher.mode = "taylor"          # ar: exact | top_k | taylor
+  c.teacher.mode = "taylor"          # ar: exact | top_k | top_k_tail | taylor
   c.teacher.top_k = 8
+  c.teacher.tail_samples = 4         # top_k_tail: sampled tail tokens per position
 
   c.finetune = ml_collections.ConfigDict()
   c.finetune.kind = "none"           # none | reward | preference
@@ -178,7 +179,7 @@ CHOICES: Dict[str, Tuple[str, ...]] = {
     "loss.divergence": ("gkl", "kl", "lsif", "itakura_saito"),
     "loss.weighting": losses.WEIGHTINGS,
     "teacher.kind": _TEACHER_KINDS,
-    "teacher.mode": ("exact", "top_k", "taylor"),
+    "teacher.mode": ("exact", "top_k", "top_k_tail", "taylor"),
     "finetune.kind": _FINETUNE_KINDS,
     "finetune.reward": ("classifier", "token"),
     "finetune.reward_mode": ("exact", "taylor"),
@@ -209,6 +210,7 @@ RANGES: Dict[str, Tuple[Any, Any, bool, bool]] = {
     "loss.t_min": (0, 1, True, False),
     "loss.teacher_weight": (0, 1, True, True),
     "teacher.top_k": (1, None, True, False),
+    "teacher.tail_samples": (1, None, True, False),
     "finetune.beta": (0, None, False, False),
     "finetune.classifier_steps": (1, None, True, False),
     "finetune.num_pairs": (1, None, True, False),

@@ -20,13 +20,14 @@ executable: slow compiles, a second copy in memory).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from tcsm_jax import errors, models, objective, processes, schedules
+from tcsm_jax import errors, models, objective, processes, schedules, targets
 from tcsm_jax.data import pipeline
 from tcsm_jax.training import config as config_lib
 from tcsm_jax.training import optim, state as state_lib
@@ -109,7 +110,8 @@ class Experiment:
     def train_fn(params, frozen, x0, key, train=True):
       tfn = None
       if self.target_fn is not None:
-        tfn = lambda x: self.target_fn(frozen, x)
+        tfn = lambda x, key=None: targets.call_target(
+            functools.partial(self.target_fn, frozen), x, key)
       apply = lambda p, x_t, s, tr, k: self.apply_fn(self.full_params(p, frozen), x_t, s,
                                                      tr, k)
       return objective.make_loss_fn(cfg.loss, proc, sched, apply, target_fn=tfn,

@@ -39,7 +39,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from tcsm_jax import errors, fs, models
+from tcsm_jax import errors, fs, models, targets
 from tcsm_jax.data import pipeline, prepared
 from tcsm_jax.training import checkpoint as ckpt_lib
 from tcsm_jax.training import config as config_lib
@@ -366,7 +366,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     check_resume(config, workdir)
   exp = build(config, workdir=workdir) if experiment is None else experiment
   if target_fn is not None:
-    exp = dataclasses.replace(exp, target_fn=lambda frozen, x0: target_fn(x0), frozen=None)
+    exp = dataclasses.replace(
+        exp, target_fn=lambda frozen, x0, key=None: targets.call_target(target_fn, x0, key),
+        frozen=None)
 
   batch_sh = partition.batch_sharding(mesh)
   create, _, _ = experiment_lib.state_factory(exp)
