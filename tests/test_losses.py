@@ -413,3 +413,31 @@ def test_bad_inputs_raise_clear_errors():
     losses.tcsm_loss(logits, x0, x0, -1.0, proc)
   with pytest.raises(ValueError, match="weighting"):
     losses.time_weight("snr", 1.0, 1.0)
+
+
+def test_which_data_target_objectives_are_bounded_below():
+  """With the Monte Carlo data target (a one-hot clean token), the score-form gKL,
+  LSIF and Itakura-Saito objectives and the distribution-form IS objective are unbounded
+  below: driving unseen tokens' probabilities to 0 lowers them without limit (the
+  objectives study's divergent runs). KL (both forms) and the distribution-form gKL
+  and LSIF stay bounded. Exact per-position values on one masked position."""
+  v = 4
+  proc = processes.Absorbing(v)
+  x0, xt, sigma = jnp.zeros((1, 1), jnp.int32), jnp.full((1, 1), v), jnp.array([2.0])
+
+  def loss(eps, form, div):
+    p = np.array([1 - eps] + [eps / (v - 1)] * (v - 1))
+    logits = jnp.log(jnp.asarray(p, jnp.float32))[None, None]
+    return float(losses.tcsm_loss(logits, x0, xt, sigma, proc, form=form,
+                                  divergence=div)[0, 0])
+
+  bounded = [("score", "kl"), ("distribution", "kl"), ("distribution", "gkl"),
+             ("distribution", "lsif")]
+  unbounded = [("score", "gkl"), ("score", "lsif"), ("score", "itakura_saito"),
+               ("distribution", "itakura_saito")]
+  for form, div in bounded:
+    vals = [loss(e, form, div) for e in (1e-2, 1e-4, 1e-8)]
+    assert min(vals) > -0.51 and abs(vals[-1] - vals[-2]) < 1e-3, (form, div, vals)
+  for form, div in unbounded:
+    vals = [loss(e, form, div) for e in (1e-2, 1e-4, 1e-8)]
+    assert vals[0] > vals[1] > vals[2] and vals[2] < vals[0] - 5, (form, div, vals)
