@@ -243,7 +243,8 @@ def test_context_steps_and_schedule():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["objectives", "teacher", "distill", "reward"])
+@pytest.mark.parametrize("name", ["objectives", "teacher", "distill", "reward",
+                                  "reward_bias"])
 def test_quick_study_writes_sane_outputs(name, tmp_path):
   from experiments.study.__main__ import run_study
   ctx = Context(str(tmp_path), [0, 1], quick=True, command=f"quick {name}")

@@ -3,7 +3,8 @@ r"""Runs one study end to end: trains its variants over seeds, writes the eviden
   python -m experiments.study --study=objectives --outdir=DIR [--seeds=3] \
       [--budget=1.0] [--quick]
 
-Studies: objectives, teacher, distill, reward (``experiments/study/<name>.py`` holds
+Studies: objectives, teacher, distill, reward, reward_bias (issue 15's reward
+fine-tuning fix on the corpus) (``experiments/study/<name>.py`` holds
 each one's design, claim and verdict rules). Writes ``DIR/runs.csv`` (every evaluation
 of every run), ``DIR/summary.csv`` (mean and std over seeds at each step), ``DIR/*.png``
 (curves with +-1 std bands) and ``DIR/REPORT.md`` (claim, setup, tables, verdicts).
@@ -26,7 +27,7 @@ from experiments.study.context import Context
 from tcsm_jax import errors, fs
 from tcsm_jax.training import log_setup
 
-STUDIES = ("objectives", "teacher", "distill", "reward")
+STUDIES = ("objectives", "teacher", "distill", "reward", "reward_bias")
 
 _STUDY = flags.DEFINE_enum("study", None, list(STUDIES), "The study to run.")
 _OUT = flags.DEFINE_string("outdir", None, "Output directory (local or bucket).")

@@ -92,7 +92,9 @@ def sample_metrics(apply_fn, params, ref, ref_params, reward_fn, judge, length, 
   return out, np.asarray(x)
 
 
-def plan(ctx: Context):
+def plan(ctx: Context, variants_fn=None):
+  """The shared runs (reference, judge, classifier, reference samples) and one run per
+  variant of ``variants_fn(ctx, reference_dir)`` (default: this study's) and seed."""
   info = ctx.notes.setdefault("prereq", {})
   dirs = {}
   for name, cfg in prereq_configs(ctx).items():
@@ -105,7 +107,7 @@ def plan(ctx: Context):
   judge = (jr.experiment.model, jr.params)
   base = finetune_config(ctx)
   num = num_samples(ctx)
-  vs = variants(ctx, dirs["reference"])
+  vs = (variants_fn or variants)(ctx, dirs["reference"])
   # The reference's own samples and metrics, once (kept for later re-runs).
   rr = common.load_run(dirs["reference"], flag="reference")
   reward_fn, _ = finetune_lib.make_reward(
@@ -138,10 +140,23 @@ def plan(ctx: Context):
   return runs
 
 
+def add_objective(rows, beta_of) -> None:
+  """Adds ``objective = reward / beta - kl_est`` to every row with both (``beta_of``:
+  variant -> beta or None). It is ``log Z - KL(model || p_ref exp(r/beta) / Z)``, so at
+  one beta a higher value is closer to the tilted target (up to the KL estimate's
+  error)."""
+  for r in rows:
+    b = beta_of(r["variant"])
+    if b and "reward" in r and "kl_est" in r:
+      r["objective"] = r["reward"] / b - r["kl_est"]
+
+
 def report_(ctx: Context, rows, summary):
   names = list(variants(ctx, ""))
   info = ctx.notes.get("prereq", {})
-  keys = ["reward", "kl_est", "ref_nll", "gen_ppl", "entropy", "win_rate"]
+  add_objective(rows, lambda v: float(v.split("beta")[1]) if v.startswith("reward_")
+                else None)
+  keys = ["reward", "kl_est", "objective", "ref_nll", "gen_ppl", "entropy", "win_rate"]
   sections = []
   lines = [f"- {k}: {d['steps']} steps, {d['time']:.0f} s, validation "
            f"{'exact NLL' if k == 'judge' else 'NLL bound'} {d['nll']:.4f} nats/token"
@@ -156,7 +171,9 @@ def report_(ctx: Context, rows, summary):
       "reward: mean classifier log-odds of samples; kl_est: mean NLL bound under the "
       "reference minus under the model (nats/token, estimates KL(model || ref)); "
       "ref_nll: samples' NLL bound under the reference; win_rate: P(reward of a model "
-      "sample > reward of a reference sample), ties 1/2.\n\n"
+      "sample > reward of a reference sample), ties 1/2; objective: reward / beta - "
+      "kl_est = log Z - KL(model || p_ref exp(r/beta)/Z), higher is closer to the "
+      "tilted target at that beta.\n\n"
       + report.final_table(rows, names, keys))
   _plot(ctx, rows, names, ref)
   sections.append("![reward vs fidelity](reward_vs_fidelity.png)")

@@ -89,10 +89,14 @@ class FinetuneExperiment(experiment_lib.Experiment):
                                    cfg.loss.form, cfg.loss.divergence,
                                    target_log_cond=cond)
       w = losses.time_weight(cfg.loss.weighting, sigma, dsigma)
+      metrics = {}
       if importance == "self_normalized":        # centres reweighted to p_ref e^{r/beta}
-        w = w * reward_lib.snis_weights(self.reward_fn(x0), ft.beta)
+        iw = reward_lib.snis_weights(self.reward_fn(x0), ft.beta)
+        w = w * iw
+        # Effective sample size of the batch's weights (B = uniform; 1 = one sequence).
+        metrics["snis_ess"] = jnp.sum(iw) ** 2 / jnp.maximum(jnp.sum(iw ** 2), 1e-30)
       loss = jnp.mean(w * per.sum(-1)) / length
-      return loss, {"loss": loss}
+      return loss, dict(metrics, loss=loss)
 
     def preference_loss(params, frozen, x, key, train=True):
       chosen, rejected = x[:, :length], x[:, length:]
