@@ -42,6 +42,19 @@ class Context:
   def prerequisite(self, name: str, config):
     return runner.prerequisite(self.outdir, name, config)
 
+  def prerequisites(self, configs: dict, note: str = "prereq") -> dict:
+    """Trains each shared run of ``{name: config}`` once; returns ``{name: workdir}``
+    and records each one's last eval NLL, training time and steps in
+    ``notes[note][name]``."""
+    info, dirs = self.notes.setdefault(note, {}), {}
+    for name, cfg in configs.items():
+      res = self.prerequisite(name, cfg)
+      dirs[name] = res["workdir"]
+      last = res["rows"][-1]
+      info[name] = dict(nll=last["nll_bound"], time=last["train_time_sec"],
+                        steps=last["step"])
+    return dirs
+
 
 Variant = Tuple[str, dict]
 

@@ -54,14 +54,8 @@ def variants(ctx: Context, teacher: str):
 
 
 def plan(ctx: Context):
-  info = ctx.notes.setdefault("prereq", {})
-  dirs = {}
-  for name, cfg in prereq_configs(ctx).items():
-    res = ctx.prerequisite(name, cfg)
-    dirs[name] = res["workdir"]
-    last = res["rows"][-1]
-    info[name] = dict(nll=last["nll_bound"], time=last["train_time_sec"],
-                      steps=last["step"])
+  dirs = ctx.prerequisites(prereq_configs(ctx))
+  info = ctx.notes["prereq"]
   jr = common.load_run(dirs["judge"], flag="judge")
   judge = (jr.experiment.model, jr.params)
   base = corpus_config(ctx)
@@ -92,6 +86,8 @@ def _plot_quality(ctx, rows, names):
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
   steps = sample_steps(ctx)
   for v in names:
+    if not stats.per_seed(rows, v, f"gen_ppl_s{steps[0]}"):
+      continue                          # no finished run of this variant yet
     for ax, key in ((axes[0], "gen_ppl"), (axes[1], "entropy")):
       ms = [stats.mean_std(stats.per_seed(rows, v, f"{key}_s{n}").values()) for n in steps]
       m = np.array([x[0] for x in ms])

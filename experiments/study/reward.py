@@ -95,14 +95,8 @@ def sample_metrics(apply_fn, params, ref, ref_params, reward_fn, judge, length, 
 def plan(ctx: Context, variants_fn=None):
   """The shared runs (reference, judge, classifier, reference samples) and one run per
   variant of ``variants_fn(ctx, reference_dir)`` (default: this study's) and seed."""
-  info = ctx.notes.setdefault("prereq", {})
-  dirs = {}
-  for name, cfg in prereq_configs(ctx).items():
-    res = ctx.prerequisite(name, cfg)
-    dirs[name] = res["workdir"]
-    last = res["rows"][-1]
-    info[name] = dict(nll=last["nll_bound"], time=last["train_time_sec"],
-                      steps=last["step"])
+  dirs = ctx.prerequisites(prereq_configs(ctx))
+  info = ctx.notes["prereq"]
   jr = common.load_run(dirs["judge"], flag="judge")
   judge = (jr.experiment.model, jr.params)
   base = finetune_config(ctx)

@@ -62,15 +62,8 @@ def variants(ctx: Context, teachers):
 
 
 def plan(ctx: Context):
-  teachers, info = {}, ctx.notes.setdefault("teachers", {})
-  for name, cfg in teacher_configs(ctx).items():
-    if ctx.quick and name not in ("mlm_strong",):
-      continue
-    res = ctx.prerequisite(name, cfg)
-    teachers[name] = res["workdir"]
-    last = res["rows"][-1]
-    info[name] = dict(nll=last["nll_bound"], time=last["train_time_sec"],
-                                  steps=last["step"])
+  teachers = ctx.prerequisites({n: c for n, c in teacher_configs(ctx).items()
+                                if not ctx.quick or n == "mlm_strong"}, "teachers")
   bases = {"corpus": corpus_config(ctx), "markov": markov_config(ctx)}
   runs = []
   nb = 2 if ctx.quick else 32
