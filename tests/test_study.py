@@ -189,10 +189,26 @@ def test_a_diverged_run_is_a_recorded_result(tmp_path, monkeypatch):
   run = runner.Run("v", 0, cfg, lambda r, wd: finals.append(1) or {"x": 1.0})
   rows = runner.run_all(tmp_path, "demo", [run])
   assert rows[-1]["diverged"] == 1.0 and "x" not in rows[-1] and not finals
+  assert rows[-1]["stopped_step"] == 10.0
   assert len(rows) == 2 and len(calls) == 1
   assert runner.run_all(tmp_path, "demo", [run]) == rows and len(calls) == 1
   res = json.loads((tmp_path / "runs" / "v" / "seed_0" / "result.json").read_text())
   assert "3 evals worse" in res["error"]
+
+
+def test_a_run_stopped_before_its_first_eval_still_has_a_row(tmp_path, monkeypatch):
+  def diverge(config, workdir):
+    from tcsm_jax import fs
+    fs.write_text_atomic(fs.join(workdir, "metrics.jsonl"), '{"step": 0, "compile_sec": 1}\n')
+    raise runner.trainer.TrainingError("stopped at step 184: 100 consecutive steps were "
+                                       "skipped")
+
+  monkeypatch.setattr(runner.trainer, "train_and_evaluate", diverge)
+  cfg = kjv_tiny.get_config()
+  rows = runner.run_all(tmp_path, "demo", [runner.Run("v", 3, cfg)])
+  assert len(rows) == 1 and rows[0]["seed"] == 3 and rows[0]["step"] == 184
+  assert rows[0]["diverged"] == 1.0 and math.isnan(rows[0]["nll_bound"])
+  assert report.summarize(rows)[0]["n_seeds"] == 1
 
 
 def test_summary_is_the_mean_of_runs_and_report_files(tmp_path):

@@ -94,8 +94,8 @@ def run_study(name: str, ctx: Context, shard=None, prereq_only: bool = False,
         "### Diverged runs\n\nStopped by the trainer's divergence guard (their curves "
         "are in runs.csv; they have no final measurements and are left out of the "
         "tables above):\n\n" + "\n".join(
-            f"- {r['variant']} seed {r['seed']}, last evaluation at step {r['step']}"
-            for r in diverged)]
+            f"- {r['variant']} seed {r['seed']}, stopped at step "
+            f"{int(r.get('stopped_step', r['step']))}" for r in diverged)]
   if ctx.notes.get("missing"):
     setup += ("\n\n**Partial study:** these runs had not finished and are left out: "
               + ", ".join(ctx.notes["missing"]) + ".")

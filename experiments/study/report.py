@@ -72,18 +72,34 @@ def plot_curves(outdir, name: str, summary: Sequence[dict], variants: Sequence[s
   """``<name>.png``: mean curves of ``metric`` vs steps and vs training seconds with
   shaded +-1 std bands over seeds."""
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-  for v in variants:
+  colors = plt.get_cmap("tab20").colors
+  finals = []
+  for i, v in enumerate(variants):
     pts = sorted((r for r in summary if r["variant"] == v and f"{metric}_mean" in r),
                  key=lambda r: r["step"])
     if not pts:
       continue
     m = np.array([r[f"{metric}_mean"] for r in pts])
     s = np.nan_to_num(np.array([r[f"{metric}_std"] for r in pts]))
+    finals.append(m[-1])
     for ax, x in ((axes[0], np.array([r["step"] for r in pts], float)),
                   (axes[1], np.array([r.get("train_time_sec_mean", np.nan)
                                       for r in pts]))):
-      (line,) = ax.plot(x, m, "o-", ms=3, label=f"{v} (n={pts[-1]['n_seeds']})")
-      ax.fill_between(x, m - s, m + s, color=line.get_color(), alpha=0.2)
+      ax.plot(x, m, "o-" if i < 10 else "s--", ms=3, color=colors[(2 * i) % 20
+                                                                   if i < 10 else
+                                                                   (2 * i + 1) % 20],
+              label=f"{v} (n={pts[-1]['n_seeds']})")
+      ax.fill_between(x, m - s, m + s, color=colors[(2 * i) % 20 if i < 10 else
+                                                    (2 * i + 1) % 20], alpha=0.2)
+  # Keep the useful range readable: curves far above the typical final value (a
+  # diverging objective) leave the top of the axes, as the title says.
+  clipped = False
+  if finals:
+    top = 1.5 * float(np.median(finals))
+    clipped = max(finals) > top
+    if clipped:
+      for ax in axes:
+        ax.set_ylim(top=top)
   axes[0].set_xlabel("training steps (equal steps)")
   axes[1].set_xlabel("training time, s, compile excluded (equal wall-clock)")
   for ax in axes:
@@ -92,7 +108,8 @@ def plot_curves(outdir, name: str, summary: Sequence[dict], variants: Sequence[s
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
   axes[0].legend(fontsize=7)
-  fig.suptitle(title + " (mean +- 1 std over seeds)")
+  fig.suptitle(title + " (mean +- 1 std over seeds)" +
+               ("; diverging curves leave the top" if clipped else ""))
   fig.tight_layout()
   path = common.save_figure(fig, fs.join(outdir, f"{name}.png"))
   plt.close(fig)

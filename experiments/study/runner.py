@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from absl import logging
 import math
+import re
 from typing import Callable, Dict, List, Optional
 
 import ml_collections
+from absl import logging
 
 from experiments import common
 from tcsm_jax import errors, fs
@@ -126,6 +127,11 @@ def _load_result(path, config, what: str) -> Optional[dict]:
   return res
 
 
+def _stopped_step(message: str) -> float:
+  m = re.search(r"stopped at step (\d+)", message)
+  return float(m.group(1)) if m else 0.0
+
+
 def train_once(workdir, config, what: str, finalize=None) -> dict:
   """Trains ``config`` in ``workdir`` unless it holds a finished result; returns the
   result ``{rows, final, config}`` (a run stopped by the trainer's divergence guard is
@@ -144,7 +150,8 @@ def train_once(workdir, config, what: str, finalize=None) -> dict:
     # recorded as finished with its curve so far and ``diverged = 1``; no final
     # measurement (there may be no good checkpoint to measure).
     logging.warning("%s diverged: %s", what, e)
-    res = {"rows": metric_rows(workdir), "final": {"diverged": 1.0},
+    res = {"rows": metric_rows(workdir),
+           "final": {"diverged": 1.0, "stopped_step": _stopped_step(str(e))},
            "config": _config_key(config), "error": str(e)}
     common.write_json(path, res)
     return res
@@ -190,7 +197,14 @@ def run_all(outdir, study: str, runs: List[Run]) -> List[dict]:
     res = train_once(wd, run.config, f"{run.variant} seed {run.seed}", fin)
     rows = [dict(study=study, variant=run.variant, seed=run.seed, **r)
             for r in res["rows"]]
-    if rows:
-      rows[-1].update(res["final"])
+    final = dict(res["final"])
+    if final.get("diverged") == 1.0 and "stopped_step" not in final:
+      final["stopped_step"] = _stopped_step(res.get("error", ""))
+    if not rows:           # stopped before its first evaluation: one row says so
+      step = int(final.get("stopped_step", 0))
+      rows = [dict(study=study, variant=run.variant, seed=run.seed, step=step,
+                   train_time_sec=float("nan"), nll_bound=float("nan"),
+                   bits_per_token=float("nan"))]
+    rows[-1].update(final)
     out.extend(rows)
   return out
