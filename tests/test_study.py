@@ -289,3 +289,20 @@ def test_quick_study_writes_sane_outputs(name, tmp_path):
   before = (tmp_path / "runs.csv").read_text()
   run_study(name, ctx)
   assert (tmp_path / "runs.csv").read_text() == before
+
+
+def test_a_study_directory_holds_one_design(tmp_path):
+  from experiments.study.__main__ import check_design, parse_shard
+  check_design(tmp_path, dict(study="teacher", budget=1.0, quick=False))
+  check_design(tmp_path, dict(study="teacher", budget=1.0, quick=False))   # same: fine
+  with pytest.raises(errors.FlagError, match="quick False -> True"):
+    check_design(tmp_path, dict(study="teacher", budget=1.0, quick=True))
+  with pytest.raises(errors.FlagError, match="study 'teacher' -> 'reward'"):
+    check_design(tmp_path, dict(study="reward", budget=1.0, quick=False))
+  (tmp_path / "study.json").write_text("{broken")
+  with pytest.raises(errors.WorkdirError, match="not a study record"):
+    check_design(tmp_path, dict(study="teacher", budget=1.0, quick=False))
+  assert parse_shard("1/3") == (1, 3)
+  for bad in ("3/3", "a", "1/0", "-1/2"):
+    with pytest.raises(errors.FlagError, match="--shard"):
+      parse_shard(bad)

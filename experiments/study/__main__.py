@@ -14,6 +14,7 @@ smoke-sized run (about a minute) for tests.
 """
 
 import importlib
+import json
 import os
 import shlex
 import sys
@@ -51,6 +52,24 @@ _CACHE = flags.DEFINE_string(
 flags.mark_flags_as_required(["study", "outdir"])
 
 
+def check_design(outdir, design: dict) -> None:
+  """``outdir/study.json`` records the study, budget and quick mode of the first run;
+  a later run with other values is refused before anything trains (seeds may grow)."""
+  path = fs.join(outdir, "study.json")
+  if fs.exists(path):
+    try:
+      saved = json.loads(fs.read_text(path))
+    except ValueError:
+      raise errors.WorkdirError(f"{path} is not a study record (corrupt?)") from None
+    diff = {k: (saved.get(k), v) for k, v in design.items() if saved.get(k) != v}
+    if diff:
+      what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items())
+      raise errors.FlagError(f"--outdir {outdir} holds another study design ({what}); "
+                             "use a new --outdir")
+  else:
+    common.write_json(path, design)
+
+
 def parse_shard(spec: str):
   """``'i/n'`` -> ``(i, n)`` with ``0 <= i < n`` (``FlagError`` otherwise)."""
   try:
@@ -67,6 +86,7 @@ def run_study(name: str, ctx: Context, shard=None, prereq_only: bool = False,
   only shared runs or one shard were trained)."""
   mod = importlib.import_module(f"experiments.study.{name}")
   fs.makedirs(ctx.outdir)
+  check_design(ctx.outdir, dict(study=name, budget=ctx.budget, quick=ctx.quick))
   runs = mod.plan(ctx)                    # trains the shared runs first
   for r in runs:
     common.validate_config(r.config)
