@@ -139,10 +139,6 @@ def test_top_k_tail_through_the_causal_adapter():
                                       tail_samples=3)(x, jax.random.PRNGKey(0)))
   assert np.isfinite(got).all()
   np.testing.assert_allclose(got[:, -1], ex[:, -1], atol=1e-5)     # no suffix: exact
-  with pytest.raises(ValueError, match="pass a key"):
-    dense(x, None)
-  with pytest.raises(ValueError, match="tail_samples"):
-    targets.ar_teacher(model, params, "top_k_tail", tail_samples=0)
 
 
 def test_a_stochastic_target_gets_a_key_from_the_loss():
@@ -244,6 +240,11 @@ def test_teacher_errors():
     targets.ar_teacher(model, params, "second_order")
   with pytest.raises(ValueError, match="top_k"):
     targets.ar_teacher(model, params, "top_k", top_k=0)
+  with pytest.raises(ValueError, match="tail_samples"):
+    targets.ar_teacher(model, params, "top_k_tail", tail_samples=0)
+  with pytest.raises(ValueError, match="pass a key"):
+    targets.ar_teacher(model, params, "top_k_tail", top_k=2)(jnp.zeros((1, 5), jnp.int32),
+                                                             None)
 
 
 def test_distillation_and_mlm_teacher_train_through_the_trainer(tmp_path):
