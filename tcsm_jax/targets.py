@@ -23,7 +23,8 @@ gives no mass (Top-K leaves the rest out).
   ``exp(suffix)``. The tail's total mass is then unbiased (over the draws); each tail
   token's share of it is exact when the suffix factor is constant over the tail (the last
   position, or a teacher that ignores the token) and otherwise biased toward the tail
-  average. ``(K + M) * L`` sequence evaluations.
+  average. The normalized conditional the loss uses is a ratio of estimates: consistent
+  in ``M``, not unbiased. ``(K + M) * L`` sequence evaluations.
 * ``ar_taylor``: first order in the one-hot input, ``g[i, y] - g[i, x^i]`` with
   ``g = d log p_AR(X) / dX`` at ``X = onehot(x)``: one forward and backward pass; exact
   when ``log p_AR`` is linear in its one-hot input.
