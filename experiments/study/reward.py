@@ -169,7 +169,7 @@ def report_(ctx: Context, rows, summary):
       "kl_est = log Z - KL(model || p_ref exp(r/beta)/Z), higher is closer to the "
       "tilted target at that beta.\n\n"
       + report.final_table(rows, names, keys))
-  _plot(ctx, rows, names, ref)
+  plot_reward_vs_fidelity(ctx, rows, names, ref)
   sections.append("![reward vs fidelity](reward_vs_fidelity.png)")
   verdicts = []
   hi, lo = f"reward_beta{min(BETAS):g}", f"reward_beta{max(BETAS):g}"
@@ -203,7 +203,9 @@ def report_(ctx: Context, rows, summary):
   return setup, sections, verdicts
 
 
-def _plot(ctx, rows, names, ref):
+def plot_reward_vs_fidelity(ctx, rows, names, ref):
+  """``reward_vs_fidelity.png``: reward against the KL estimate and against generative
+  perplexity, per seed and mean +- std, with the reference's own point."""
   import matplotlib.pyplot as plt
   fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
   for ax, xkey, xlabel in ((axes[0], "kl_est", "KL(model || reference) estimate, "

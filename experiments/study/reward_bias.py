@@ -62,7 +62,9 @@ def report_(ctx: Context, rows, summary):
       "Effective sample size of the self-normalized weights (batch of "
       f"{reward.finetune_config(ctx).train.batch_size}; logged steps, all seeds): " +
       "; ".join(f"{v}: median {np.median(e):.2f}, min {np.min(e):.2f}"
-                for v, e in ess.items() if e)]
+                for v, e in ess.items() if e),
+      "![reward vs fidelity](reward_vs_fidelity.png)"]
+  reward.plot_reward_vs_fidelity(ctx, rows, names, ref)
   verdicts = []
   for b in sorted({_beta(v) for v in names}, reverse=True):
     d, f = f"default_beta{b:g}", f"fixed_beta{b:g}"
