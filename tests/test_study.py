@@ -306,3 +306,13 @@ def test_a_study_directory_holds_one_design(tmp_path):
   for bad in ("3/3", "a", "1/0", "-1/2"):
     with pytest.raises(errors.FlagError, match="--shard"):
       parse_shard(bad)
+
+
+def test_a_diverged_shared_run_stops_the_study_with_one_line(tmp_path, monkeypatch):
+  def diverge(config, workdir):
+    raise runner.trainer.TrainingError("stopped at step 5: non-finite")
+
+  monkeypatch.setattr(runner.trainer, "train_and_evaluate", diverge)
+  ctx = Context(str(tmp_path), [0])
+  with pytest.raises(errors.UserError, match="shared run 'teacher' diverged"):
+    ctx.prerequisites({"teacher": kjv_tiny.get_config()})

@@ -6,6 +6,7 @@ import dataclasses
 from typing import List, Tuple
 
 from experiments.study import runner
+from tcsm_jax import errors
 
 
 @dataclasses.dataclass
@@ -49,6 +50,10 @@ class Context:
     info, dirs = self.notes.setdefault(note, {}), {}
     for name, cfg in configs.items():
       res = self.prerequisite(name, cfg)
+      if res["final"].get("diverged") == 1.0 or not res["rows"]:
+        raise errors.UserError(
+            f"shared run {name!r} diverged ({res.get('error', 'no evaluation')}); every "
+            f"variant needs it: delete {res['workdir']} and fix its config first")
       dirs[name] = res["workdir"]
       last = res["rows"][-1]
       info[name] = dict(nll=last["nll_bound"], time=last["train_time_sec"],

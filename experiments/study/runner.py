@@ -62,7 +62,9 @@ def metric_rows(workdir) -> List[dict]:
   cum = {}            # step -> cumulative train seconds (in file order: latest wins)
   offset = 0.0
   evals = {}
-  for line in fs.read_text(fs.join(workdir, "metrics.jsonl")).splitlines():
+  path = fs.join(workdir, "metrics.jsonl")
+  text = fs.read_text(path) if fs.exists(path) else ""   # none: stopped before a log
+  for line in text.splitlines():
     if not line.strip():
       continue
     r = json.loads(line)
