@@ -262,9 +262,20 @@ def test_context_steps_and_schedule():
 @pytest.mark.parametrize("name", ["objectives", "teacher", "distill", "reward",
                                   "reward_bias"])
 def test_quick_study_writes_sane_outputs(name, tmp_path):
-  from experiments.study.__main__ import run_study
-  ctx = Context(str(tmp_path), [0, 1], quick=True, command=f"quick {name}")
-  path = run_study(name, ctx)
+  # The user's command, in its own process (one CPU device, the compile cache on).
+  import os
+  import subprocess
+  import sys
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  cmd = [sys.executable, "-m", "experiments.study", f"--study={name}",
+         f"--outdir={tmp_path}", "--quick", "--seeds=2"]
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  run = lambda: subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True,
+                               timeout=900)
+  out = run()
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "training in" in out.stderr          # (so its absence below means something)
+  path = tmp_path / "REPORT.md"
   for f in ("runs.csv", "summary.csv", "REPORT.md"):
     assert (tmp_path / f).exists(), f
   assert list(tmp_path.glob("*.png"))
@@ -283,11 +294,12 @@ def test_quick_study_writes_sane_outputs(name, tmp_path):
             if (r["variant"], r["step"]) == (s["variant"], s["step"])]
     assert float(s["nll_bound_mean"]) == pytest.approx(np.mean(vals), rel=1e-9)
   text = open(path).read()
-  assert "## Verdicts" in text and "quick " + name in text
+  assert "## Verdicts" in text and f"--study={name}" in text
   assert any(w in text for w in ("holds", "inconclusive", "does not hold"))
   # Re-running trains nothing and writes the same runs.
   before = (tmp_path / "runs.csv").read_text()
-  run_study(name, ctx)
+  again = run()
+  assert again.returncode == 0 and "training in" not in again.stderr
   assert (tmp_path / "runs.csv").read_text() == before
 
 
