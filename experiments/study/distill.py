@@ -66,8 +66,9 @@ def plan(ctx: Context):
   nb = 2 if ctx.quick else 32
 
   def fin(run, wd):
-    out = evals.final_nll(wd, nb, num_t=2 if ctx.quick else 8)
-    out.update(evals.sample_quality(wd, judge, sample_steps(ctx), num_samples(ctx),
+    loaded = common.load_run(wd)
+    out = evals.final_nll(loaded, nb, num_t=2 if ctx.quick else 8)
+    out.update(evals.sample_quality(loaded, judge, sample_steps(ctx), num_samples(ctx),
                                     run.seed))
     return out
 

@@ -10,7 +10,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import common
 from tcsm_jax import likelihood, quality, sampling
 from tcsm_jax.data import pipeline
 
@@ -46,12 +45,12 @@ def _mean_se(x: np.ndarray):
       float("nan"))
 
 
-def final_nll(workdir: str, num_batches: int, num_t: int, markov_chain=None
+def final_nll(run, num_batches: int, num_t: int, markov_chain=None
               ) -> Dict[str, float]:
-  """``final_nll`` (nats/token) and ``final_nll_se`` on the trainer's validation
-  batches; with ``markov_chain`` also ``exact_nll`` of those very tokens under the
-  chain, ``gap`` = final - exact and ``gap_se`` (paired over sequences)."""
-  run = common.load_run(workdir)
+  """``final_nll`` (nats/token) and ``final_nll_se`` of a loaded run
+  (``common.load_run``) on the trainer's validation batches; with ``markov_chain`` also
+  ``exact_nll`` of those very tokens under the chain, ``gap`` = final - exact and
+  ``gap_se`` (paired over sequences)."""
   cfg = run.config
   batches = validation_batches(cfg, run.experiment.dataset, num_batches)
   length = cfg.data.seq_len
@@ -65,12 +64,11 @@ def final_nll(workdir: str, num_batches: int, num_t: int, markov_chain=None
   return out
 
 
-def sample_quality(workdir: str, judge, steps: Sequence[int], num_samples: int,
+def sample_quality(run, judge, steps: Sequence[int], num_samples: int,
                    seed: int = 0) -> Dict[str, float]:
   """Generative perplexity under ``judge`` (``(model, params)``) and unigram entropy of
-  ``num_samples`` samples for each number of sampling ``steps``
+  ``num_samples`` samples of a loaded run for each number of sampling ``steps``
   (``gen_ppl_s<n>``, ``entropy_s<n>``)."""
-  run = common.load_run(workdir)
   exp = run.experiment
   out = {}
   for n in steps:

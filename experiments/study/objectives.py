@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from experiments.configs import kjv_tiny
+from experiments import common
 from experiments.study import evals, report, runner, stats
 from experiments.study.context import Context, with_overrides
 from experiments.study.runner import Run
@@ -84,7 +85,8 @@ def plan(ctx: Context):
     num_b = nb or FINAL_BATCHES[data]
 
     def fin(run, wd, chn=chn, num_b=num_b):
-      return evals.final_nll(wd, num_b, num_t=2 if ctx.quick else 8, markov_chain=chn)
+      return evals.final_nll(common.load_run(wd), num_b, num_t=2 if ctx.quick else 8,
+                             markov_chain=chn)
 
     extra = markov_only(ctx.quick) if data == "markov" else {}
     for name, ov in dict(variants(ctx.quick), **extra).items():

@@ -81,34 +81,17 @@ def metric_rows(workdir) -> List[dict]:
                bits_per_token=v / math.log(2.0)) for s, v in sorted(evals.items())]
 
 
-def _flat(d, prefix=""):
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[prefix + k] = v
-  return out
-
-
 def config_differences(saved_key: str, config) -> List[str]:
-  """Keys whose value differs between a saved run's config and ``config``; a key the
-  saved config lacks (added to the schema later) counts only if ``config`` moves it off
-  its default."""
-  saved = _flat(json.loads(saved_key))
-  new = _flat(json.loads(_config_key(config)))
-  default = _flat(json.loads(_config_key(config_lib.default_config())))
-  diff = []
-  for k in sorted(set(saved) | set(new)):
-    if k in saved and k in new:
-      if saved[k] != new[k]:
-        diff.append(k)
-    elif k in new:
-      if k not in default or new[k] != default[k]:
-        diff.append(k)
-    else:
-      diff.append(k)
-  return diff
+  """Keys whose value differs between a saved run's config and ``config``. Both are
+  completed with the schema's defaults, as a resume does (``config.from_dict``), so a
+  key added to the schema later counts only if ``config`` moves it off its default."""
+  try:
+    saved = config_lib.from_dict(json.loads(saved_key))
+  except errors.ConfigError as e:          # a key the schema no longer has
+    return [str(e)]
+  new = config_lib.from_dict(json.loads(_config_key(config)))
+  a, b = config_lib.flatten(saved.to_dict()), config_lib.flatten(new.to_dict())
+  return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
 def _load_result(path, config, what: str) -> Optional[dict]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from experiments import common
 from experiments.study import evals, report, stats
 from experiments.study.context import Context, with_overrides
 from experiments.study.objectives import corpus_config as _corpus
@@ -69,7 +70,7 @@ def plan(ctx: Context):
   nb = 2 if ctx.quick else 32
 
   def fin(run, wd):
-    return evals.final_nll(wd, nb, num_t=2 if ctx.quick else 8)
+    return evals.final_nll(common.load_run(wd), nb, num_t=2 if ctx.quick else 8)
 
   for name, ov in variants(ctx, teachers).items():
     for seed in ctx.seeds:

@@ -434,11 +434,12 @@ HARMLESS_PREFIXES = (
     "model.dtype", "model.attention_impl", "data.tfds_dir")
 
 
-def _flatten(d, prefix=""):
+def flatten(d, prefix=""):
+  """``{"a.b": value}`` of a nested dict (``config.to_dict()``)."""
   out = {}
   for k, v in d.items():
     if isinstance(v, dict):
-      out.update(_flatten(v, prefix + k + "."))
+      out.update(flatten(v, prefix + k + "."))
     else:
       out[prefix + k] = v
   return out
@@ -447,8 +448,8 @@ def _flatten(d, prefix=""):
 def resume_changes(saved: ml_collections.ConfigDict, new: ml_collections.ConfigDict
                    ) -> Tuple[List[str], List[str]]:
   """``(refused, allowed)`` lists of ``"key: old -> new"`` between two configs."""
-  a = _flatten(complete(saved).to_dict())
-  b = _flatten(complete(new).to_dict())
+  a = flatten(complete(saved).to_dict())
+  b = flatten(complete(new).to_dict())
   refused, allowed = [], []
   for key in sorted(set(a) | set(b)):
     if a.get(key) == b.get(key):
