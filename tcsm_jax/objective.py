@@ -6,7 +6,10 @@ jit. Kinds:
 
 * ``tcsm``: ``losses.tcsm_loss`` with ``config.loss.form``/``divergence``/``weighting``;
   the target is the data (Monte Carlo), a parametric teacher (``target_fn``) or a
-  mixture of both (``config.loss.teacher_weight``).
+  mixture of both (``config.loss.teacher_weight``). With ``config.loss.hamming = 2``
+  the score form runs on pair blocks (``hamming.pair_tcsm_loss``): all pairs, or
+  ``hamming_pairs`` uniformly drawn ones per step, and the teacher is called as
+  ``target_fn(x0, pairs=pairs) -> [b, P, V, V]`` pair log-ratios.
 * ``masked_elbo``: MDLM/MD4's continuous-time ELBO (absorbing only).
 * ``sedd``: SEDD's denoising score entropy, with the score computed from the
   denoiser (``Process.noisy_log_score``).
@@ -26,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from tcsm_jax import losses, scores, targets
+from tcsm_jax import hamming, losses, scores, targets
 from tcsm_jax.processes import Process
 from tcsm_jax.schedules import Schedule
 
@@ -46,6 +49,26 @@ def _sum_real(per_pos, real):
   """``[b, l] -> [b]``: the sum over real (non-pad) positions (all when ``real`` is
   None)."""
   return per_pos.sum(-1) if real is None else jnp.where(real, per_pos, 0.0).sum(-1)
+
+
+def _pair_loss(cfg, process, logits, x0, x_t, sigma, target_fn, key):
+  """``[b]`` per-sequence 2-Hamming score-form loss, ``(L / P) sum_pairs``."""
+  length = x0.shape[1]
+  num = int(cfg.get("hamming_pairs", 0))
+  pairs = (hamming.all_pairs(length) if num == 0 else
+           hamming.sample_pairs(jax.random.fold_in(key, 0x9a1), length, num))
+  scale = length / pairs.shape[0]
+  teacher_w = float(cfg.get("teacher_weight", 0.0))
+  out = 0.0
+  if teacher_w < 1.0:
+    out = (1.0 - teacher_w) * hamming.pair_tcsm_loss(
+        logits, x0, x_t, sigma, process, pairs, divergence=cfg.divergence).sum(-1)
+  if teacher_w > 0.0:
+    target = jax.lax.stop_gradient(target_fn(x0, pairs=pairs))
+    out = out + teacher_w * hamming.pair_tcsm_loss(
+        logits, x0, x_t, sigma, process, pairs, divergence=cfg.divergence,
+        target_pair_log_ratios=target).sum(-1)
+  return scale * out
 
 
 def make_loss_fn(cfg: ml_collections.ConfigDict, process: Process, schedule: Schedule,
@@ -87,6 +110,9 @@ def make_loss_fn(cfg: ml_collections.ConfigDict, process: Process, schedule: Sch
       log_score = process.noisy_log_score(log_p, x_t, sigma)
       per_seq = _sum_real(losses.score_entropy(log_score, x0, x_t, sigma, dsigma,
                                                process), real)
+    elif cfg.get("hamming", 1) == 2:
+      per_seq = losses.time_weight(cfg.weighting, sigma, dsigma) * _pair_loss(
+          cfg, process, logits, x0, x_t, sigma, target_fn, key)
     else:
       w = losses.time_weight(cfg.weighting, sigma, dsigma)
       per_seq = 0.0

@@ -25,6 +25,8 @@ gives no mass (Top-K leaves the rest out).
   position, or a teacher that ignores the token) and otherwise biased toward the tail
   average. The normalized conditional the loss uses is a ratio of estimates: consistent
   in ``M``, not unbiased. ``(K + M) * L`` sequence evaluations.
+* ``pair_exact``: ``log p(x^{i<-y, j<-z}) - log p(x)`` on pair blocks ``[b, P, V, V]``,
+  the target of the 2-Hamming score form (``hamming.py``; ``P V^2`` evaluations).
 * ``ar_taylor``: first order in the one-hot input, ``g[i, y] - g[i, x^i]`` with
   ``g = d log p_AR(X) / dX`` at ``X = onehot(x)``: one forward and backward pass; exact
   when ``log p_AR`` is linear in its one-hot input.
@@ -106,6 +108,33 @@ def ar_exact(log_prob_fn: Callable, x0, vocab_size: int):
 
   lp = jax.lax.map(per_position, jnp.arange(length))                 # [L, b, V]
   return jnp.transpose(lp, (1, 0, 2)) - base[:, None, None]
+
+
+def pair_exact(log_prob_fn: Callable, x0, vocab_size: int, pairs):
+  """``[b, P, V, V]`` exact pair log-ratios ``log p(x^{i<-y, j<-z}) - log p(x)``.
+
+  The clean-space target of the 2-Hamming score form (``hamming.py``).
+
+  Args:
+    log_prob_fn: ``tokens [n, L] -> [n]`` log-probabilities.
+    x0: ``[b, L]`` clean tokens.
+    vocab_size: ``V``.
+    pairs: ``[P, 2]`` int positions ``(i, j)``, ``i != j``.
+  Cost: ``P V^2`` sequence evaluations per sequence, ``V^2 b`` at a time.
+  """
+  b, length = x0.shape
+  v = vocab_size
+  base = log_prob_fn(x0)
+  ys = jnp.repeat(jnp.arange(v), v)
+  zs = jnp.tile(jnp.arange(v), v)
+
+  def per_pair(pair):
+    seqs = jnp.broadcast_to(x0, (v * v, b, length))
+    seqs = seqs.at[:, :, pair[0]].set(ys[:, None]).at[:, :, pair[1]].set(zs[:, None])
+    return log_prob_fn(seqs.reshape(v * v * b, length)).reshape(v, v, b)
+
+  lp = jax.lax.map(per_pair, jnp.asarray(pairs))                    # [P, V, V, b]
+  return jnp.transpose(lp, (3, 0, 1, 2)) - base[:, None, None, None]
 
 
 def next_token_log_probs(model, params, x0):

@@ -6,7 +6,9 @@ clean-space log-conditionals and its parameters, which the trainer passes to the
 step as an argument. With ``loss.teacher_weight = 1`` training distils the teacher into
 the diffusion student; with ``0 < teacher_weight < 1`` the teacher target is mixed with
 the data target (parametric pre-training). ``teacher.kind = 'markov'`` is the oracle:
-the exact law of the synthetic Markov data (no parameters).
+the exact law of the synthetic Markov data (no parameters). With ``loss.hamming = 2``
+the markov and exact-AR teachers return pair log-ratios ``target_fn(frozen, x0,
+pairs) -> [b, P, V, V]`` (``targets.pair_exact``).
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ def load_ar(config: ml_collections.ConfigDict, vocab_size: int) -> Tuple[Callabl
   if t.mode in ("top_k", "top_k_tail") and t.top_k > vocab_size:
     raise errors.ConfigError(f"teacher.top_k {t.top_k} exceeds the vocabulary {vocab_size}")
   model, mode, k, m = exp.model, t.mode, t.top_k, t.tail_samples
+  if config.loss.hamming == 2:                     # exact pair ratios (config rule)
+    return ((lambda frozen, x0, pairs: targets.pair_exact(
+        targets.ar_log_prob_fn(model, frozen), x0, vocab_size, pairs)), run.params)
   return ((lambda frozen, x0, key=None: targets.ar_teacher(model, frozen, mode, k, m)(
       x0, key)), run.params)
 
@@ -63,7 +68,11 @@ def load_mlm(config: ml_collections.ConfigDict, vocab_size: int) -> Tuple[Callab
 def load_markov(config: ml_collections.ConfigDict, vocab_size: int):
   """The oracle: the synthetic Markov chain's exact neighbour ratios (no parameters)."""
   del vocab_size
-  fn = synthetic.oracle_teacher(synthetic.chain_from_config(config.data))
+  chain = synthetic.chain_from_config(config.data)
+  if config.loss.hamming == 2:                     # the exact pair ratios
+    lp = synthetic.jax_log_prob_fn(chain)
+    return (lambda frozen, x0, pairs: targets.pair_exact(lp, x0, chain.vocab, pairs)), None
+  fn = synthetic.oracle_teacher(chain)
   return (lambda frozen, x0: fn(x0)), None
 
 

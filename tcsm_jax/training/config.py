@@ -85,6 +85,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.loss.t_min = 1e-5
   c.loss.stratified = True
   c.loss.teacher_weight = 0.0        # 0 = data target only; 1 = teacher only
+  c.loss.hamming = 1                 # score-form neighbourhood: 1 | 2 (pair blocks,
+                                     # small V and L; tcsm_jax/hamming.py)
+  c.loss.hamming_pairs = 0           # hamming 2: pairs per step, 0 = all L(L-1)/2
 
   c.teacher = ml_collections.ConfigDict()
   c.teacher.kind = "none"            # none | ar | mlm | markov: parametric clean-space
@@ -209,6 +212,8 @@ RANGES: Dict[str, Tuple[Any, Any, bool, bool]] = {
     "model.dropout": (0, 1, True, False),
     "loss.t_min": (0, 1, True, False),
     "loss.teacher_weight": (0, 1, True, True),
+    "loss.hamming": (1, 2, True, True),
+    "loss.hamming_pairs": (0, None, True, False),
     "teacher.top_k": (1, None, True, False),
     "teacher.tail_samples": (1, None, True, False),
     "finetune.beta": (0, None, False, False),
@@ -276,6 +281,20 @@ RULES: List[Tuple[Callable[[Any], bool], Callable[[Any], str]]] = [
     (lambda c: not (c.loss.teacher_weight > 0 and c.teacher.kind in ("ar", "mlm")
                     and not c.teacher.workdir),
      lambda c: f"teacher.kind={c.teacher.kind!r} needs teacher.workdir (a trained run)"),
+    (lambda c: not (c.loss.hamming == 2 and (c.loss.kind, c.loss.form) != ("tcsm", "score")),
+     lambda c: "loss.hamming=2 is the score form's pair neighbourhood: it needs "
+               f"loss.kind='tcsm' and loss.form='score', got {c.loss.kind!r}/"
+               f"{c.loss.form!r}"),
+    (lambda c: not (c.loss.hamming == 2 and c.loss.teacher_weight > 0
+                    and not (c.teacher.kind == "markov" or (c.teacher.kind == "ar"
+                                                           and c.teacher.mode == "exact"))),
+     lambda c: "loss.hamming=2 with a teacher needs its pair ratios: teacher.kind="
+               f"'markov', or 'ar' with teacher.mode='exact' (got {c.teacher.kind!r})"),
+    (lambda c: not (c.loss.hamming == 2 and c.data.layout == "padded"),
+     lambda c: "loss.hamming=2 needs data.layout='packed' (pairs over pad positions "
+               "are not defined)"),
+    (lambda c: not (c.loss.hamming == 2 and c.data.seq_len < 2),
+     lambda c: f"loss.hamming=2 needs data.seq_len >= 2, got {c.data.seq_len}"),
     (lambda c: not (c.finetune.reward_target == "clean_conditionals"
                     and c.process != "absorbing"),
      lambda c: "finetune.reward_target='clean_conditionals' needs process='absorbing' "

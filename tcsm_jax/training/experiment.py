@@ -110,8 +110,8 @@ class Experiment:
     def train_fn(params, frozen, x0, key, train=True):
       tfn = None
       if self.target_fn is not None:
-        tfn = lambda x, key=None: targets.call_target(
-            functools.partial(self.target_fn, frozen), x, key)
+        tfn = lambda x, key=None, **kw: targets.call_target(   # kw: pairs (hamming 2)
+            functools.partial(self.target_fn, frozen, **kw), x, key)
       apply = lambda p, x_t, s, tr, k: self.apply_fn(self.full_params(p, frozen), x_t, s,
                                                      tr, k)
       return objective.make_loss_fn(cfg.loss, proc, sched, apply, target_fn=tfn,
