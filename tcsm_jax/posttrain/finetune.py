@@ -7,6 +7,29 @@ step as an argument, ``Experiment.frozen``), and that ``restore.load_run`` loads
 for sampling and evaluation: ``run.params`` is then ``{"correction", "reference"}`` and
 ``apply_fn`` returns reference logits + correction. Registered in
 ``training.experiment.BUILDERS`` for ``finetune.kind`` reward and preference.
+
+**Parameterizations** (``finetune.parameterization``; issue 15, part 2). The fine-tuned
+denoiser stands in a density ratio ``r_theta(y | x_t) = p_theta(y | x_t) / p_ref(y | x_t)``
+to the frozen reference at every position:
+
+* ``explicit`` (default): a separate network outputs the log-ratio ``g_theta`` and
+  ``p_theta = p_ref exp(g_theta) / sum_y p_ref exp(g_theta)``, normalized over the
+  position's neighbourhood (the posterior support). Its output head starts at zero, so
+  training starts at the reference. Stabilizers: ``finetune.ratio_bound = B > 0`` bounds
+  the head, ``g = B tanh(g_raw / B)`` (so ``|log r| <= 2B`` after normalization: a
+  trust region around the reference); ``finetune.ratio_reg = lam > 0`` adds
+  ``lam * Var_{y ~ p_ref(. | x_t)}[log r_theta(y | x_t)]`` per undetermined position
+  (0 iff ``p_theta = p_ref`` there; invariant to the normalizer), divided by ``L``
+  like the loss. The normalization itself costs nothing in the score form: the score
+  form only sees ratios ``p_theta(y) / p_theta(x)``, in which it cancels, so an
+  unnormalized explicit ratio has exactly the score-form loss and gradients of the
+  normalized one; what can make it unstable is the size of ``g``, which the bound and
+  the penalty address.
+* ``implicit`` (the paper's): a full copy of the reference denoiser (the reference's
+  own architecture; ``config.model`` is not used), initialized at the reference's
+  weights and trained; ``r_theta = p_theta / p_ref`` is never formed except in the
+  loss. The reference parameters are copied into the initial state (constants of the
+  init computation: meant for models that fit on one device).
 """
 
 from __future__ import annotations
@@ -39,13 +62,30 @@ class FinetuneExperiment(experiment_lib.Experiment):
   def full_params(self, params, frozen):
     return {"correction": params, "reference": frozen}
 
-  def apply_fn(self, params, x_t, sigma, train: bool = False, key=None):
-    """Reference logits + correction; ``params`` = ``{"correction", "reference"}``."""
-    ref = jax.lax.stop_gradient(self.ref.apply_fn(params["reference"], x_t, sigma))
+  def init_params(self, key):
+    if self.config.finetune.parameterization == "implicit":   # start at the reference
+      return jax.tree.map(lambda a: jnp.array(a, copy=True), self.ref_params)
+    return super().init_params(key)
+
+  def corr_and_ref(self, params, ref_params, x_t, sigma, train: bool = False, key=None):
+    """``(corr, ref)`` float32 logits ``[b, L, V]`` with ``ref + corr`` the fine-tuned
+    model's: ``corr`` is the (bounded) explicit log-ratio head, or for ``implicit`` the
+    fine-tuned denoiser minus the reference."""
+    ft = self.config.finetune
+    ref = jax.lax.stop_gradient(self.ref.apply_fn(ref_params, x_t, sigma))
+    ref = ref.astype(jnp.float32)
     rngs = {"dropout": key} if (train and key is not None) else None
-    corr = self.model.apply({"params": params["correction"]}, x_t, sigma,
-                            deterministic=not train, rngs=rngs)
-    return ref.astype(jnp.float32) + corr.astype(jnp.float32)
+    out = self.model.apply({"params": params}, x_t, sigma, deterministic=not train,
+                           rngs=rngs).astype(jnp.float32)
+    if ft.parameterization == "implicit":
+      return out - ref, ref
+    return reward_lib.bounded_log_ratio(out, ft.ratio_bound), ref
+
+  def apply_fn(self, params, x_t, sigma, train: bool = False, key=None):
+    """The fine-tuned logits; ``params`` = ``{"correction", "reference"}``."""
+    corr, ref = self.corr_and_ref(params["correction"], params["reference"], x_t, sigma,
+                                  train, key)
+    return ref + corr
 
   def train_tokens(self):
     if self.pairs is None:
@@ -69,12 +109,12 @@ class FinetuneExperiment(experiment_lib.Experiment):
       sigma, dsigma = sched(t)
       return sigma, dsigma, k_x, k_d
 
-    def corr_and_ref(params, ref_params, x_t, sigma, train, key):
-      ref = jax.lax.stop_gradient(self.ref.apply_fn(ref_params, x_t, sigma))
-      rngs = {"dropout": key} if train else None
-      corr = self.model.apply({"params": params}, x_t, sigma, deterministic=not train,
-                              rngs=rngs)
-      return corr.astype(jnp.float32), ref.astype(jnp.float32)
+    corr_and_ref = self.corr_and_ref
+    reg = ft.ratio_reg
+
+    def ratio_penalty(corr, ref, x_t, sigma):
+      """``[b]``: ``sum_i Var_{p_ref(. | x_t)}[log r_theta]`` (``ratio_reg``)."""
+      return reward_lib.log_ratio_variance(corr, ref, proc, x_t, sigma).sum(-1)
 
     def reward_loss(params, frozen, x0, key, train=True):
       sigma, dsigma, k_x, k_d = split(key, x0)
@@ -90,12 +130,16 @@ class FinetuneExperiment(experiment_lib.Experiment):
                                    target_log_cond=cond)
       w = losses.time_weight(cfg.loss.weighting, sigma, dsigma)
       metrics = {}
+      pen = 0.0
+      if reg > 0:
+        pen = ratio_penalty(corr, ref, x_t, sigma)
+        metrics["ratio_var"] = jnp.mean(pen) / length
       if importance == "self_normalized":        # centres reweighted to p_ref e^{r/beta}
         iw = reward_lib.snis_weights(self.reward_fn(x0), ft.beta)
         w = w * iw
         # Effective sample size of the batch's weights (B = uniform; 1 = one sequence).
         metrics["snis_ess"] = jnp.sum(iw) ** 2 / jnp.maximum(jnp.sum(iw ** 2), 1e-30)
-      loss = jnp.mean(w * per.sum(-1)) / length
+      loss = jnp.mean(w * per.sum(-1) + reg * pen) / length
       return loss, dict(metrics, loss=loss)
 
     def preference_loss(params, frozen, x, key, train=True):
@@ -108,7 +152,12 @@ class FinetuneExperiment(experiment_lib.Experiment):
       ratio_c = reward_lib.implicit_log_ratio(cc, rc, chosen, xc, sigma, proc)
       ratio_r = reward_lib.implicit_log_ratio(cr, rr, rejected, xr, sigma, proc)
       loss = jnp.mean(reward_lib.dpo_loss(ratio_c, ratio_r, ft.beta))
-      return loss, {"loss": loss, "pref_accuracy": jnp.mean(ratio_c > ratio_r)}
+      metrics = {"pref_accuracy": jnp.mean(ratio_c > ratio_r)}
+      if reg > 0:
+        pen = 0.5 * (ratio_penalty(cc, rc, xc, sigma) + ratio_penalty(cr, rr, xr, sigma))
+        metrics["ratio_var"] = jnp.mean(pen) / length
+        loss = loss + reg * jnp.mean(pen) / length
+      return loss, dict(metrics, loss=loss)
 
     def eval_fn(params, frozen, x0, key, train=False):
       apply = lambda p, x_t, s, tr, k: self.apply_fn(self.full_params(p, frozen), x_t, s,
@@ -185,7 +234,10 @@ def build(config, workdir: str = "", dataset=None) -> FinetuneExperiment:
     raise errors.ConfigError("fine-tuning must keep the reference's process "
                              f"({ref_run.config.process!r})")
   ds = ref.dataset if dataset is None else dataset
-  corr = models.build_denoiser(config, ds.vocab_size, ref.process.num_states)
+  if ft.parameterization == "implicit":            # a copy of the reference network
+    corr = ref.model
+  else:
+    corr = models.build_denoiser(config, ds.vocab_size, ref.process.num_states)
   reward_fn, deltas_fn = make_reward(config, ds, workdir)
   pairs = None
   if ft.kind == "preference":

@@ -188,6 +188,32 @@ def implicit_log_ratio(corr_logits, ref_logits, x0, x_t, sigma, process: Process
   return jnp.sum(take(lp) - take(lr), -1)
 
 
+def bounded_log_ratio(g, bound: float):
+  """``bound * tanh(g / bound)`` (identity for ``bound = 0``): the explicit log-ratio
+  head's trust region, ``|g| < bound``, with slope 1 at 0 (``finetune.ratio_bound``)."""
+  if bound <= 0:
+    return g
+  return bound * jnp.tanh(g / bound)
+
+
+def log_ratio_variance(corr_logits, ref_logits, process: Process, x_t, sigma):
+  """``[b, L]``: ``Var_{y ~ p_ref(. | x_t)}[log r_theta(y | x_t)]`` at every position.
+
+  ``log r_theta = log p_theta - log p_ref`` with ``p_theta = softmax(ref + corr)`` and
+  ``p_ref = softmax(ref)`` over the posterior support (``scores.model_log_probs``), so the
+  value is the reference-weighted variance of ``corr`` over the support: 0 exactly where
+  the fine-tuned model equals the reference (a determined position included), invariant
+  to adding a constant to ``corr``. Gradients flow into ``corr`` only.
+  """
+  ref_logits = jax.lax.stop_gradient(ref_logits.astype(jnp.float32))
+  lr = scores.model_log_probs(ref_logits, process, x_t, sigma)
+  keep = lr > -jnp.inf
+  p_ref = jnp.where(keep, jnp.exp(jnp.where(keep, lr, 0.0)), 0.0)
+  c = jnp.where(keep, corr_logits.astype(jnp.float32), 0.0)
+  mean = jnp.sum(p_ref * c, -1, keepdims=True)
+  return jnp.sum(p_ref * jnp.square(c - mean), -1)
+
+
 def dpo_loss(ratio_chosen, ratio_rejected, beta: float):
   """``[b]``: ``-log sigmoid(beta (ratio_chosen - ratio_rejected))``."""
   return -jax.nn.log_sigmoid(beta * (ratio_chosen - ratio_rejected))

@@ -111,6 +111,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.finetune.importance_weights = "none"  # reward: none | self_normalized (B softmax r/beta)
   c.finetune.reward_target = "tilted_denoiser"  # reward: tilted_denoiser | clean_conditionals
                                      # (reference as MLM teacher, L extra passes; absorbing)
+  c.finetune.parameterization = "explicit"  # explicit (log-ratio head over the reference)
+                                     # | implicit (a trained copy of the reference)
+  c.finetune.ratio_bound = 0.0       # explicit: |head| <= B via B tanh(g / B); 0 = none
+  c.finetune.ratio_reg = 0.0         # lam * Var_{p_ref}[log r] per position; 0 = none
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 3e-4
@@ -188,6 +192,7 @@ CHOICES: Dict[str, Tuple[str, ...]] = {
     "finetune.reward_mode": ("exact", "taylor"),
     "finetune.importance_weights": ("none", "self_normalized"),
     "finetune.reward_target": ("tilted_denoiser", "clean_conditionals"),
+    "finetune.parameterization": ("explicit", "implicit"),
     "optim.lr_schedule": optim.SCHEDULES,
 }
 
@@ -220,6 +225,8 @@ RANGES: Dict[str, Tuple[Any, Any, bool, bool]] = {
     "finetune.classifier_steps": (1, None, True, False),
     "finetune.num_pairs": (1, None, True, False),
     "finetune.pair_sample_steps": (1, None, True, False),
+    "finetune.ratio_bound": (0, None, True, False),
+    "finetune.ratio_reg": (0, None, True, False),
     "optim.lr": (0, None, False, False),
     "optim.warmup_steps": (0, None, True, False),
     "optim.min_lr_ratio": (0, 1, True, True),
@@ -299,6 +306,10 @@ RULES: List[Tuple[Callable[[Any], bool], Callable[[Any], str]]] = [
                     and c.process != "absorbing"),
      lambda c: "finetune.reward_target='clean_conditionals' needs process='absorbing' "
                f"(the reference is read as a masked-LM teacher), got {c.process!r}"),
+    (lambda c: not (c.finetune.parameterization == "implicit"
+                    and c.finetune.ratio_bound > 0),
+     lambda c: "finetune.ratio_bound bounds the explicit log-ratio head; "
+               "finetune.parameterization='implicit' has none"),
     (lambda c: not (c.finetune.kind != "none" and not c.finetune.ref_workdir),
      lambda c: "finetune.ref_workdir must name the reference model's workdir"),
     (lambda c: not (c.data.name in ("text8", "text_file", "prepared") and not c.data.path),
