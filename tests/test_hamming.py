@@ -276,3 +276,20 @@ def test_hamming_config_rules_are_one_line(overrides, match):
   with pytest.raises(errors.ConfigError, match=match) as e:
     config_lib.validate(cfg)
   assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["absorbing", "uniform"])
+def test_data_target_kl_at_k2_is_k1_times_two_over_v(name):
+  """The control of the hamming study: per sequence, ``(2 / (L - 1)) sum_{i<j}`` of the
+  pair blocks' Monte Carlo KL equals ``(2 / V) sum_i`` of the 1-Hamming one."""
+  rng = np.random.default_rng(4)
+  proc, length, v = _processes()[name], 5, V
+  x0 = jnp.asarray(rng.integers(0, v, (3, length)), jnp.int32)
+  x_t = proc.sample_forward(jax.random.PRNGKey(0), x0, jnp.full((3,), 0.8))
+  logits = jnp.asarray(rng.normal(size=(3, length, v)), jnp.float32)
+  sig = jnp.full((3,), 0.8)
+  k2 = hamming.pair_tcsm_loss(logits, x0, x_t, sig, proc, hamming.all_pairs(length),
+                              divergence="kl").sum(-1) * 2 / (length - 1)
+  k1 = losses.tcsm_loss(logits, x0, x_t, sig, proc, form="score", divergence="kl").sum(-1)
+  np.testing.assert_allclose(np.asarray(k2), 2 / v * np.asarray(k1), rtol=1e-5)
+  assert float(jnp.min(k1)) > 0

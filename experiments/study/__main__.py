@@ -28,7 +28,8 @@ from experiments.study.context import Context
 from tcsm_jax import errors, fs
 from tcsm_jax.training import log_setup
 
-STUDIES = ("objectives", "teacher", "distill", "reward", "reward_bias", "hamming")
+STUDIES = ("objectives", "teacher", "distill", "reward", "reward_bias", "hamming",
+           "ratio")
 
 _STUDY = flags.DEFINE_enum("study", None, list(STUDIES), "The study to run.")
 _OUT = flags.DEFINE_string("outdir", None, "Output directory (local or bucket).")

@@ -1,6 +1,7 @@
-"""Study ``distill``: an AR teacher distilled into a diffusion student (Top-K, Taylor)
-against data-only students at equal steps and at equal compute; generative perplexity
-under a separate judge and unigram entropy against the number of sampling steps."""
+"""Study ``distill``: an AR teacher distilled into a diffusion student (Top-K, Top-K plus
+a sampled tail, Taylor) against data-only students at equal steps and at equal compute;
+generative perplexity under a separate judge and unigram entropy against the number of
+sampling steps."""
 
 from __future__ import annotations
 
@@ -47,7 +48,10 @@ def variants(ctx: Context, teacher: str):
   v = {"data": {"loss.teacher_weight": 0.0},
        f"data_{LONG}x": {"loss.teacher_weight": 0.0},
        "distill_taylor": ar("taylor"),
-       "distill_topk4": ar("top_k", **{"teacher.top_k": 4})}
+       "distill_topk4": ar("top_k", **{"teacher.top_k": 4}),
+       # Issue 15, part 3: Top-4 plus 4 sampled tail tokens (no mass dropped).
+       "distill_topk4_tail4": ar("top_k_tail", **{"teacher.top_k": 4,
+                                                  "teacher.tail_samples": 4})}
   if ctx.quick:
     v = {k: v[k] for k in ("data", "distill_topk4")}
   return v
@@ -154,6 +158,17 @@ def report_(ctx: Context, rows, summary):
           f"**(c) {student} vs {base} ({what}), {few}-step samples: "
           f"{stats.verdict(e, 'lower')}.** generative perplexity difference "
           f"{e.as_text()}; unigram entropy difference {ent.as_text('nats')}.")
+  a, b = "distill_topk4", "distill_topk4_tail4"
+  if a in names and b in names:        # issue 15, part 3: the tail kept, not dropped
+    en = stats.effect(stats.per_seed(rows, a, "final_nll"),
+                      stats.per_seed(rows, b, "final_nll"))
+    eq = stats.effect(stats.per_seed(rows, a, f"gen_ppl_s{few}"),
+                      stats.per_seed(rows, b, f"gen_ppl_s{few}"))
+    verdicts.append(
+        f"**(issue 15) keeping the tail (Top-4 + 4 sampled tail tokens) gives a lower "
+        f"NLL bound than dropping it (Top-4): {stats.verdict(en, 'lower')}.** final NLL "
+        f"difference {en.as_text('nats/token')}; {few}-step generative perplexity "
+        f"{eq.as_text()} ({stats.verdict(eq, 'lower')}).")
   setup = (f"Seeds {ctx.seeds}; budget x{ctx.budget}{' (quick)' if ctx.quick else ''}. "
            f"Students: the teacher study's corpus student (kjv_tiny, sequence length 32, "
            f"{corpus_config(ctx).train.num_steps} steps of 8; data_{LONG}x: {LONG}x the "
