@@ -8,6 +8,7 @@ Core math (pure, jittable functions; shapes in each docstring)
   tj.divergences   Bregman divergences (gkl, kl, lsif, itakura_saito)
   tj.scores        concrete scores, denoiser posterior, path identity
   tj.losses        TCSM score/distribution forms, masked ELBO, SEDD score entropy
+  tj.hamming       the score form on the 2-Hamming neighbourhood (pair blocks)
   tj.exact         exact quantities by enumeration (small spaces: tests, notebooks)
 Built on the core
   tj.objective     time sampling + corruption + loss from a config
@@ -23,8 +24,8 @@ Runs
   tj.errors                       UserError and its kinds (what the binaries print)
 """
 
-from tcsm_jax import (divergences, errors, exact, fs, likelihood, losses, objective,
-                      processes, quality, sampling, schedules, scores, targets)
+from tcsm_jax import (divergences, errors, exact, fs, hamming, likelihood, losses,
+                      objective, processes, quality, sampling, schedules, scores, targets)
 from tcsm_jax import posttrain  # noqa: F401  (registers teachers and fine-tuning)
 from tcsm_jax.training.config import default_config
 from tcsm_jax.training.experiment import Experiment, build
@@ -34,5 +35,5 @@ from tcsm_jax.training.trainer import train_and_evaluate as train
 __version__ = "0.2.0"
 
 __all__ = ["Experiment", "Run", "build", "default_config", "divergences", "errors",
-           "exact", "fs", "likelihood", "load_run", "losses", "objective", "processes",
+           "exact", "fs", "hamming", "likelihood", "load_run", "losses", "objective", "processes",
            "quality", "sampling", "schedules", "scores", "targets", "train"]
