@@ -210,6 +210,10 @@ def test_bad_shapes_name_the_array():
   with pytest.raises(ValueError, match="log_q_ratios"):
     hamming.pair_score_loss(log_p, jnp.zeros((2, 4), jnp.int32), hamming.all_pairs(4),
                             log_q_ratios=jnp.zeros((2, 6, 3, 2)))
+  with pytest.raises(ValueError, match="two different positions"):
+    hamming.pair_score_loss(log_p, jnp.zeros((2, 4), jnp.int32), jnp.asarray([[1, 1]]))
+  with pytest.raises(ValueError, match="two different positions"):
+    hamming.pair_score_loss(log_p, jnp.zeros((2, 4), jnp.int32), jnp.asarray([[0, 4]]))
   with pytest.raises(ValueError, match="length >= 2"):
     hamming.all_pairs(1)
 

@@ -68,6 +68,15 @@ def test_unpaired_effect_is_welch():
   assert one.mean == 1.0 and math.isnan(one.low)
 
 
+def test_fewer_failures_is_fishers_exact_test():
+  assert stats.fewer_failures(6, 6, 0, 6)[0] == "holds"
+  np.testing.assert_allclose(stats.fewer_failures(6, 6, 0, 6)[1], 2 / 924, rtol=1e-9)
+  assert stats.fewer_failures(0, 6, 6, 6)[0] == "does not hold at this scale"
+  v, p = stats.fewer_failures(3, 3, 0, 3)          # 0/3 vs 3/3: p = 0.1
+  assert v == "inconclusive" and abs(p - 0.1) < 1e-9
+  assert stats.fewer_failures(1, 3, 0, 0)[0] == "inconclusive"
+
+
 def test_verdict_rules():
   mk = lambda lo, hi: stats.Effect((lo + hi) / 2, 0.1, lo, hi, 3, True)
   assert stats.verdict(mk(-0.3, -0.1)) == "holds"                    # b lower
@@ -260,7 +269,7 @@ def test_context_steps_and_schedule():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["objectives", "teacher", "distill", "reward",
-                                  "reward_bias"])
+                                  "reward_bias", "hamming", "ratio"])
 def test_quick_study_writes_sane_outputs(name, tmp_path):
   # The user's command, in its own process (one CPU device, the compile cache on).
   import os

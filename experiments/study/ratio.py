@@ -96,10 +96,23 @@ def report_(ctx: Context, rows, summary):
         f"{key}): {stats.verdict(e, 'lower')}** (explicit - implicit {key} "
         f"{e.as_text()}; gen_ppl {eg.as_text()}; diverged explicit {div[ex][0]}/"
         f"{div[ex][1]}, implicit {div[im][0]}/{div[im][1]}).")
+    short = lambda v: v.split("_", 1)[1]
+
+    def stability(a, b):               # the claim: b is stopped less often than a
+      if div[a][0] + div[b][0] == 0:
+        return
+      v, pv = stats.fewer_failures(*div[a], *div[b])
+      verdicts.append(f"**{kind}: {short(b)} diverges less often than {short(a)}: "
+                      f"{v}** ({div[b][0]}/{div[b][1]} vs {div[a][0]}/{div[a][1]} runs "
+                      f"stopped by the divergence guard; Fisher exact p = {pv:.3g}).")
+
+    stability(ex, im)                  # the paper's reason for the implicit form
     for p in PARAMS:
       st = f"{kind}_{p}"
       if p in ("explicit", "implicit") or st not in names:
         continue
+      stability(ex, st)
+      stability(im, st)
       eg = stats.effect(stats.per_seed(rows, ex, "gen_ppl"), stats.per_seed(rows, st, "gen_ppl"))
       ek = stats.effect(stats.per_seed(rows, ex, "kl_est"), stats.per_seed(rows, st, "kl_est"))
       e = stats.effect(stats.per_seed(rows, ex, key), stats.per_seed(rows, st, key))

@@ -126,6 +126,19 @@ def verdict(e: Effect, better: str = "lower", margin: float = 0.0,
   return "inconclusive"
 
 
+def fewer_failures(bad_a: int, n_a: int, bad_b: int, n_b: int, alpha: float = 0.05):
+  """``(verdict, p)`` for the claim "b fails (diverges) less often than a": Fisher's
+  exact two-sided test on the 2x2 table of failed/finished runs. ``holds`` when b's
+  rate is lower and ``p < alpha``, ``does not hold at this scale`` when it is higher
+  and ``p < alpha``, ``inconclusive`` otherwise (and with no runs: ``p = nan``)."""
+  if min(n_a, n_b) == 0:
+    return "inconclusive", float("nan")
+  p = float(_sp.fisher_exact([[bad_a, n_a - bad_a], [bad_b, n_b - bad_b]])[1])
+  if p < alpha:
+    return ("holds" if bad_b / n_b < bad_a / n_a else "does not hold at this scale"), p
+  return "inconclusive", p
+
+
 def per_seed(rows, variant: str, key: str, step: Optional[int] = None) -> Dict[int, float]:
   """``{seed: value of key}`` at ``step`` (default: each seed's last row holding key)."""
   out = {}
