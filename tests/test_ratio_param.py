@@ -204,3 +204,34 @@ def test_implicit_with_a_bound_is_a_one_line_config_error():
   with pytest.raises(errors.ConfigError, match="ratio_bound") as e:
     config_lib.validate(cfg)
   assert "\n" not in str(e.value)
+
+
+def test_a_classifier_saved_on_eight_devices_loads_on_one(tmp_path):
+  """The reward classifier restores on another topology (it once refused a CPU-saved
+  classifier on a GPU: orbax's topology check without a target sharding)."""
+  import os
+  import subprocess
+  import sys
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec
+  from tcsm_jax.posttrain import classifier
+  model = classifier.ConvClassifier()
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 5)))["params"]
+  mesh = Mesh(np.asarray(jax.devices()), ("d",))
+  params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
+  assert len(jax.devices()) == 8
+  classifier.save(str(tmp_path / "clf"), params)
+  x = np.asarray(jax.random.randint(jax.random.PRNGKey(1), (3, 16), 0, 5))
+  want = np.asarray(model.apply({"params": params}, jax.nn.one_hot(x, 5)))
+  np.save(tmp_path / "x.npy", x)
+  code = (f"import numpy as np, jax; from tcsm_jax.posttrain import classifier as c; "
+          f"m, p = c.load({str(tmp_path / 'clf')!r}, 16, 5); x = np.load("
+          f"{str(tmp_path / 'x.npy')!r}); print(len(jax.devices()), *np.asarray(m.apply("
+          f"{{'params': p}}, jax.nn.one_hot(x, 5))).tolist())")
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  vals = out.stdout.split()
+  assert vals[0] == "1"
+  np.testing.assert_allclose([float(v) for v in vals[1:]], want.ravel(), rtol=1e-6)

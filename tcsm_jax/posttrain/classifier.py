@@ -101,7 +101,11 @@ def load(directory: str, seq_len: int, vocab_size: int):
   model = ConvClassifier()
   abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
                                                jnp.zeros((1, seq_len, vocab_size)))["params"])
-  params, _, _ = ckpt_lib.Checkpointer(directory).restore(abstract)
+  # The restore target names this host's first device: a classifier saved on another
+  # topology (a CPU with 8 devices, a GPU) restores here (orbax refuses it otherwise).
+  one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = ckpt_lib.abstract_like(abstract, jax.tree.map(lambda _: one, abstract))
+  params, _, _ = ckpt_lib.Checkpointer(directory).restore(target)
   return model, params
 
 
