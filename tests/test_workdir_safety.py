@@ -280,3 +280,25 @@ def test_profile_steps_write_a_trace_into_the_workdir(tmp_path, ds):
   _train(cfg, tmp_path, ds)
   traces = [os.path.join(r, f) for r, _, fs_ in os.walk(tmp_path / "profile") for f in fs_]
   assert any(t.endswith(".xplane.pb") for t in traces), traces
+
+
+def test_one_heavy_tailed_step_does_not_mark_a_healthy_window_bad():
+  """A converging run's window with one spike (a batch near t = 0) stays good; a window
+  whose steps mostly blew up does not; a non-finite median does not."""
+  h = trainer.Health(max_skipped=10, factor=1.5, max_bad_evals=3)
+  for loss in (1.0, 0.9, 1.1, 0.95):
+    h.step(loss, False)
+  h.close_window()
+  assert h.window_ok and h.best_loss == pytest.approx(0.975)
+  for loss in (0.5, 0.45, 40.0, 0.48):           # mean 10.4, median 0.49
+    h.step(loss, False)
+  h.close_window()
+  assert h.window_ok and h.good and h.best_loss == pytest.approx(0.49)
+  for loss in (0.5, 3.0, 5.0, 9.0):              # most steps bad: median 4.0 > 0.735
+    h.step(loss, False)
+  h.close_window()
+  assert not h.window_ok and not h.good
+  for loss in (float("nan"), float("inf"), 0.4):
+    h.step(loss, False)
+  h.close_window()
+  assert not h.window_ok
