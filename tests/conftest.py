@@ -38,8 +38,8 @@ SLOW_BY_BUDGET = (
     "test_workdir_safety.py::test_train_on_one_device_resume_on_eight",  # 8 -> 1 restore
     "test_targets.py::test_oracle_teacher_target_has_the_data_target",  # exact ratios
     "test_targets.py::test_top_k_tail_through_the_causal_adapter",  # top_k_tail table tests
-    "test_ratio_param.py::test_parameterizations_train_checkpoint_and_reload[b",  # [implicit]
-    "test_ratio_param.py::test_parameterizations_train_checkpoint_and_reload[implicit_",
+    "test_ratio_param.py::test_parameterizations_train_checkpoint_and_reload",  # ..._without_a_trained_reference
+    "test_hamming.py::test_hamming_two_trains_through_the_trainer",  # ..._loss_through_the_experiment
     "test_sampling.py::test_reverse_chain_reproduces_forward_marginals[absorbing-euler]",
     "test_sampling.py::test_true_score_sampler_recovers_data_distribution[uniform-euler-512]",
     "test_sampling.py::test_true_score_sampler_recovers_data_distribution[absorbing-euler-256]",

@@ -235,3 +235,52 @@ def test_a_classifier_saved_on_eight_devices_loads_on_one(tmp_path):
   vals = out.stdout.split()
   assert vals[0] == "1"
   np.testing.assert_allclose([float(v) for v in vals[1:]], want.ravel(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("param, extra", [("implicit", {}),
+                                          ("explicit", {"finetune.ratio_bound": 0.05,
+                                                        "finetune.ratio_reg": 1.0})])
+def test_parameterizations_without_a_trained_reference(param, extra):
+  """The default-run stand-in for the trainer test: a reference at its init weights,
+  the fine-tuning experiment assembled around it, one loss and gradient."""
+  import dataclasses
+  from helpers import small_dataset, tiny_config
+  from tcsm_jax import models
+  from tcsm_jax.posttrain import finetune
+  from tcsm_jax.training import experiment as experiment_lib
+  ds = small_dataset(4000, 2000)
+  ref_cfg = tiny_config(**{"data.seq_len": 16})
+  ref = experiment_lib.build(ref_cfg, ds)
+  ref_params = jax.jit(ref.init_params)(jax.random.PRNGKey(0))   # eager init: seconds
+  # A reference whose head is not zero (trained references are not).
+  ref_params = jax.tree.map(lambda a: a + 0.05 * jax.random.normal(
+      jax.random.PRNGKey(1), a.shape), ref_params)
+  cfg = tiny_config(**{"data.seq_len": 16, "finetune.kind": "reward",
+                       "finetune.ref_workdir": "unused", "finetune.reward": "token",
+                       "finetune.beta": 0.5, "finetune.parameterization": param, **extra})
+  model = ref.model if param == "implicit" else models.build_denoiser(
+      cfg, ds.vocab_size, ref.process.num_states)
+  rew, deltas = finetune.make_reward(cfg, ds, "")
+  exp = finetune.FinetuneExperiment(cfg, ds, ref.process, ref.schedule, model,
+                                    frozen=ref_params, ref=ref, ref_params=ref_params,
+                                    reward_fn=rew, deltas_fn=deltas)
+  init = jax.jit(exp.init_params)(jax.random.PRNGKey(2))
+  x_t = jnp.full((2, 16), ref.process.mask_id).at[:, :4].set(3)
+  sig = jnp.ones((2,))
+  np.testing.assert_allclose(
+      jax.jit(exp.apply_fn)(exp.full_params(init, ref_params), x_t, sig),
+      jax.jit(ref.apply_fn)(ref_params, x_t, sig), atol=1e-5)
+  if param == "implicit":      # a copy, not the same buffers
+    leaf, ref_leaf = jax.tree.leaves(init)[0], jax.tree.leaves(ref_params)[0]
+    assert leaf is not ref_leaf and np.array_equal(leaf, ref_leaf)
+  train_fn, _ = exp.loss_fns()
+  x0 = jnp.asarray(ds.train[:64].reshape(4, 16), jnp.int32)
+  (loss, metrics), g = jax.jit(jax.value_and_grad(train_fn, has_aux=True))(
+      init, ref_params, x0, jax.random.PRNGKey(3))
+  assert np.isfinite(float(loss))
+  assert max(float(jnp.max(jnp.abs(a))) for a in jax.tree.leaves(g)) > 0
+  if param == "explicit":
+    assert "ratio_var" in metrics
+    moved = jax.tree.map(lambda p, d: p - 10.0 * d, init, g)   # a big step
+    corr, _ = jax.jit(exp.corr_and_ref)(moved, ref_params, x_t, sig)
+    assert 0 < float(jnp.max(jnp.abs(corr))) <= 0.05 + 1e-6
