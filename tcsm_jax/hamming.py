@@ -42,7 +42,7 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
-from tcsm_jax import _checks, divergences, scores
+from tcsm_jax import _checks, divergences, losses, scores
 from tcsm_jax.processes import Process
 
 
@@ -178,12 +178,7 @@ def pair_tcsm_loss(logits, x0, x_t, sigma_bar, process: Process, pairs, *,
     ``[b, P]`` float32 (sum over pairs times ``L / P`` for a per-sequence loss on the
     scale of ``L`` blocks).
   """
-  _checks.check_tokens(x0, process.vocab_size, "x0")
-  _checks.check_tokens(x_t, process.num_states, "x_t")
-  if jnp.shape(x0) != jnp.shape(x_t):
-    raise ValueError(f"x0 {jnp.shape(x0)} and x_t {jnp.shape(x_t)} must have one shape")
-  log_p = scores.model_log_probs(logits, process, x_t, sigma_bar)
-  keep = scores.support(process, x_t, sigma_bar)
+  log_p, keep = losses.model_posterior(logits, x0, x_t, sigma_bar, process)
   log_q = None
   if target_pair_log_ratios is not None:
     log_q = pair_posterior_log_ratios(target_pair_log_ratios, process, x0, x_t, sigma_bar,

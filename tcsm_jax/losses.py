@@ -128,6 +128,18 @@ def distribution_loss(log_p, x0, divergence: str = "kl", *, log_q=None, support=
   return _mask(div.log_fn(log_q, log_p), keep).sum(-1)
 
 
+def model_posterior(logits, x0, x_t, sigma_bar, process: Process):
+  """Checked ``(log p_theta(x0^i = . | x_t) [b, L, V], posterior support [b, L, V])``
+  from logits, after validating the clean and noisy tokens (shared by the 1- and
+  2-Hamming losses)."""
+  _checks.check_tokens(x0, process.vocab_size, "x0")
+  _checks.check_tokens(x_t, process.num_states, "x_t")
+  if jnp.shape(x0) != jnp.shape(x_t):
+    raise ValueError(f"x0 {jnp.shape(x0)} and x_t {jnp.shape(x_t)} must have one shape")
+  return (scores.model_log_probs(logits, process, x_t, sigma_bar),
+          scores.support(process, x_t, sigma_bar))
+
+
 def tcsm_loss(logits, x0, x_t, sigma_bar, process: Process, *, form: str = "score",
               divergence: str = "gkl", target_log_cond=None, target_log_posterior=None):
   """TCSM loss per position from network logits.
@@ -151,12 +163,7 @@ def tcsm_loss(logits, x0, x_t, sigma_bar, process: Process, *, form: str = "scor
   """
   if form not in FORMS:
     raise ValueError(f"unknown TCSM form {form!r}; choose one of {FORMS}")
-  _checks.check_tokens(x0, process.vocab_size, "x0")
-  _checks.check_tokens(x_t, process.num_states, "x_t")
-  if jnp.shape(x0) != jnp.shape(x_t):
-    raise ValueError(f"x0 {jnp.shape(x0)} and x_t {jnp.shape(x_t)} must have one shape")
-  log_p = scores.model_log_probs(logits, process, x_t, sigma_bar)
-  keep = scores.support(process, x_t, sigma_bar)
+  log_p, keep = model_posterior(logits, x0, x_t, sigma_bar, process)
   log_q = None
   if target_log_cond is not None and target_log_posterior is not None:
     raise ValueError("give target_log_cond or target_log_posterior, not both")

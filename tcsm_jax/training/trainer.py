@@ -25,6 +25,7 @@ The loop's pieces are plain functions with explicit arguments.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -374,7 +375,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   exp = build(config, workdir=workdir) if experiment is None else experiment
   if target_fn is not None:
     exp = dataclasses.replace(
-        exp, target_fn=lambda frozen, x0, key=None: targets.call_target(target_fn, x0, key),
+        exp, target_fn=lambda frozen, x0, key=None, **kw: targets.call_target(
+            functools.partial(target_fn, **kw), x0, key),   # kw: pairs (loss.hamming 2)
         frozen=None)
 
   batch_sh = partition.batch_sharding(mesh)
