@@ -33,8 +33,8 @@ def test_shapes_dtypes_and_identity_at_init():
   x = jnp.asarray(np.random.default_rng(0).integers(0, 8, (2, 16)))
   for dtype in (jnp.float32, jnp.bfloat16):
     m = transformer.DiffusionTransformer(_cfg(dtype=dtype))
-    p = m.init(jax.random.PRNGKey(0), x, jnp.ones((2,)))["params"]
-    out = m.apply({"params": p}, x, jnp.ones((2,)))
+    p = jax.jit(m.init)(jax.random.PRNGKey(0), x, jnp.ones((2,)))["params"]  # eager: s
+    out = jax.jit(m.apply)({"params": p}, x, jnp.ones((2,)))
     assert out.shape == (2, 16, 7) and out.dtype == dtype
     # adaLN-Zero + zero head: the untrained denoiser predicts uniform logits.
     np.testing.assert_array_equal(np.asarray(out, np.float32), 0.0)

@@ -93,8 +93,9 @@ def test_ancestral_cache_skips_network_and_matches_analytic():
   assert res["analytic"][1] == 201
   # With a batch of sequences the cache only fires when no sequence changed; with a
   # single sequence it fires on most of the 200 steps (length 2 => <= 2 changes).
-  x1, info1 = sampling.sample(jax.random.PRNGKey(6), den, proc, sched, (1, length),
-                              steps=200, sampler="ancestral")
+  x1, info1 = jax.jit(lambda k: sampling.sample(k, den, proc, sched, (1, length),
+                                                steps=200, sampler="ancestral"))(
+                                                    jax.random.PRNGKey(6))
   assert int(info1["nfe"]) <= 4
   assert _tv(res["ancestral"][0], p0) < 0.03
   assert _tv(res["analytic"][0], p0) < 0.03

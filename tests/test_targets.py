@@ -20,7 +20,8 @@ def _tiny_causal(v=4, length=5, seed=0):
                                       max_length=length, num_layers=2, width=16,
                                       num_heads=2, causal=True)
   model = transformer.CausalTransformer(cfg)
-  params = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, length), jnp.int32))["params"]
+  params = jax.jit(model.init)(jax.random.PRNGKey(seed),
+                               jnp.zeros((1, length), jnp.int32))["params"]
   params = jax.tree.map(
       lambda p: p + 0.3 * jax.random.normal(jax.random.PRNGKey(seed + 1), p.shape), params)
   return model, params
@@ -49,11 +50,11 @@ def test_soft_one_hot_input_matches_token_input():
 def test_top_k_with_k_equal_vocab_is_exact():
   model, params = _tiny_causal()
   x = jnp.asarray(np.random.default_rng(2).integers(0, 4, (3, 5)))
-  ex = targets.ar_teacher(model, params, "exact")(x)
-  tk = targets.ar_teacher(model, params, "top_k", top_k=4)(x)
+  ex = jax.jit(targets.ar_teacher(model, params, "exact"))(x)   # jit: eager is slow
+  tk = jax.jit(targets.ar_teacher(model, params, "top_k", top_k=4))(x)
   np.testing.assert_allclose(tk, ex, atol=1e-5)
   # Smaller K keeps exactly K neighbours (plus the token itself) with exact values.
-  t2 = np.asarray(targets.ar_teacher(model, params, "top_k", top_k=2)(x))
+  t2 = np.asarray(jax.jit(targets.ar_teacher(model, params, "top_k", top_k=2))(x))
   kept = np.isfinite(t2)
   assert np.all((kept.sum(-1) >= 2) & (kept.sum(-1) <= 3))
   np.testing.assert_allclose(t2[kept], np.asarray(ex)[kept], atol=1e-5)
