@@ -41,6 +41,8 @@ SLOW_BY_BUDGET = (
     "test_ratio_param.py::test_parameterizations_train_checkpoint_and_reload",  # ..._without_a_trained_reference
     "test_hamming.py::test_hamming_two_trains_through_the_trainer",  # ..._loss_through_the_experiment
     "test_ratio_param.py::test_parameterizations_without_a_trained_reference[explicit",  # exact head tests
+    "test_workdir_safety.py::test_resume_with_changed_model_refuses",  # ..._changes_classify_keys
+    "test_models.py::test_rows_are_independent_and_the_row_cache_is_exact",  # test_sampling cache
     "test_sampling.py::test_reverse_chain_reproduces_forward_marginals[absorbing-euler]",
     "test_sampling.py::test_true_score_sampler_recovers_data_distribution[uniform-euler-512]",
     "test_sampling.py::test_true_score_sampler_recovers_data_distribution[absorbing-euler-256]",
