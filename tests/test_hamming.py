@@ -301,6 +301,8 @@ def test_hamming_two_loss_through_the_experiment():
       "loss.teacher_weight": 1.0}, "pair ratios"),
     ({"data.layout": "padded"}, "packed"),
     ({"loss.hamming": 3}, "loss.hamming"),
+    ({"model.arch": "causal"}, "pre-training objective"),
+    ({"finetune.kind": "reward", "finetune.ref_workdir": "x"}, "pre-training objective"),
 ])
 def test_hamming_config_rules_are_one_line(overrides, match):
   from tcsm_jax import errors

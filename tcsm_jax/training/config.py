@@ -297,6 +297,11 @@ RULES: List[Tuple[Callable[[Any], bool], Callable[[Any], str]]] = [
                                                            and c.teacher.mode == "exact"))),
      lambda c: "loss.hamming=2 with a teacher needs its pair ratios: teacher.kind="
                f"'markov', or 'ar' with teacher.mode='exact' (got {c.teacher.kind!r})"),
+    (lambda c: not (c.loss.hamming == 2 and (c.finetune.kind != "none"
+                                             or c.model.arch != "diffusion")),
+     lambda c: "loss.hamming=2 is a pre-training objective of a diffusion model; "
+               f"finetune.kind={c.finetune.kind!r} / model.arch={c.model.arch!r} would "
+               "ignore it"),
     (lambda c: not (c.loss.hamming == 2 and c.data.layout == "padded"),
      lambda c: "loss.hamming=2 needs data.layout='packed' (pairs over pad positions "
                "are not defined)"),
