@@ -128,9 +128,11 @@ def pair_score_loss(log_p, x0, pairs, divergence: str = "gkl", *, log_q_ratios=N
     raise ValueError(f"pairs must be [P, 2], got {pairs.shape}")
   if _checks.is_concrete(pairs) and pairs.size:
     p = np.asarray(pairs)
-    if p.min() < 0 or p.max() >= log_p.shape[1] or np.any(p[:, 0] == p[:, 1]):
+    bad = (p.min(1) < 0) | (p.max(1) >= log_p.shape[1]) | (p[:, 0] == p[:, 1])
+    if np.any(bad):
       raise ValueError(f"pairs must hold two different positions in [0, "
-                       f"{log_p.shape[1]}) per row, got rows like {p[0].tolist()}")
+                       f"{log_p.shape[1]}) per row, got row {int(np.argmax(bad))}: "
+                       f"{p[np.argmax(bad)].tolist()}")
   keep = (log_p > -jnp.inf) if support is None else support
   safe = jnp.where(keep, log_p, 0.0)
   lb1 = scores.clean_log_ratios(safe, x0)                              # [b, L, V]
