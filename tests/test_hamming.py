@@ -37,7 +37,6 @@ def _setup(name, seed=0, sigma=0.7):
 def _brute_pair_loss(post_row, x0, log_p_model, div, pairs):
   """Per pair, ``(1/V^2) sum_{y,z} D(post ratio, model ratio)`` by enumeration."""
   d = divergences.get(div)
-  x0s = exact.all_sequences(V, L)
   lp = np.asarray(log_p_model, np.float64)                 # [L, V] (-inf off support)
   c = exact.index_of(x0, V)
   out = []

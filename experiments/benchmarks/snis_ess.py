@@ -29,11 +29,6 @@ _NUM = flags.DEFINE_integer("num_chunks", 8192, "Training chunks scored.")
 flags.mark_flags_as_required(["ref_workdir", "classifier_dir"])
 
 
-def ess(weights: np.ndarray) -> float:
-  """``(sum w)^2 / sum w^2`` of non-negative weights."""
-  return float(weights.sum() ** 2 / max(float((weights ** 2).sum()), 1e-300))
-
-
 def main(_):
   log_setup.quiet_libraries()
   run = common.load_run(_REF.value, flag="ref_workdir")
@@ -54,7 +49,7 @@ def main(_):
       groups = [r[i:i + b] for i in range(0, n - b + 1, b)]
       if not groups:
         continue
-      e = [ess(np.asarray(reward.snis_weights(jnp.asarray(g), beta), np.float64))
+      e = [float(reward.effective_sample_size(reward.snis_weights(jnp.asarray(g), beta)))
            for g in groups]
       print(f"{beta:>6g}{b:>7}{np.mean(e):>11.2f}{np.mean(e) / b:>10.4f}{len(groups):>8}")
 

@@ -10,7 +10,7 @@ of every run), ``DIR/summary.csv`` (mean and std over seeds at each step), ``DIR
 (curves with +-1 std bands) and ``DIR/REPORT.md`` (claim, setup, tables, verdicts).
 Re-running with the same flags skips finished runs and resumes unfinished ones; more
 ``--seeds`` adds seeds. ``--budget`` scales every step count; ``--quick`` is a
-smoke-sized run (72-101 s on 2 cores, with the compile cache) for tests.
+smoke-sized run (30-100 s on 2 cores, with the compile cache) for tests.
 """
 
 import importlib

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import List, Tuple
 
+import numpy as np
+
 from experiments.study import runner
 from tcsm_jax import errors
 
@@ -39,6 +41,15 @@ class Context:
 
   def run_all(self, study: str, runs) -> List[dict]:
     return runner.run_all(self.outdir, study, runs)
+
+  def logged(self, variant: str, key: str) -> np.ndarray:
+    """Every logged value of ``key`` (e.g. ``grad_norm``) in the runs of ``variant``,
+    over this study's seeds (float64; empty when none was logged)."""
+    vals = []
+    for seed in self.seeds:
+      vals += runner.logged(runner.run_dir(self.outdir, runner.Run(variant, seed, None)),
+                            key)
+    return np.asarray(vals, np.float64)
 
   def prerequisite(self, name: str, config):
     return runner.prerequisite(self.outdir, name, config)

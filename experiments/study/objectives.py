@@ -8,7 +8,7 @@ import numpy as np
 
 from experiments.configs import kjv_tiny
 from experiments import common
-from experiments.study import evals, report, runner, stats
+from experiments.study import evals, report, stats
 from experiments.study.context import Context, with_overrides
 from experiments.study.runner import Run
 from tcsm_jax.data import synthetic
@@ -155,15 +155,9 @@ def report_(ctx: Context, rows, summary):
     gn_lines = ["| variant | median grad norm (clip at 1.0) | max | non-finite |",
                 "|---|---|---|---|"]
     for v in vs:
-      g = []
-      for seed in ctx.seeds:
-        g += runner.logged(runner.run_dir(ctx.outdir, Run(v, seed, None)), "grad_norm")
-      g = np.asarray(g, np.float64)
-      fin = g[np.isfinite(g)]
+      g = ctx.logged(v, "grad_norm")
       if g.size:
-        gn_lines.append(f"| {v} | {np.median(fin) if fin.size else np.nan:.3g} | "
-                        f"{np.max(fin) if fin.size else np.nan:.3g} | "
-                        f"{g.size - fin.size}/{g.size} |")
+        gn_lines.append(f"| {v} | {report.spread_cells(g)} |")
     head = (f"### {data}: final metrics (nats/token; final_nll = ELBO bound with "
             "stratified time samples, exact for ar; mean +- std over seeds)")
     if data == "markov":

@@ -6,11 +6,8 @@ diverged seed)."""
 
 from __future__ import annotations
 
-import numpy as np
-
-from experiments.study import report, reward, runner, stats
+from experiments.study import report, reward, stats
 from experiments.study.context import Context
-from experiments.study.runner import Run
 
 NAME = "ratio"
 TITLE = "Study: explicit vs implicit density-ratio parameterization of fine-tuning"
@@ -47,13 +44,6 @@ def plan(ctx: Context):
   return reward.plan(ctx, variants)     # the reward study's shared runs, own variants
 
 
-def _grad_norms(ctx, v):
-  g = []
-  for seed in ctx.seeds:
-    g += runner.logged(runner.run_dir(ctx.outdir, Run(v, seed, None)), "grad_norm")
-  return np.asarray(g, np.float64)
-
-
 def report_(ctx: Context, rows, summary):
   names = list(variants(ctx, ""))
   reward.add_objective(rows, lambda v: BETA if v.startswith("reward_") else None)
@@ -67,11 +57,8 @@ def report_(ctx: Context, rows, summary):
   for v in names:
     d = [r for r in rows if r["variant"] == v and ("diverged" in r or "reward" in r)]
     div[v] = (sum(r.get("diverged") == 1.0 for r in d), len(d))
-    g = _grad_norms(ctx, v)
-    fin = g[np.isfinite(g)]
     stab.append(f"| {v} | {div[v][0]}/{div[v][1]} | "
-                f"{np.median(fin) if fin.size else np.nan:.3g} | "
-                f"{np.max(fin) if fin.size else np.nan:.3g} | {g.size - fin.size}/{g.size} |")
+                f"{report.spread_cells(ctx.logged(v, 'grad_norm'))} |")
   sections = [
       "Reference samples: " + ", ".join(f"{k} {ref[k]:.4f}" for k in keys if k in ref),
       f"### Fine-tuned models ({reward.num_samples(ctx)} samples each, beta {BETA:g})\n\n"

@@ -16,6 +16,14 @@ from experiments.study import runner, stats  # noqa: E402
 from tcsm_jax import fs  # noqa: E402
 
 
+def spread_cells(values: np.ndarray) -> str:
+  """``median | max | non-finite/n`` table cells of logged values (median and max over
+  the finite ones)."""
+  fin = values[np.isfinite(values)]
+  med, top = (np.median(fin), np.max(fin)) if fin.size else (np.nan, np.nan)
+  return f"{med:.3g} | {top:.3g} | {values.size - fin.size}/{values.size}"
+
+
 def metric_keys(rows: Sequence[dict]) -> List[str]:
   """Numeric columns of ``rows`` beyond the identifying ones, in first-seen order."""
   keys = []

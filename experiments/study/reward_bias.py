@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from experiments.study import report, reward, runner, stats
+from experiments.study import report, reward, stats
 from experiments.study.context import Context, with_overrides
-from experiments.study.runner import Run
 
 NAME = "reward_bias"
 TITLE = "Study: reward fine-tuning, default recipe vs the exact-case fix"
@@ -45,12 +44,7 @@ def report_(ctx: Context, rows, summary):
   names = list(variants(ctx, ""))
   reward.add_objective(rows, _beta)
   info = ctx.notes.get("prereq", {})
-  ess = {}
-  for v in names:
-    e = []
-    for seed in ctx.seeds:
-      e += runner.logged(runner.run_dir(ctx.outdir, Run(v, seed, None)), "snis_ess")
-    ess[v] = e
+  ess = {v: ctx.logged(v, "snis_ess") for v in names}
   keys = ["reward", "kl_est", "objective", "gen_ppl", "entropy", "train_time_sec"]
   ref = info.get("reference_samples", {})
   sections = [
@@ -62,7 +56,7 @@ def report_(ctx: Context, rows, summary):
       "Effective sample size of the self-normalized weights (batch of "
       f"{reward.finetune_config(ctx).train.batch_size}; logged steps, all seeds): " +
       "; ".join(f"{v}: median {np.median(e):.2f}, min {np.min(e):.2f}"
-                for v, e in ess.items() if e),
+                for v, e in ess.items() if e.size),
       "![reward vs fidelity](reward_vs_fidelity.png)"]
   reward.plot_reward_vs_fidelity(ctx, rows, names, ref)
   verdicts = []

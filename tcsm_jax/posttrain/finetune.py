@@ -138,7 +138,7 @@ class FinetuneExperiment(experiment_lib.Experiment):
         iw = reward_lib.snis_weights(self.reward_fn(x0), ft.beta)
         w = w * iw
         # Effective sample size of the batch's weights (B = uniform; 1 = one sequence).
-        metrics["snis_ess"] = jnp.sum(iw) ** 2 / jnp.maximum(jnp.sum(iw ** 2), 1e-30)
+        metrics["snis_ess"] = reward_lib.effective_sample_size(iw)
       loss = jnp.mean(w * per.sum(-1) + reg * pen) / length
       return loss, dict(metrics, loss=loss)
 

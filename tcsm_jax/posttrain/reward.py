@@ -111,6 +111,13 @@ def snis_weights(rewards, beta: float):
   return jax.lax.stop_gradient(w)
 
 
+def effective_sample_size(weights):
+  """``(sum w)^2 / sum w^2`` of non-negative weights ``[batch]``: ``batch`` for uniform
+  weights, 1 when one weight carries everything (float32 scalar)."""
+  w = jnp.asarray(weights, jnp.float32)
+  return jnp.sum(w) ** 2 / jnp.maximum(jnp.sum(w ** 2), 1e-30)
+
+
 # ---- losses -----------------------------------------------------------------------
 def tilted_posterior(ref_logits, reward_deltas, beta: float, process: Process, x_t,
                      sigma):
