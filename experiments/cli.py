@@ -5,26 +5,50 @@ any ``tcsm_jax.errors.UserError`` (config, flag, data, workdir, checkpoint, miss
 bucket backend), a bad flag or ``--config.x.y=v`` override, a missing or broken
 ``--config`` file, ``app.UsageError``, or a ``FileNotFoundError`` /
 ``NotADirectoryError`` / ``IsADirectoryError`` / ``PermissionError`` about a path the
-user gave -- prints exactly one line ``error: <message>`` on stderr and exits with
+user gave, or a disk that refuses a write anywhere (read-only, full, no permission:
+``tcsm_jax.fs.refusal``) -- prints exactly one line ``error: <message>`` on stderr and exits with
 status 2. Any other exception is a bug and keeps its traceback. ``--verbose`` or
 ``TCSM_TRACEBACK=1`` prints the traceback of user errors too. Ctrl-C exits with status
 130 and one line.
+
+SIGTERM (a scheduler's preemption) exits with status 143 (128 + 15) and one line,
+whenever it comes: before the trainer installs its own handler (imports, restore,
+compilation) at once with ``terminated (SIGTERM)``, during training after the
+checkpoint it triggers (``exit_if_stopped``). A scheduler therefore never reads a
+preempted run as finished; ``launch/slurm.sbatch`` requeues on 143.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
+import threading
 import traceback
 from typing import Iterable, List, NoReturn, Optional, Tuple
 
 from absl import app, flags
 
-from tcsm_jax import errors
+from tcsm_jax import errors, fs
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143      # 128 + SIGTERM: preempted, resumable
+
+
+class Terminated(BaseException):
+  """SIGTERM outside the training loop (a ``BaseException``, like Ctrl-C's)."""
+
+
+def _raise_terminated(signum, frame):
+  raise Terminated()
+
+
+def _say(line: str) -> None:
+  sys.stdout.flush()
+  sys.stderr.write(line + "\n")
+  sys.stderr.flush()
 
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Print the traceback of user errors too "
                              "(same as the environment variable TCSM_TRACEBACK=1).")
@@ -92,10 +116,13 @@ def user_paths() -> List[str]:
     flag = flags.FLAGS[name]
     if not flag.present and not _is_config_flag(flag):
       continue
-    filename = getattr(flag, "config_filename", None)
+    try:
+      filename = getattr(flag, "config_filename", None)
+      val = flag.value
+    except Exception:  # pylint: disable=broad-except  (a config flag not given)
+      continue
     if isinstance(filename, str):
       out.append(filename.split(":", 1)[0])
-    val = flag.value
     if isinstance(val, str):
       out.append(val)
     elif isinstance(val, (list, tuple)):
@@ -247,6 +274,9 @@ def user_error_message(exc: BaseException) -> Optional[str]:
     return str(exc) or type(exc).__name__
   if isinstance(exc, (flags.Error, app.UsageError)):
     return _flag_error_message(exc)
+  refused = fs.refusal(exc)        # read-only, full or forbidden: wherever it is
+  if refused is not None:
+    return refused
   if isinstance(exc, _OS_PATH_ERRORS) and is_user_path_error(exc):
     return _os_error_message(exc)
   return None
@@ -261,10 +291,11 @@ def _guarded(main):
                              "--name=value)")
       return main(argv)
     except KeyboardInterrupt:
-      sys.stdout.flush()
-      sys.stderr.write("interrupted (Ctrl-C)\n")
-      sys.stderr.flush()
+      _say("interrupted (Ctrl-C)")
       sys.exit(EXIT_INTERRUPTED)
+    except Terminated:
+      _say("terminated (SIGTERM)")
+      sys.exit(EXIT_TERMINATED)
     except Exception as e:  # pylint: disable=broad-except
       msg = user_error_message(e)
       if msg is None:
@@ -274,11 +305,33 @@ def _guarded(main):
   return wrapped
 
 
+def exit_if_stopped(result: dict, workdir: str) -> None:
+  """Exits when a signal stopped training (``result['stopped_by']``) after its
+  checkpoint: Ctrl-C with status 130, SIGTERM (here or on another process of the run)
+  with 143, each with one line; returns otherwise."""
+  by = result.get("stopped_by")
+  if not by:
+    return
+  if by == "SIGINT":
+    _say(f"interrupted: checkpoint saved in {workdir}; re-run the same command to resume")
+    sys.exit(EXIT_INTERRUPTED)
+  what = "SIGTERM" if by == "SIGTERM" else "a signal to another process of the run"
+  _say(f"preempted ({what}): checkpoint saved in {workdir}; re-run the same command to "
+       f"resume (exit status {EXIT_TERMINATED})")
+  sys.exit(EXIT_TERMINATED)
+
+
 def run(main) -> None:
-  """``app.run(main)`` with one-line user errors (status 2) and quiet Ctrl-C (130)."""
+  """``app.run(main)`` with one-line user errors (status 2), quiet Ctrl-C (130) and
+  SIGTERM (143)."""
+  if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGTERM, _raise_terminated)
   try:
     app.run(_guarded(main), flags_parser=_parse)
   except KeyboardInterrupt:
     # Ctrl-C during flag parsing or absl start-up.
-    sys.stderr.write("interrupted (Ctrl-C)\n")
+    _say("interrupted (Ctrl-C)")
     sys.exit(EXIT_INTERRUPTED)
+  except Terminated:
+    _say("terminated (SIGTERM)")
+    sys.exit(EXIT_TERMINATED)

@@ -323,6 +323,35 @@ def write_json(path, obj: Any) -> str:
   return write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
+_UNWRITTEN: List[str] = []     # reports a refusing disk kept out (finish_reports)
+
+
+def write_report_or_warn(path, content: Any) -> Optional[str]:
+  """Writes a report (``str``: as text, else as JSON); returns its path, or ``None``
+  when the disk refuses (read-only, full, no permission: ``fs.refusal``), remembering
+  why for ``finish_reports``. The binary prints its results either way, then calls
+  ``finish_reports()``, which ends in one ``error:`` line (status 2) if a report was
+  not written."""
+  try:
+    if isinstance(content, str):
+      return write_text(path, content)
+    return write_json(path, content)
+  except Exception as e:  # pylint: disable=broad-except
+    why = fs.refusal(e, path)
+    if why is None:
+      raise
+    _UNWRITTEN.append(why)
+    return None
+
+
+def finish_reports() -> None:
+  """``DiskError`` naming the reports ``write_report_or_warn`` could not write."""
+  if _UNWRITTEN:
+    whys, _UNWRITTEN[:] = list(_UNWRITTEN), []
+    raise errors.DiskError(f"the results are printed above, but could not write "
+                           f"{len(whys)} report(s): {'; '.join(whys)}")
+
+
 def write_csv(path, rows, fieldnames) -> str:
   buf = io.StringIO()
   w = csv.DictWriter(buf, fieldnames=fieldnames, extrasaction="ignore")

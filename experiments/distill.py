@@ -7,7 +7,8 @@ r"""Distils an autoregressive teacher into a diffusion student with TCSM.
 The student is trained with the teacher's clean-space concrete score as the TCSM
 target (``loss.teacher_weight`` of it, the rest from data). Afterwards the NLL bound
 on the validation split is printed; use experiments.compare_targets for a
-side-by-side run against a data-only student.
+side-by-side run against a data-only student. Exit status as experiments.train's
+(130 Ctrl-C, 143 SIGTERM, both after a checkpoint).
 """
 
 from absl import flags, logging
@@ -48,6 +49,7 @@ def main(_):
   log_setup.quiet_libraries()
   distributed.initialize()
   out = trainer.train_and_evaluate(cfg, _WORKDIR.value)
+  cli.exit_if_stopped(out, _WORKDIR.value)     # Ctrl-C: 130; SIGTERM: 143
   logging.info("student NLL bound %.4f nats/token", out.get("eval/nll_bound", float("nan")))
   print(f"student NLL bound: {out.get('eval/nll_bound', float('nan')):.4f} nats/token")
 

@@ -3,7 +3,9 @@ r"""Evaluates the NLL bound of a trained diffusion model (or the NLL of a causal
   python -m experiments.evaluate --workdir=DIR [--config=...] [--num_t=8]
       [--num_batches=0] [--split=validation] [--data=PREPARED_DIR [--name=NAME]]
 
-Prints a table and writes ``DIR/eval_report.json``: nats and bits per token with the
+Prints a table and writes ``DIR/eval_report.json`` (on a read-only or full workdir the
+table is printed, then one ``error:`` line says the report was not written, status 2):
+nats and bits per token with the
 standard error, perplexity, the prior term, step and data.
 
 Zero-shot: ``--data=PREPARED_DIR`` evaluates the checkpoint on a prepared dataset
@@ -65,16 +67,18 @@ def main(_):
                                getattr(ds, "pad_id", None))
   out = dict(rep, step=run.step, split=_SPLIT.value, dataset=ds.name,
              data_path=_DATA.value or None, process=cfg.process, loss=dict(cfg.loss))
-  path = common.write_json(fs.join(workdir, out_name), out)
+  path = common.write_report_or_warn(fs.join(workdir, out_name), out)
   rows = [("workdir", workdir), ("step", run.step), ("data", ds.name),
           ("split", _SPLIT.value), ("metric", rep["kind"]),
           ("layout", f"{rep['num_sequences']} sequences x {rep['seq_len']} tokens"),
           ("nats/token", f"{rep['nats_per_token']:.4f} +- {rep['stderr']:.4f}"),
           ("bits/token", f"{rep['bits_per_token']:.4f}"),
           ("perplexity", f"{rep['perplexity']:.3f}"),
-          ("prior nats/token", f"{rep['prior_per_token']:.5f}"), ("report", path)]
+          ("prior nats/token", f"{rep['prior_per_token']:.5f}"),
+          ("report", path or "not written (see the error line)")]
   width = max(len(k) for k, _ in rows)
   print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+  common.finish_reports()      # a read-only or full workdir: one error line, status 2
   logging.info("wrote %s", path)
 
 

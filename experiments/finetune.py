@@ -5,6 +5,7 @@ r"""Reward or preference fine-tuning of a trained diffusion model with TCSM.
 
 Trains the correction network against the frozen reference (resumable like any run),
 then prints the mean reward of samples before (reference) and after fine-tuning.
+Exit status as experiments.train's (130 Ctrl-C, 143 SIGTERM, both after a checkpoint).
 """
 
 import jax
@@ -44,7 +45,7 @@ def main(_):
   common.require_run_dir(cfg.finetune.ref_workdir, "config.finetune.ref_workdir")
   log_setup.quiet_libraries()
   distributed.initialize()
-  trainer.train_and_evaluate(cfg, _WORKDIR.value)
+  cli.exit_if_stopped(trainer.train_and_evaluate(cfg, _WORKDIR.value), _WORKDIR.value)
   run = common.load_run(_WORKDIR.value)
   exp = run.experiment
   _, before = samples_and_reward(exp.ref, exp.ref_params, exp.reward_fn, _SAMPLES.value,

@@ -6,9 +6,13 @@ r"""Trains a TCSM discrete diffusion model.
 Re-running with the same ``--workdir`` resumes from the newest good checkpoint. At the
 end it prints a short summary: steps, time, the validation NLL bound, a few samples
 and the next commands to run.
+
+Exit status: 0 finished; 2 a user error (one line); 130 Ctrl-C and 143 SIGTERM, both
+after saving a checkpoint (143 also for a SIGTERM before training started, with
+nothing saved): a scheduler that sees 143 should requeue the same command, which
+resumes (``launch/slurm.sbatch`` does).
 """
 
-import sys
 import time
 
 import jax
@@ -68,12 +72,7 @@ def main(argv):
   t0 = time.time()
   result = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   logging.debug("done: %s", result)
-  if result.get("stopped_by") == "SIGINT":
-    print(f"interrupted: checkpoint saved in {_WORKDIR.value}; re-run the same command "
-          "to resume", file=sys.stderr)
-    sys.exit(130)
-  if result.get("stopped_by"):
-    return
+  cli.exit_if_stopped(result, _WORKDIR.value)    # Ctrl-C: 130; SIGTERM: 143
   if jax.process_count() == 1:   # the summary restores on this host's devices only
     print(summary(_WORKDIR.value, result, time.time() - t0, _SUMMARY_SAMPLES.value))
 

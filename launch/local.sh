@@ -3,6 +3,9 @@
 # same code path as a multi-host pod, on one machine.
 #
 #   launch/local.sh NUM_PROCESSES DEVICES_PER_PROCESS -- --config=... --workdir=DIR [...]
+#
+# Exit status: the processes' (0 finished, 2 user error, 130 Ctrl-C, 143 SIGTERM after
+# a checkpoint: re-run the same command to resume; no requeue here).
 set -euo pipefail
 N=${1:?number of processes}; D=${2:?devices per process}; shift 2
 [[ "${1:-}" == "--" ]] && shift

@@ -15,7 +15,8 @@
 # Every worker runs the same command; jax.distributed.initialize() detects the pod.
 # The workdir (and data) live on a bucket all hosts can reach; orbax writes checkpoints
 # from all hosts and re-running `run` resumes. Preemptible slices send SIGTERM, which
-# checkpoints at the next step.
+# checkpoints at the next step; `run` then exits 143 (preempted, resumable: run it
+# again; it has no scheduler to requeue it). Only process 0 takes the workdir's lock.
 set -euo pipefail
 cmd=${1:?create|install|run|delete}; name=${2:?tpu name}; zone=${3:?zone}; shift 3
 case "$cmd" in

@@ -25,3 +25,7 @@ class DataError(UserError, ValueError):
 
 class WorkdirError(UserError, ValueError):
   """A workdir that cannot be used: missing, a file, or holding another run."""
+
+
+class DiskError(UserError, OSError):
+  """A disk or bucket that refuses a write: read-only, full, or no permission."""

@@ -9,14 +9,21 @@ builtin ``open``/``os.path``. A bucket needs its fsspec backend (``gcsfs``, ``s3
 
 Writes are atomic where the backend allows it: local files are written to a temporary
 name and renamed; object stores commit a whole object on close.
+
+A disk that says no -- read-only (``EROFS``), full (``ENOSPC``, ``EDQUOT``, or
+tensorstore's ``RESOURCE_EXHAUSTED`` under orbax) or forbidden (``EACCES``, ``EPERM``) --
+is not a bug: ``refusal(exc)`` names it and the path in one line, and the binaries print
+it as ``error: ...`` with status 2 (``errors.DiskError``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import uuid
-from typing import IO, Iterator, List, Union
+from typing import IO, Iterator, List, Optional, Union
 
 from etils import epath
 
@@ -31,9 +38,22 @@ class BackendMissing(errors.UserError, ValueError):
   """A bucket URL whose filesystem package is not installed."""
 
 
+class UnknownScheme(errors.UserError, ValueError):
+  """A URL whose scheme (``memory://``, ``foo://``) no filesystem here handles."""
+
+
 def path(p: PathLike) -> epath.Path:
-  """``epath.Path`` of a local path or bucket URL."""
-  return p if isinstance(p, epath.Path) else epath.Path(p)
+  """``epath.Path`` of a local path or bucket URL (``UnknownScheme`` for others)."""
+  if isinstance(p, epath.Path):
+    return p
+  try:
+    return epath.Path(p)
+  except KeyError:
+    if not is_remote(p):
+      raise
+    raise UnknownScheme(
+        f"{os.fspath(p)!r}: unknown scheme {scheme(p)}://; use a local path or a bucket "
+        f"URL ({', '.join(s + '://' for s in _BACKEND_PACKAGES)})") from None
 
 
 def scheme(p: PathLike) -> str:
@@ -124,6 +144,10 @@ def write_bytes_atomic(p: PathLike, data: bytes) -> None:
     try:
       tmp.write_bytes(data)
       tmp.replace(q)
+    except OSError as e:
+      if e.errno not in _REFUSED:
+        raise
+      raise errors.DiskError(refusal(e, q)) from e
     finally:
       if tmp.exists():
         tmp.unlink()
@@ -156,3 +180,52 @@ def local_path(p: PathLike) -> str:
     raise ValueError(f"{os.fspath(p)!r} must be a local path here (bucket URLs are "
                      "not supported for this file)")
   return os.fspath(p)
+
+
+# ---------------------------------------------------------------- disks that say no
+
+_REFUSED = {errno.EROFS: "read-only file system", errno.ENOSPC: "no space left on device",
+            errno.EDQUOT: "disk quota exceeded", errno.EACCES: "permission denied",
+            errno.EPERM: "operation not permitted"}
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+  seen = set()
+  while exc is not None and id(exc) not in seen and len(seen) < 16:
+    seen.add(id(exc))
+    yield exc
+    exc = exc.__cause__ or exc.__context__
+
+
+def refused_errno(exc: BaseException) -> Optional[int]:
+  """The errno of a disk refusal in ``exc`` or its causes (an ``OSError``, or a
+  tensorstore/orbax message with ``os_error_code`` or ``RESOURCE_EXHAUSTED``)."""
+  for e in _chain(exc):
+    if isinstance(e, OSError) and e.errno in _REFUSED:
+      return e.errno
+    text = str(e)
+    m = re.search(r"os_error_code='?(\d+)", text)
+    if m and int(m.group(1)) in _REFUSED:
+      return int(m.group(1))
+    if "RESOURCE_EXHAUSTED" in text or "No space left on device" in text:
+      return errno.ENOSPC
+  return None
+
+
+def refusal(exc: BaseException, where: Optional[PathLike] = None) -> Optional[str]:
+  """``'<reason> (<ERRNO>): <path>'`` for a disk refusal in ``exc``, else ``None``;
+  the path is ``where`` if given, else the one the error names."""
+  code = refused_errno(exc)
+  if code is None:
+    return None
+  where = None if where is None else os.fspath(where)
+  for e in _chain(exc if where is None else None):
+    if isinstance(e, OSError) and getattr(e, "filename", None) is not None:
+      where = os.fspath(e.filename)
+      break
+    quoted = re.findall(r"""["']((?:/|[a-z0-9]+://)[^"']+)["']""", str(e))
+    if quoted:
+      where = quoted[-1]
+      break
+  reason = f"{_REFUSED[code]} ({errno.errorcode[code]})"
+  return f"{reason}: {where!r}" if where else f"{reason}: {exc}"

@@ -31,6 +31,9 @@ SLOW_BY_BUDGET = (
     "test_training.py::test_eight_device_step_equals_single",       # 8 -> 1 restore
     "test_reliability.py::test_killed_worker",                      # launcher output test
     "test_reliability.py::test_sigkill_during_async_saves",         # flipped-bytes fallback
+    "test_reliability.py::test_prepare_data_sentencepiece",         # ..._one_line_corpus
+    "test_reliability.py::test_full_then_read_only_tmpfs",          # disks_that_say_no,
+                                                                    # refused_for_space
     "test_models.py::test_scan_over_layers",                        # shapes/attention tests
     "test_workdir_safety.py::test_padded_prepared_data",            # test_prepared padding
     "test_workdir_safety.py::test_consecutive_skipped_steps",       # diverging resume

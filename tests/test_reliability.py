@@ -14,6 +14,15 @@
 * The launcher's output closes when it exits (its grace killer neither holds the
   output open nor outlives it).
 
+* Issue 22 (cheap, in-process): an unknown URL scheme, a ``config.json`` that is not an
+  object, disk refusals (EROFS, ENOSPC, orbax's RESOURCE_EXHAUSTED, EACCES) are one
+  line; a checkpoint with missing metadata is named; SIGTERM outside the loop exits
+  143; a second Ctrl-C during a save quits at once; a save refused for space removes
+  its partial directory; reports on a refusing disk are printed, then one line;
+  sentencepiece trains on a one-line corpus. Slow: the same on a real full and
+  read-only tmpfs through the binaries, and ``prepare_data`` with sentencepiece on
+  the bundled corpus.
+
 Already covered elsewhere (not repeated here): SIGTERM resume (test_training.py),
 flipped/truncated/deleted checkpoint files at the ``Checkpointer`` level
 (test_checkpoint.py), divergence / skipped steps / resume refusal / Ctrl-C
@@ -479,3 +488,281 @@ def test_launcher_output_closes_when_it_exits(tmp_path):
       pass
   assert rc == 2 and "cannot load config file" in out, out[-2000:]
   assert closed < 4, f"the output stayed open {closed:.1f} s after the launcher exited"
+
+
+# --------------------------------------------------------------------------------------
+# Issue 22: small ones (5) and disks that say no (2). In-process and cheap; the real
+# tmpfs probes (a full and a read-only disk under the binaries) are slow.
+
+def _guarded(capsys, main):
+  from experiments import cli
+  with pytest.raises(SystemExit) as e:
+    cli._guarded(main)(["prog"])                # pylint: disable=protected-access
+  return e.value.code, capsys.readouterr().err
+
+
+def _raise(exc):
+  def main(argv):
+    raise exc
+  return main
+
+
+def test_unknown_scheme_and_a_config_that_is_not_an_object_are_one_line(tmp_path,
+                                                                       capsys):
+  from tcsm_jax.training import workdir as workdir_lib
+  for url in ("memory://x", "foo://bucket/run"):
+    code, err = _guarded(capsys, lambda argv, url=url: workdir_lib.check(url))
+    assert code == 2 and err.startswith(f"error: '{url}': unknown scheme "), err
+    assert err.count("\n") == 1
+  for text, kind in (("[1, 2]", "an array"), ('"x"', "a string"), ("3", "a number"),
+                     ("null", "null")):
+    (tmp_path / "config.json").write_text(text)
+    code, err = _guarded(capsys, lambda argv: workdir_lib.load_config(str(tmp_path)))
+    assert code == 2 and f"holds {kind}, not a JSON object" in err, err
+
+
+def test_a_checkpoint_with_missing_or_corrupt_metadata_is_named(tmp_path, caplog):
+  import jax.numpy as jnp
+  state = {"a": jnp.arange(4.0)}
+  for how in ("missing", "corrupt"):
+    d = str(tmp_path / how)
+    c = ckpt_lib.Checkpointer(d, async_save=False)
+    for s in (1, 2):
+      c.save(s, state, {"x": s})
+    c.close()
+    meta = os.path.join(d, "2", "meta", "metadata")
+    if how == "missing":
+      os.remove(meta)
+    else:
+      with open(meta, "w") as f:
+        f.write("{garbage")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+      _, _, got = ckpt_lib.Checkpointer(d).restore(
+          {"a": jax_struct(state["a"])})
+    assert got == 1
+    assert any("step 2" in r.getMessage() and "missing or corrupt metadata" in
+               r.getMessage() for r in caplog.records), [r.getMessage()
+                                                          for r in caplog.records]
+
+
+def jax_struct(x):
+  import jax
+  return jax.ShapeDtypeStruct(x.shape, x.dtype)
+
+
+def test_sigterm_outside_the_loop_and_after_a_checkpoint_exit_143(capsys):
+  from experiments import cli
+  old = signal.signal(signal.SIGTERM, cli._raise_terminated)  # pylint: disable=protected-access
+  try:
+    code, err = _guarded(capsys, lambda argv: os.kill(os.getpid(), signal.SIGTERM))
+  finally:
+    signal.signal(signal.SIGTERM, old)
+  assert code == 143 and err == "terminated (SIGTERM)\n"
+  for by, status, words in (("SIGTERM", 143, "preempted (SIGTERM)"),
+                            ("peer", 143, "another process"),
+                            ("SIGINT", 130, "interrupted")):
+    with pytest.raises(SystemExit) as e:
+      cli.exit_if_stopped({"stopped_by": by}, "/w")
+    err = capsys.readouterr().err
+    assert e.value.code == status and words in err and err.count("\n") == 1, err
+  assert cli.exit_if_stopped({"loss": 1.0}, "/w") is None
+
+
+def test_second_ctrl_c_during_a_save_quits_at_once_quietly(monkeypatch, capsys):
+  from tcsm_jax.training import trainer
+  exits = []
+
+  def fake_exit(code):
+    exits.append(code)
+    raise SystemExit(code)
+
+  monkeypatch.setattr(trainer.os, "_exit", fake_exit)
+  s = trainer._StopSignals()                   # pylint: disable=protected-access
+  s._handle(signal.SIGINT, None)               # pylint: disable=protected-access
+  assert s.requested == "SIGINT" and not exits
+  with pytest.raises(KeyboardInterrupt):       # between saves: unwinds (no checkpoint)
+    s._handle(signal.SIGINT, None)             # pylint: disable=protected-access
+  s.saving = True
+  with pytest.raises(SystemExit):
+    s._handle(signal.SIGINT, None)             # pylint: disable=protected-access
+  err = capsys.readouterr().err
+  assert exits == [130] and err.count("\n") == 1 and "during a checkpoint save" in err
+
+
+def test_sentencepiece_trains_on_a_one_line_corpus():
+  """The bundled corpus is one line (text8 style), longer than sentencepiece's
+  max_sentence_length: training cuts it into chunks at spaces."""
+  import lzma
+  from tcsm_jax.data import tokenizer
+  with lzma.open(os.path.join(REPO, "tcsm_jax/data/bundled/kjv_text8.txt.xz"),
+                 "rt") as f:
+    text = f.read(300_000)
+  text = text[:text.rfind(" ")]
+  assert "\n" not in text and len(text.encode()) > tokenizer.SentencePiece.MAX_SENTENCE_BYTES
+  pieces = list(tokenizer.SentencePiece.chunks([text, "", "a b"], size=1000))
+  assert all(0 < len(p) <= 1000 for p in pieces) and pieces[-1] == "a b"
+  assert " ".join(pieces[:-1]) == text
+  buf = {}
+  import tempfile
+  with tempfile.TemporaryDirectory() as d:
+    path = tokenizer.SentencePiece.train([text], 64, os.path.join(d, "spm.model"))
+    sp = tokenizer.SentencePiece.from_file(path)
+    buf["n"] = sp.vocab_size
+    assert sp.decode(sp.encode("in the beginning god created")) == \
+        "in the beginning god created"
+  assert buf["n"] == 64
+
+
+def test_prepare_data_sentencepiece_on_the_bundled_corpus(tmp_path):
+  """The issue's command, end to end (about 15 s: slow)."""
+  r = subprocess.run([sys.executable, "-m", "experiments.prepare_data",
+                      "--source=text:tcsm_jax/data/bundled/kjv_text8.txt.xz",
+                      "--tokenizer=sentencepiece", "--spm_vocab_size=64",
+                      f"--out={tmp_path / 'spm'}", "--noprogress"], cwd=REPO,
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0 and "vocab_size         64" in r.stdout, r.stderr[-3000:]
+
+
+_ORBAX_FULL = ('RESOURCE_EXHAUSTED: Error writing "a/0" in OCDBT database at local file '
+               '"{d}/3.orbax-checkpoint-tmp/state/": Failed to write 559471 bytes to file '
+               "7: No space left on device [os_error_code='28']")
+
+
+def test_disks_that_say_no_are_one_line_naming_the_path(capsys):
+  import errno
+  cases = [(OSError(errno.EROFS, "Read-only file system", "/data/run/config.json"),
+            "read-only file system (EROFS): '/data/run/config.json'"),
+           (OSError(errno.ENOSPC, "No space left on device", "/data/run/m.jsonl"),
+            "no space left on device (ENOSPC): '/data/run/m.jsonl'"),
+           (PermissionError(errno.EACCES, "Permission denied", "/etc/run"),
+            "permission denied (EACCES): '/etc/run'"),
+           (ValueError(_ORBAX_FULL.format(d="/ck")),
+            "no space left on device (ENOSPC): '/ck/3.orbax-checkpoint-tmp/state/'")]
+  for exc, line in cases:
+    code, err = _guarded(capsys, _raise(exc))
+    assert code == 2 and err == f"error: {line}\n", err
+  with pytest.raises(ValueError):              # anything else stays a bug
+    from experiments import cli
+    cli._guarded(_raise(ValueError("RESOURCE")))(["prog"])  # pylint: disable=protected-access
+
+
+def test_the_handler_survives_a_config_flag_that_was_not_given(monkeypatch):
+  """evaluate/sample without --config: reading the unparsed config flag raised
+  UnparsedFlagError inside the one-line handler, hiding the real error."""
+  from absl import flags
+  from ml_collections import config_flags
+  from experiments import cli
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "x", flag_values=fv)
+  flags.DEFINE_string("workdir", None, "x", flag_values=fv)
+  fv(["prog", "--workdir=/runs/a"])
+  monkeypatch.setattr(cli.flags, "FLAGS", fv)
+  monkeypatch.setattr(cli, "_extra_user_paths", [])
+  assert cli.user_paths() == ["/runs/a"]
+  assert cli.is_user_path_error(FileNotFoundError(2, "gone", "/runs/a/x"))
+
+
+def test_reports_on_a_refusing_disk_print_then_say_so(tmp_path, monkeypatch):
+  import errno
+  from etils import epath
+  from experiments import common
+  from tcsm_jax import errors, fs
+
+  def refuse(self, data):
+    raise OSError(errno.EROFS, "Read-only file system", os.fspath(self))
+
+  monkeypatch.setattr(type(epath.Path(tmp_path)), "write_bytes", refuse)
+  target = str(tmp_path / "eval_report.json")
+  with pytest.raises(errors.DiskError, match=r"read-only file system \(EROFS\): "
+                     f"'{re.escape(target)}'"):
+    fs.write_text_atomic(target, "{}")
+  assert common.write_report_or_warn(target, {"nll": 1.0}) is None
+  with pytest.raises(errors.DiskError, match="the results are printed above, but could "
+                     r"not write 1 report\(s\): read-only file system"):
+    common.finish_reports()
+  common.finish_reports()                      # reported once
+  assert os.listdir(tmp_path) == []
+
+
+def test_a_save_refused_for_space_removes_its_partial_directory(tmp_path):
+  import jax.numpy as jnp
+  from tcsm_jax import errors
+  d = str(tmp_path / "ck")
+  c = ckpt_lib.Checkpointer(d, async_save=False)
+  state = {"a": jnp.arange(4.0)}
+  c.save(1, state, {})
+
+  def full(step, **kw):
+    os.makedirs(os.path.join(d, f"{step}{TMP}", "state"))
+    raise ValueError(_ORBAX_FULL.format(d=d))
+
+  real = c._mngr.save                          # pylint: disable=protected-access
+  c._mngr.save = full                          # pylint: disable=protected-access
+  with pytest.raises(errors.DiskError) as e:
+    c.save(3, state, {})
+  assert str(e.value) == (f"cannot save checkpoint step 3: no space left on device "
+                          f"(ENOSPC): '{d}'; removed the partial save 3{TMP}; the "
+                          "checkpoints saved before are intact")
+  assert sorted(os.listdir(d)) == ["1"]
+  c._mngr.save = real                          # pylint: disable=protected-access
+  c.close()
+  # A leftover of a killed save is removed by the next writer, never by a reader.
+  os.makedirs(os.path.join(d, f"2{TMP}-123"))
+  ckpt_lib.Checkpointer(d).close()
+  assert f"2{TMP}-123" in os.listdir(d)
+  ckpt_lib.Checkpointer(d, clean_tmp=True).close()
+  assert sorted(os.listdir(d)) == ["1"]
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+  """A small tmpfs mount (root with CAP_SYS_ADMIN only; skipped elsewhere)."""
+  mnt = str(tmp_path / "mnt")
+  os.makedirs(mnt)
+
+  def mount(*opts):
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(opts), "tmpfs", mnt],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+      pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    return mnt
+
+  def remount_ro():
+    subprocess.run(["mount", "-o", "remount,ro", mnt], check=True)
+
+  yield mount, remount_ro
+  subprocess.run(["umount", mnt], capture_output=True)
+
+
+def _one_error_line(stderr):
+  lines = [l for l in stderr.splitlines() if l.strip() and not re.match(r"^[IWEF]\d{4} ", l)]
+  assert len(lines) == 1 and lines[0].startswith("error: "), stderr[-3000:]
+  return lines[0]
+
+
+def test_full_then_read_only_tmpfs_through_the_binaries(tmpfs, jax_cache):
+  """A 400 kB disk fills at the second checkpoint: one line, status 2, the partial
+  save removed. Mounted read-only: evaluate prints its table, then one line that the
+  report was not written; train refuses in one line."""
+  mount, remount_ro = tmpfs
+  wd = os.path.join(mount("size=400k"), "run")
+  env = _env(1, jax_cache)
+  r = subprocess.run(_cmd(wd, 6), cwd=REPO, env=env, capture_output=True, text=True,
+                     timeout=400)
+  line = _one_error_line(r.stderr)
+  assert r.returncode == 2 and "no space left on device (ENOSPC)" in line, line
+  assert "removed the partial save" in line and "Traceback" not in r.stderr
+  done, tmp = _listing(wd)
+  assert done and not tmp, (done, tmp)
+  remount_ro()
+  r = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--workdir={wd}",
+                      "--num_t=1", "--num_batches=1"], cwd=REPO, env=env,
+                     capture_output=True, text=True, timeout=400)
+  line = _one_error_line(r.stderr)
+  assert r.returncode == 2 and "nats/token" in r.stdout, r.stdout + r.stderr[-2000:]
+  assert "could not write 1 report(s): read-only file system (EROFS)" in line, line
+  r = subprocess.run(_cmd(wd, 8), cwd=REPO, env=env, capture_output=True, text=True,
+                     timeout=400)
+  line = _one_error_line(r.stderr)
+  assert r.returncode == 2 and "read-only file system (EROFS)" in line, line

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
 
@@ -134,18 +134,44 @@ class SentencePiece(Tokenizer):
   def from_file(cls, path: str) -> "SentencePiece":
     return cls(_read(path, "sentencepiece model"), os.fspath(path))
 
+  MAX_SENTENCE_BYTES = 1 << 16     # sentencepiece skips longer training sentences
+  CHUNK_CHARS = 4096               # long documents are cut into pieces of about this
+
+  @staticmethod
+  def chunks(docs: Iterable[str], size: int = CHUNK_CHARS) -> Iterator[str]:
+    """``docs`` cut at spaces into pieces of at most ``size`` characters (a piece is cut
+    mid-word only when it holds no space), so that no training sentence exceeds
+    sentencepiece's ``max_sentence_length`` (a one-line corpus such as text8 would
+    otherwise leave it nothing to train on)."""
+    for doc in docs:
+      while len(doc) > size:
+        cut = doc.rfind(" ", 0, size + 1)
+        cut = cut if cut > 0 else size
+        yield doc[:cut]
+        doc = doc[cut:].lstrip(" ")
+      if doc:
+        yield doc
+
   @staticmethod
   def train(docs: Iterable[str], vocab_size: int, path: str) -> str:
-    """Trains a unigram model on ``docs`` and writes ``path`` atomically (via fs)."""
+    """Trains a unigram model on ``docs`` (long ones cut into chunks) and writes
+    ``path`` atomically (via fs)."""
     import io
     import sentencepiece as spm
     buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(docs), model_writer=buf, vocab_size=vocab_size,
-        model_type="unigram", character_coverage=0.9995, pad_id=-1, bos_id=-1,
-        eos_id=1, unk_id=0, byte_fallback=False, hard_vocab_limit=False,
-        max_sentence_length=1 << 16, input_sentence_size=2_000_000,
-        shuffle_input_sentence=True, num_threads=os.cpu_count() or 1)
+    try:
+      spm.SentencePieceTrainer.train(
+          sentence_iterator=SentencePiece.chunks(docs), model_writer=buf,
+          vocab_size=vocab_size, model_type="unigram", character_coverage=0.9995,
+          pad_id=-1, bos_id=-1, eos_id=1, unk_id=0, byte_fallback=False,
+          hard_vocab_limit=False, max_sentence_length=SentencePiece.MAX_SENTENCE_BYTES,
+          input_sentence_size=2_000_000, shuffle_input_sentence=True,
+          num_threads=os.cpu_count() or 1)
+    except RuntimeError as e:
+      if "sentences_.empty()" not in str(e):
+        raise
+      raise errors.DataError("no text to train a sentencepiece model on (the train "
+                             "documents are empty)") from None
     fs.write_bytes_atomic(path, buf.getvalue())   # never a half-written model
     return os.fspath(path)
 

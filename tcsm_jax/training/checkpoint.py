@@ -44,6 +44,7 @@ and good ones are moved, not deleted, to ``<directory>/superseded/``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -67,6 +68,7 @@ STATUS_KEY = "_checkpoint"       # meta key: the good verdict and metric
 _RESERVED = (INTEGRITY_KEY, STATUS_KEY)
 FINGERPRINT_ALGO = "murmur3-fmix32(bits ^ index*0x9e3779b9)-sum-u32"
 SUPERSEDED_DIR = "superseded"
+TMP_SUFFIX = ".orbax-checkpoint-tmp"   # orbax's name of a save not yet committed
 
 
 class CheckpointError(errors.UserError, ValueError):
@@ -379,15 +381,25 @@ class Checkpointer:
     async_save: write arrays in a background thread.
     max_metric_ratio: if set, a save whose ``metric`` exceeds this factor times the
       best good metric on disk is recorded as not good.
+    clean_tmp: remove the temporary directories of saves that never committed
+      (``N.orbax-checkpoint-tmp*``: a killed run, a full disk). Only for the one
+      writer of the directory (the trainer, holding the workdir lock), never for a
+      reader that may run beside it.
   """
 
   def __init__(self, directory, max_to_keep: Optional[int] = 3,
-               async_save: bool = True, max_metric_ratio: Optional[float] = None):
+               async_save: bool = True, max_metric_ratio: Optional[float] = None,
+               clean_tmp: bool = False):
     d = os.fspath(directory)
     self.directory = d if fs.is_remote(d) else os.path.abspath(d)
     self.max_to_keep = max_to_keep
     self.async_save = async_save
     self.max_metric_ratio = max_metric_ratio
+    if clean_tmp and jax.process_index() == 0:
+      leftovers = self._remove_tmp(None)
+      if leftovers:
+        logging.warning("removed %d unfinished save(s) in %s: %s", len(leftovers),
+                        self.directory, ", ".join(leftovers))
     opts = ocp.CheckpointManagerOptions(
         preservation_policy=KeepGoodPolicy(max_to_keep, self._confirmed_verdict),
         enable_async_checkpointing=async_save, create=True)
@@ -398,8 +410,18 @@ class Checkpointer:
     self._non_finite: Dict[int, List[str]] = {}               # from integrity record
     self._pending: Dict[int, PendingFingerprint] = {}          # saves in flight
     self._failed: Dict[int, str] = {}   # steps that failed to restore in this process
+    self._saving: Optional[int] = None   # the step of the last save, until it failed
+    self._refused = False                # a save was refused by the disk (reported)
 
   # -- queries ----------------------------------------------------------------------
+
+  def tmp_dirs(self, step: Optional[int] = None) -> List[str]:
+    """Names of the temporary directories of saves that did not commit (of ``step``)."""
+    if not fs.isdir(self.directory):
+      return []
+    prefix = "" if step is None else f"{int(step)}."
+    return [n for n in fs.listdir(self.directory)
+            if TMP_SUFFIX in n and n.startswith(prefix)]
 
   def all_steps(self) -> List[int]:
     return sorted(self._mngr.all_steps())
@@ -426,6 +448,10 @@ class Checkpointer:
       status = {"good": False, "metric": None,
                 "not_good_because": f"meta unreadable: {type(e).__name__}"}
       bad = []
+      if step not in self._status:
+        logging.warning("checkpoint step %d in %s has missing or corrupt metadata "
+                        "(%s: %s): it is not good, older good steps are restored first",
+                        step, self.directory, type(e).__name__, str(e)[:200])
     self._status.setdefault(step, dict(status) if status is not None else None)
     self._non_finite.setdefault(step, bad)
 
@@ -489,7 +515,7 @@ class Checkpointer:
         lowest one is never rotated out.
     """
     step = int(step)
-    self._mngr.wait_until_finished()         # orbax.save waits for this anyway
+    self._finish()                           # orbax.save waits for this anyway
     self._collect()
     reasons = [] if good else ["caller"]
     if metric is not None:
@@ -526,10 +552,12 @@ class Checkpointer:
     self._status[step] = status
     self._pending[step] = pending
     saved = None
+    self._saving = step
     try:
-      saved = self._mngr.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state),
-          meta=ocp.args.JsonSave(_DeferredMeta(meta, pending, on_done))), force=force)
+      with self._refusals():
+        saved = self._mngr.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            meta=ocp.args.JsonSave(_DeferredMeta(meta, pending, on_done))), force=force)
     finally:
       if not pending.dispatched:
         pending.dispatch(state)     # before the caller may donate the state's buffers
@@ -537,9 +565,48 @@ class Checkpointer:
       self._status.pop(step, None)
       self._pending.pop(step, None)
 
+  def _finish(self) -> None:
+    """Waits for the save in flight (a disk refusal raised as ``DiskError``)."""
+    with self._refusals():
+      self._mngr.wait_until_finished()
+
+  @contextlib.contextmanager
+  def _refusals(self):
+    """A save the disk refused (read-only, full: orbax's ``RESOURCE_EXHAUSTED``, no
+    permission) becomes one ``errors.DiskError`` naming the directory, after removing
+    what the failed save left (``N.orbax-checkpoint-tmp``), so that the disk is not
+    full again at the next start. Reported once."""
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except
+      why = fs.refusal(e, self.directory)
+      if why is not None and self._refused:
+        logging.debug("again: %s", why)       # already reported
+        return
+      if why is None or self._saving is None:
+        raise
+      step, self._saving, self._refused = self._saving, None, True
+      removed = self._remove_tmp(step)
+      raise errors.DiskError(
+          f"cannot save checkpoint step {step}: {why}"
+          f"{'; removed the partial save ' + ', '.join(removed) if removed else ''}"
+          "; the checkpoints saved before are intact") from e
+
+  def _remove_tmp(self, step: Optional[int]) -> List[str]:
+    if jax.process_index() != 0:
+      return []
+    removed = []
+    for name in self.tmp_dirs(step):
+      try:
+        fs.remove(fs.join(self.directory, name))
+        removed.append(name)
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning("could not remove %s in %s: %s", name, self.directory, e)
+    return removed
+
   def delete(self, step: int) -> None:
     """Deletes one step (e.g. newer steps a resumed run abandons)."""
-    self._mngr.wait_until_finished()
+    self._finish()
     self._collect()
     self._mngr.delete(step)
     for d in (self._status, self._non_finite, self._failed):
@@ -644,7 +711,7 @@ class Checkpointer:
         f"with this config): " + " | ".join(errs))
 
   def wait(self) -> None:
-    self._mngr.wait_until_finished()
+    self._finish()
     self._collect()
 
   def close(self) -> None:

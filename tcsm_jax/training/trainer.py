@@ -30,6 +30,7 @@ import json
 import math
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -65,14 +66,24 @@ class TrainingError(errors.UserError):
 # ---------------------------------------------------------------------------------------
 # Signals.
 
+def _interactive() -> bool:
+  """A Python prompt or notebook kernel (not ended by a second Ctrl-C)."""
+  return hasattr(sys, "ps1") or "ipykernel" in sys.modules
+
+
 class _StopSignals:
   """SIGTERM and SIGINT (Ctrl-C) become a flag checked at step boundaries.
 
-  A second Ctrl-C raises ``KeyboardInterrupt`` at once (no checkpoint).
+  A second Ctrl-C raises ``KeyboardInterrupt`` at once (no checkpoint); while a
+  checkpoint is being written (``saving``) it ends the process (not a notebook's
+  kernel) at once with status 130 and one line instead, rather than tearing orbax's save apart mid-way (its
+  tracebacks): the step being written is left as orbax's temporary directory, never
+  as a step that looks valid, and the trainer removes it at its next start.
   """
 
   def __init__(self):
     self.requested: Optional[str] = None
+    self.saving = False
     self._old = {}
 
   def __enter__(self):
@@ -84,6 +95,12 @@ class _StopSignals:
   def _handle(self, signum, frame):
     name = signal.Signals(signum).name
     if self.requested == "SIGINT" and signum == signal.SIGINT:
+      if self.saving and not _interactive():
+        sys.stdout.flush()
+        sys.stderr.write("interrupted again during a checkpoint save: quit without it "
+                         "(the checkpoints saved before are intact)\n")
+        sys.stderr.flush()
+        os._exit(130)   # pylint: disable=protected-access
       raise KeyboardInterrupt
     logging.warning("%s received: checkpointing at the next step boundary%s", name,
                     " (Ctrl-C again to quit without saving)" if name == "SIGINT" else "")
@@ -388,7 +405,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   ckpt = ckpt_lib.Checkpointer(fs.join(workdir, "checkpoints"),
                                max_to_keep=tcfg.keep_checkpoints,
-                               async_save=tcfg.async_checkpoint)
+                               async_save=tcfg.async_checkpoint, clean_tmp=True)
   state, meta0, start = _restore_or_init(ckpt, create, abstract, state_sh, config.seed)
   _check_tokenizer(meta0, exp, config)
   if jax.process_index() == 0:
@@ -430,8 +447,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   train_time = 0.0          # seconds spent in train steps (this process, this run)
   last_good = ckpt.latest_good_step() if ckpt.all_steps() else None
-  try:
-    with _StopSignals() as signals:
+  with _StopSignals() as signals:
+    try:
       t0, s0 = time.time(), start
       step = start
       prev_m = None
@@ -492,8 +509,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
             eval_now = ev["eval/nll_bound"]
         if step % tcfg.checkpoint_every == 0 or at_end or stop:
           good = health.good
+          signals.saving = True
           ckpt.save(step, state, dict(meta, step=step, good=good, **health.meta()),
                     good=good, metric=eval_now if good else None)
+          signals.saving = False
           if good:
             last_good = step
           writer.flush()
@@ -511,8 +530,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                           signals.requested or "a signal on another process")
           last["stopped_by"] = signals.requested or "peer"
           break
-  finally:
-    profiler.stop()
-    ckpt.close()
-    writer.close()
+    finally:
+      signals.saving = True       # an asynchronous save may still be committing
+      profiler.stop()
+      ckpt.close()
+      writer.close()
   return last

@@ -49,6 +49,11 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     saved = json.loads(fs.read_text(path))
   except (ValueError, UnicodeDecodeError) as e:
     raise errors.ConfigError(f"{path} is not valid JSON: {e}") from None
+  if not isinstance(saved, dict):
+    kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(saved), "a number")
+    raise errors.ConfigError(f"{path} holds {kind}, not a JSON object of config keys: "
+                             "not a config this project wrote")
   cfg = config_lib.from_dict(saved)
   config_lib.validate(cfg)
   return cfg
