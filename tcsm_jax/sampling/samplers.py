@@ -1,16 +1,21 @@
-"""Reverse-CTMC samplers: Euler (tau-leaping), analytic (Tweedie), masked ancestral.
+"""Reverse-CTMC samplers on a time grid: Euler (tau-leaping), analytic, cached
+ancestral, ReMDM remasking; ``first_hitting`` (``first_hitting.py``) draws event times.
 
-All samplers run the reverse chain from ``t = 1`` (a draw from the process's prior) to
-``t_end`` on ``steps`` equal time steps, in parallel over positions, with a factorized
-denoiser ``(x_t [b, l], sigma_bar [b]) -> logits [b, l, V]``; then a final denoising step
-draws ``x0 ~ p_theta(x0 | x_{t_end})``.
+All samplers start from a state the model's reverse law starts from (the all-mask state
+for the absorbing process, a draw from the prior otherwise), run the reverse chain from
+``t = 1`` to ``t_end`` on ``steps`` equal time steps, in parallel over positions, with a
+factorized denoiser ``(x_t [b, l], sigma_bar [b]) -> logits [b, l, V]``; then a final
+denoising step draws ``x0 ~ p_theta(x0 | x_{t_end})``. Every categorical and Bernoulli
+draw is exact down to ``2^-105`` of the step's largest probability (``draws.py``;
+``draw="gumbel32"`` reproduces the float32 Gumbel-max draws of older versions).
 
 * ``euler``: per position a categorical over ``[1 + dt R(x, x), dt R(x, y)]`` with the
   reverse rates ``R`` built from the model's noisy-space concrete score
   (``Process.noisy_log_score`` + ``Process.reverse_rates``): first-order tau-leaping.
 * ``analytic``: the exact reverse transition of the factorized posterior,
   ``p(x_s | x_t) = sum_a p_theta(a | x_t) P_s(a, x_s) P_{s->t}(x_s, x_t) / P_t(a, x_t)``
-  (Tweedie tau-leaping; for the absorbing process it is MDLM/MD4's ancestral step).
+  (Tweedie tau-leaping; for the absorbing process MDLM/MD4's ancestral step, drawn as a
+  Bernoulli "unmask now" and a clean token: ``steps.absorbing_step``).
 * ``ancestral``: the analytic step plus the unchanged-sequence cache (MDLM, RADD), per
   sequence: a sequence that the last step left unchanged keeps its logits, and the
   network runs only on the sequences that changed, gathered into the smallest of a few
@@ -19,10 +24,13 @@ draws ``x0 ~ p_theta(x0 | x_{t_end})``.
   step the cache steps aside and the sampler is the analytic one. Exact for a denoiser
   that does not depend on ``sigma_bar`` at masked positions (true for the Bayes
   denoiser of the absorbing process); an approximation otherwise.
+* ``remdm``: the analytic absorbing step with remasking (``remask.py``: ``cap``,
+  ``rescale``, ``loop`` schedules and ``eta``); ``eta = 0`` is ``analytic``.
 
-Options: ``temperature`` and nucleus ``top_p`` on the denoiser's logits; prompting and
-infilling by clamping any positions (``clamp_mask``, ``clamp_tokens``): clamped
-positions hold their tokens at every step, so the network conditions on them.
+Options: ``temperature`` and nucleus ``top_p`` on the denoiser's logits; guidance by an
+additive log-tilt of the clean-token law (``log_tilt_fn``, ``posttrain/guidance.py``);
+prompting and infilling by clamping any positions (``clamp_mask``, ``clamp_tokens``):
+clamped positions hold their tokens at every step, so the network conditions on them.
 """
 
 from __future__ import annotations
@@ -33,87 +41,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tcsm_jax import _checks, scores
-from tcsm_jax.processes import Absorbing, Process, Uniform
+from tcsm_jax import _checks
+from tcsm_jax.processes import Absorbing, Process
+from tcsm_jax.sampling import draws, first_hitting, remask
+from tcsm_jax.sampling.steps import (absorbing_step, absorbing_unmask_log_prob,
+                                     euler_log_probs, model_log_probs_fn,
+                                     remask_unmask_log_prob,
+                                     reverse_transition_log_probs)
 from tcsm_jax.schedules import Schedule
 
-SAMPLERS = ("euler", "analytic", "ancestral")
-
-
-def top_p_filter(logits, top_p: float):
-  """Keeps the smallest set of tokens whose probability reaches ``top_p`` (>= 1 token)."""
-  if top_p >= 1.0:
-    return logits
-  probs = jax.nn.softmax(logits, -1)
-  order = jnp.argsort(-probs, -1)
-  sorted_p = jnp.take_along_axis(probs, order, -1)
-  before = jnp.cumsum(sorted_p, -1) - sorted_p           # mass strictly above each token
-  keep_sorted = before < top_p
-  keep = jnp.zeros_like(keep_sorted).at[
-      tuple(jnp.indices(order.shape)[:-1]) + (order,)].set(keep_sorted)
-  return jnp.where(keep, logits, -jnp.inf)
-
-
-def _log_normalize(x):
-  return x - jax.nn.logsumexp(x, -1, keepdims=True)
-
-
-def reverse_transition_log_probs(process: Process, log_probs, x_t, sigma_t, sigma_s):
-  """``[..., S]``: ``log p(x_s = . | x_t)`` under the factorized posterior, ``s < t``.
-
-  Args:
-    log_probs: ``[..., V]`` denoiser log-probabilities (support-masked).
-    x_t: ``[...]``; sigma_t > sigma_s >= 0: noise levels aligned with leading axes.
-  """
-  x_t = jnp.asarray(x_t)
-  st = _checks.expand_leading(sigma_t, log_probs.ndim)
-  ss = _checks.expand_leading(sigma_s, log_probs.ndim)
-  a_t, a_s = jnp.exp(-st), jnp.exp(-ss)
-  if isinstance(process, Absorbing):
-    # Masked: data z w.p. p(z) u, mask w.p. 1 - u, with the unmasking probability
-    # u = (a_s - a_t) / (1 - a_t) = a_s (1 - exp(-(sigma_t - sigma_s))) / (1 - a_t),
-    # both factors from expm1: no cancellation of a_s - a_t when s -> t (many steps)
-    # or of 1 - a_t when t -> 0.
-    den = jnp.where(st > 0, -jnp.expm1(-st), 1.0)
-    u = jnp.where(st > ss, jnp.exp(-ss) * -jnp.expm1(ss - st) / den, 0.0)
-    u = jnp.minimum(u, 1.0)
-    data = log_probs + jnp.log(u)
-    # log(1 - u): log1p while u is small, else the ratio (1 - a_s) / (1 - a_t).
-    mask = jnp.where(u < 0.5, jnp.log1p(-u), jnp.log(-jnp.expm1(-ss) / den))
-    at_mask = jnp.concatenate([data, jnp.broadcast_to(mask, data.shape[:-1] + (1,))], -1)
-    stay = jnp.where(jax.nn.one_hot(x_t, process.num_states, dtype=bool), 0.0, -jnp.inf)
-    return jnp.where((x_t == process.mask_id)[..., None], at_mask, stay)
-  if isinstance(process, Uniform):
-    v = process.vocab_size
-    p = jnp.exp(log_probs)
-    onehot = jax.nn.one_hot(x_t, v)
-    # 1 - alpha from expm1 (relative accuracy at small sigma and at small steps).
-    b_t, b_s = -jnp.expm1(-st) / v, -jnp.expm1(-ss) / v
-    a_ts = jnp.exp(ss - st)
-    b_ts = -jnp.expm1(ss - st) / v
-    k_t_x = b_t + a_t * onehot                                  # P_t(a, x_t) over a
-    c = jnp.sum(p / k_t_x, -1, keepdims=True)
-    k_ts = b_ts + a_ts * onehot                                 # P_{s->t}(z, x_t) over z
-    probs = k_ts * (b_s * c + a_s * p / k_t_x)
-    return _log_normalize(jnp.log(jnp.maximum(probs, 0.0)))
-  # Dense: explicit kernels (small state spaces only).
-  v = process.vocab_size
-  k_t = process.transition_matrix(jnp.broadcast_to(st[..., 0], x_t.shape))[..., :v, :]
-  k_s = process.transition_matrix(jnp.broadcast_to(ss[..., 0], x_t.shape))[..., :v, :]
-  k_ts = process.transition_matrix(jnp.broadcast_to((st - ss)[..., 0], x_t.shape))
-  col_t = jnp.take_along_axis(k_t, x_t[..., None, None], -1)[..., 0]      # [..., V]
-  col_ts = jnp.take_along_axis(k_ts, x_t[..., None, None], -1)[..., 0]    # [..., S]
-  w = jnp.where(col_t > 0, jnp.exp(log_probs) / jnp.where(col_t > 0, col_t, 1.0), 0.0)
-  probs = jnp.einsum("...a,...az->...z", w, k_s) * col_ts
-  return _log_normalize(jnp.log(jnp.maximum(probs, 0.0)))
-
-
-def _euler_log_probs(process, log_probs, x_t, sigma_t, dsigma_t, dt):
-  log_score = process.noisy_log_score(log_probs, x_t, sigma_t)
-  rates = process.reverse_rates(x_t, log_score, dsigma_t)
-  onehot = jax.nn.one_hot(x_t, process.num_states)
-  probs = jnp.maximum(onehot + _checks.expand_leading(dt, rates.ndim) * rates, 0.0)
-  return jnp.log(probs / probs.sum(-1, keepdims=True))
+SAMPLERS = ("euler", "analytic", "ancestral", "remdm", "first_hitting")
+STARTS = ("mask", "prior")
 
 
 def ancestral_cache_buckets(schedule: Schedule, shape, steps: int, t_end: float = 1e-5,
@@ -182,11 +120,60 @@ def _cached_model_log_probs(model_log_probs, x, sigma, lp, stale, buckets):
   return lp, jnp.asarray(buckets)[branch]
 
 
+def validate(process: Process, sampler: str, steps: int, temperature: float,
+             top_p: float, draw: str, start: str, remask_schedule: str,
+             remask_eta: float, t_on: float, t_off: float, t_end: float) -> None:
+  """Raises ``ValueError`` naming the first bad sampling option."""
+  if sampler not in SAMPLERS:
+    raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
+  if steps < 1:
+    raise ValueError(f"steps must be >= 1, got {steps}")
+  if temperature <= 0 or not 0 < top_p <= 1:
+    raise ValueError("temperature must be > 0 and top_p in (0, 1]")
+  if draw not in draws.DRAWS:
+    raise ValueError(f"unknown draw {draw!r}; choose one of {draws.DRAWS}")
+  if start not in STARTS:
+    raise ValueError(f"unknown start {start!r}; choose one of {STARTS}")
+  if sampler in ("ancestral", "remdm", "first_hitting") and not isinstance(process,
+                                                                           Absorbing):
+    raise ValueError(f"the {sampler} sampler needs the absorbing process")
+  if sampler == "remdm":
+    if remask_schedule not in remask.REMASK_SCHEDULES:
+      raise ValueError(f"unknown remask schedule {remask_schedule!r}; choose one of "
+                       f"{remask.REMASK_SCHEDULES}")
+    if not 0 <= remask_eta <= 1:
+      raise ValueError(f"remask eta must lie in [0, 1], got {remask_eta}")
+    if remask_schedule == "loop" and not t_end < t_off < t_on < 1:
+      raise ValueError(f"remask loop needs t_end < t_off < t_on < 1, got t_off={t_off}, "
+                       f"t_on={t_on}, t_end={t_end}")
+
+
+def start_state(key, process: Process, schedule: Schedule, shape, start: str = "mask",
+                draw: str = "exact"):
+  """``[batch, length]`` int32 state at ``t = 1``.
+
+  ``mask``: the all-mask state for the absorbing process (the state its reverse law
+  starts from; a token drawn from the prior's ``alpha(1) / V`` data mass would never be
+  revised), a draw from the prior ``prior_log_probs(sigma_bar(1))`` for the others.
+  ``prior``: a draw from the prior for every process (older versions).
+  """
+  if start == "mask" and isinstance(process, Absorbing):
+    return jnp.full(shape, process.mask_id, jnp.int32)
+  prior = process.prior_log_probs(schedule.sigma_bar(1.0))
+  if draw == "gumbel32":        # the draw of older versions, bit for bit
+    return jax.random.categorical(key, prior, shape=shape).astype(jnp.int32)
+  return draws.categorical(key, jnp.broadcast_to(prior, tuple(shape) + prior.shape), draw)
+
+
 def sample(key, denoise_fn: Callable, process: Process, schedule: Schedule, shape,
            *, steps: int, sampler: str = "analytic", temperature: float = 1.0,
            top_p: float = 1.0, clamp_tokens=None, clamp_mask=None, t_end: float = 1e-5,
            final_denoise: bool = True, return_path: bool = False,
-           progress: Optional[Callable] = None, cache_buckets=None):
+           progress: Optional[Callable] = None, cache_buckets=None,
+           draw: str = "exact", start: str = "mask", remask_schedule: str = "cap",
+           remask_eta: float = 0.0, remask_t_on: float = 0.55,
+           remask_t_off: float = 0.05, log_tilt_fn: Optional[Callable] = None,
+           events_per_call: int = 1):
   """Draws ``shape = (batch, length)`` sequences by running the reverse chain.
 
   Args:
@@ -194,8 +181,9 @@ def sample(key, denoise_fn: Callable, process: Process, schedule: Schedule, shap
     denoise_fn: ``(x_t, sigma_bar [batch]) -> logits [batch, length, V]``.
     process, schedule: the forward corruption the model was trained on.
     shape: ``(batch, length)``.
-    steps: number of reverse steps between ``t = 1`` and ``t_end``.
-    sampler: ``euler``, ``analytic`` or ``ancestral``.
+    steps: number of reverse steps between ``t = 1`` and ``t_end`` (``first_hitting``:
+      unused; it makes at most ``length`` network calls).
+    sampler: one of ``SAMPLERS``.
     temperature, top_p: applied to the denoiser logits.
     clamp_tokens, clamp_mask: ``[batch, length]``; where ``clamp_mask`` is True the
       token is held at ``clamp_tokens`` (prompting, infilling).
@@ -206,45 +194,36 @@ def sample(key, denoise_fn: Callable, process: Process, schedule: Schedule, shap
     cache_buckets: ``ancestral`` only: the batch sizes the network is compiled for
       (increasing, ending with ``batch``; see ``ancestral_cache_buckets``, the default).
       ``(batch,)`` turns the cache off.
+    draw: ``exact`` or ``gumbel32`` (``draws.py``).
+    start: ``mask`` or ``prior`` (``start_state``).
+    remask_schedule, remask_eta, remask_t_on, remask_t_off: ``remdm`` (``remask.py``).
+    log_tilt_fn: guidance, ``(x_t, sigma, log_probs) -> [batch, length, V]`` added to
+      the denoiser's log-probabilities before normalization.
+    events_per_call: ``first_hitting`` only (``first_hitting.py``).
   Returns:
     ``(tokens [batch, length], info)`` with ``info['nfe']`` the number of network calls,
     ``info['nfe_rows']`` the number of sequences they evaluated in all (``nfe * batch``
     unless the ancestral cache evaluated only the changed ones), and ``info['path']`` if
     requested.
   """
-  if sampler not in SAMPLERS:
-    raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
-  if steps < 1:
-    raise ValueError(f"steps must be >= 1, got {steps}")
-  if temperature <= 0 or not 0 < top_p <= 1:
-    raise ValueError("temperature must be > 0 and top_p in (0, 1]")
-  if sampler == "ancestral" and not isinstance(process, Absorbing):
-    raise ValueError("the ancestral (cached) sampler needs the absorbing process")
+  validate(process, sampler, steps, temperature, top_p, draw, start, remask_schedule,
+           remask_eta, remask_t_on, remask_t_off, t_end)
   b, length = shape
   clamp_given = clamp_mask                 # before conversion: host values if concrete
-  if (clamp_mask is None) != (clamp_tokens is None):
-    raise ValueError("clamp_mask and clamp_tokens go together")
-  if clamp_mask is None:
-    clamp_mask = jnp.zeros(shape, bool)
-    clamp_tokens = jnp.zeros(shape, jnp.int32)
-  clamp_mask, clamp_tokens = jnp.asarray(clamp_mask, bool), jnp.asarray(clamp_tokens,
-                                                                         jnp.int32)
-  if clamp_mask.shape != tuple(shape) or clamp_tokens.shape != tuple(shape):
-    raise ValueError(f"clamp arrays must have shape {tuple(shape)}")
-  _checks.check_tokens(jnp.where(clamp_mask, clamp_tokens, 0), process.vocab_size,
-                       "clamp_tokens")
+  clamp_mask, clamp_tokens = clamp_arrays(process, shape, clamp_tokens, clamp_mask)
   clamp = lambda x: jnp.where(clamp_mask, clamp_tokens, x)
-
-  def model_log_probs(x, sigma):
-    logits = denoise_fn(x, sigma).astype(jnp.float32) / temperature
-    logits = top_p_filter(logits, top_p)
-    return scores.model_log_probs(logits, process, x, sigma)
-
-  ts = jnp.linspace(1.0, t_end, steps + 1)
+  model_log_probs = model_log_probs_fn(denoise_fn, process, temperature, top_p,
+                                       log_tilt_fn)
   k_init, k_loop, k_final = jax.random.split(key, 3)
-  sigma1 = schedule.sigma_bar(1.0)
-  x = jax.random.categorical(k_init, process.prior_log_probs(sigma1), shape=shape)
-  x = clamp(x.astype(jnp.int32))
+  x = clamp(start_state(k_init, process, schedule, shape, start, draw))
+  if sampler == "first_hitting":
+    return first_hitting.run(k_loop, model_log_probs, process, schedule, x, clamp_mask,
+                             t_end=t_end, final_denoise=final_denoise, draw=draw,
+                             events_per_call=events_per_call, return_path=return_path)
+  ts = jnp.linspace(1.0, t_end, steps + 1)
+  loop = sampler == "remdm" and remask_schedule == "loop"
+  t_eff = remask.effective_times(ts, remask_schedule if loop else "", remask_t_on,
+                                 remask_t_off, t_end)
   full = lambda v: jnp.full((b,), v)
   if sampler == "ancestral" and cache_buckets is None:
     try:
@@ -257,10 +236,12 @@ def sample(key, denoise_fn: Callable, process: Process, schedule: Schedule, shap
                  or cache_buckets[-1] != b or cache_buckets[0] < 0):
     raise ValueError(f"cache_buckets must increase and end with the batch size {b}, "
                      f"got {cache_buckets}")
+  two_draws = isinstance(process, Absorbing) and sampler != "euler" and (
+      draw == "exact" or sampler == "remdm")
 
   def body(carry, k):
     x, lp, fresh, nfe, rows = carry
-    t, s = ts[k], ts[k + 1]
+    t, s = t_eff[k], t_eff[k + 1]
     sig_t, dsig_t = schedule(full(t))
     sig_s = schedule.sigma_bar(full(s))
     if cached:       # per-sequence cache: the network sees only the changed sequences
@@ -269,12 +250,22 @@ def sample(key, denoise_fn: Callable, process: Process, schedule: Schedule, shap
       nfe, rows = nfe + (m > 0), rows + m
     else:
       lp, nfe, rows = model_log_probs(x, sig_t), nfe + 1, rows + b
-    if sampler == "euler":
-      logq = _euler_log_probs(process, lp, x, sig_t, dsig_t, full(t - s))
+    k_step = jax.random.fold_in(k_loop, k)
+    if two_draws:
+      log_remask = None
+      log_unmask, _ = absorbing_unmask_log_prob(sig_t, sig_s)
+      if sampler == "remdm":
+        log_remask = remask.log_remask_probs(sig_t, sig_s, remask_schedule, remask_eta,
+                                             held=(t_eff[k] == t_eff[k + 1]) & loop)
+        log_unmask = remask_unmask_log_prob(sig_t, sig_s, log_remask)
+      new = absorbing_step(k_step, process, lp, x, log_unmask, log_remask, draw)
     else:
-      logq = reverse_transition_log_probs(process, lp, x, sig_t, sig_s)
-    new = clamp(jax.random.categorical(jax.random.fold_in(k_loop, k), logq).astype(
-        jnp.int32))
+      if sampler == "euler":
+        logq = euler_log_probs(process, lp, x, sig_t, dsig_t, full(ts[k] - ts[k + 1]))
+      else:
+        logq = reverse_transition_log_probs(process, lp, x, sig_t, sig_s)
+      new = draws.categorical(k_step, logq, draw)
+    new = clamp(new.astype(jnp.int32))
     fresh = jnp.all(new == x, axis=-1)     # per sequence: cached logits stay valid
     if progress is not None:
       jax.debug.callback(progress, k)
@@ -285,14 +276,28 @@ def sample(key, denoise_fn: Callable, process: Process, schedule: Schedule, shap
       body, (x, lp0, jnp.zeros((b,), bool), jnp.asarray(0), jnp.asarray(0)),
       jnp.arange(steps))
   if final_denoise:
-    s_end = schedule.sigma_bar(full(t_end))
-    lp_end = model_log_probs(x, s_end)
-    x = clamp(jax.random.categorical(k_final, lp_end).astype(jnp.int32))
+    x = clamp(draws.categorical(k_final, model_log_probs(x, schedule.sigma_bar(
+        full(t_end))), draw))
     nfe, rows = nfe + 1, rows + b
   info = {"nfe": nfe, "nfe_rows": rows}
   if return_path:
     info["path"] = path
   return x, info
+
+
+def clamp_arrays(process: Process, shape, clamp_tokens, clamp_mask):
+  """``(clamp_mask bool, clamp_tokens int32)``, both ``shape``, validated."""
+  if (clamp_mask is None) != (clamp_tokens is None):
+    raise ValueError("clamp_mask and clamp_tokens go together")
+  if clamp_mask is None:
+    return jnp.zeros(shape, bool), jnp.zeros(shape, jnp.int32)
+  clamp_mask = jnp.asarray(clamp_mask, bool)
+  clamp_tokens = jnp.asarray(clamp_tokens, jnp.int32)
+  if clamp_mask.shape != tuple(shape) or clamp_tokens.shape != tuple(shape):
+    raise ValueError(f"clamp arrays must have shape {tuple(shape)}")
+  _checks.check_tokens(jnp.where(clamp_mask, clamp_tokens, 0), process.vocab_size,
+                       "clamp_tokens")
+  return clamp_mask, clamp_tokens
 
 
 def jit_sampler(apply_fn: Callable, process: Process, schedule: Schedule, shape,
