@@ -34,6 +34,7 @@ SLOW_BY_BUDGET = (
     "test_reliability.py::test_prepare_data_sentencepiece",         # ..._one_line_corpus
     "test_reliability.py::test_full_then_read_only_tmpfs",          # disks_that_say_no,
                                                                     # refused_for_space
+    "test_lock.py::test_two_trainers_on_one_workdir",               # ..._live_holder_refuses
     "test_models.py::test_scan_over_layers",                        # shapes/attention tests
     "test_workdir_safety.py::test_padded_prepared_data",            # test_prepared padding
     "test_workdir_safety.py::test_consecutive_skipped_steps",       # diverging resume

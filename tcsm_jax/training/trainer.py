@@ -4,7 +4,9 @@
 it with the same ``workdir`` resumes from the newest good checkpoint: params, optimizer,
 EMA, step, PRNG key and (since the input pipeline is a pure function of the step) the
 data position, so the loss curve continues exactly. SIGTERM (preemption) and Ctrl-C
-save a checkpoint at the next step boundary and return.
+save a checkpoint at the next step boundary and return (``stopped_by``; the binaries
+then exit with status 143 and 130 respectively). One trainer per workdir: the primary process holds
+the workdir's lock (``workdir.lock``) for the run; a second one refuses at once.
 
 Nothing good is lost, nothing bad is silent (``Health``):
 
@@ -381,9 +383,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     errors.ConfigError: a bad config, or a resume with a changed config.
     errors.WorkdirError: the workdir is a file.
     TrainingError: the run diverged (the good checkpoints are kept).
+    errors.WorkdirError: another trainer holds the workdir's lock (``workdir.lock``).
   """
   config_lib.validate(config)
   workdir_lib.check(workdir)
+  agree = _any_process if jax.process_count() > 1 else None
+  with workdir_lib.lock(workdir, primary=jax.process_index() == 0, agree=agree):
+    return _train(config, workdir, stop_at_step, experiment, target_fn, on_log)
+
+
+def _train(config, workdir, stop_at_step, experiment, target_fn, on_log):
+  """``train_and_evaluate`` once validated, while holding the workdir's lock."""
   tcfg = config.train
   mesh = partition.make_mesh(config.mesh.fsdp)
   partition.check_batch_size(tcfg.batch_size, mesh)
