@@ -31,7 +31,12 @@ while alive; do
   (( rc != 0 && first_rc == 0 && !preempted )) && first_rc=$rc
   if (( rc != 0 && !preempted && !killer )); then
     killer=1
-    echo "launch/local.sh: a process exited with status $rc; stopping the others" >&2
+    if (( rc == 143 )); then
+      echo "launch/local.sh: a process was preempted (status 143, after its checkpoint);" \
+           "stopping the others" >&2
+    else
+      echo "launch/local.sh: a process exited with status $rc; stopping the others" >&2
+    fi
     kill -TERM "${pids[@]}" 2>/dev/null || true
     # The grace killer must not hold the launcher's stdout/stderr open (a caller
     # reading them would wait for it) and must not outlive the launcher (it would
