@@ -120,3 +120,24 @@ def true_denoiser(p0: np.ndarray, process: Process, length: int):
     return jnp.log(marg)
 
   return fn
+
+
+def chisquare_pvalue(counts, probs, min_expected: float = 5.0) -> float:
+  """Pearson chi-square p-value of ``counts [K]`` against the law ``probs [K]``.
+
+  Cells expected below ``min_expected`` are pooled into one (dropped when the pool is
+  empty), so sparse laws and zero-probability cells are handled.
+  """
+  from scipy import stats
+  counts = np.asarray(counts, np.float64)
+  probs = np.asarray(probs, np.float64)
+  n = counts.sum()
+  big = probs * n >= min_expected
+  obs, exp = list(counts[big]), list(probs[big])
+  if probs[~big].sum() > 0:
+    obs.append(counts[~big].sum())
+    exp.append(probs[~big].sum())
+  elif counts[~big].sum() > 0:
+    return 0.0                       # draws where the law puts no mass
+  exp = np.asarray(exp) / np.sum(exp) * n
+  return float(stats.chisquare(np.asarray(obs), exp).pvalue)

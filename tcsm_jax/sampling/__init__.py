@@ -13,7 +13,8 @@
 from tcsm_jax.sampling import draws, first_hitting, long, remask, steps  # noqa: F401
 from tcsm_jax.sampling.samplers import (SAMPLERS, STARTS, _cached_model_log_probs,  # noqa: F401
                                         ancestral_cache_buckets, clamp_arrays,
-                                        clamp_from_template, jit_sampler, sample,
+                                        clamp_from_template, jit_clamped_sampler,
+                                        jit_sampler, sample,
                                         start_state, validate)
 from tcsm_jax.sampling.steps import (model_log_probs_fn, reverse_transition_log_probs,  # noqa: F401
                                      top_p_filter)

@@ -314,6 +314,16 @@ def jit_sampler(apply_fn: Callable, process: Process, schedule: Schedule, shape,
       key, lambda x, s: apply_fn(params, x, s), process, schedule, shape, **kwargs))
 
 
+def jit_clamped_sampler(apply_fn: Callable, process: Process, schedule: Schedule, shape,
+                        **kwargs) -> Callable:
+  """``fn(params, key, clamp_tokens, clamp_mask) -> (tokens, info)``: ``jit_sampler``
+  with the clamp arrays ``[batch, length]`` as arguments too, so one compile serves every
+  prompt (``long.generate`` runs it once per block)."""
+  return jax.jit(lambda params, key, tokens, mask: sample(
+      key, lambda x, s: apply_fn(params, x, s), process, schedule, shape,
+      clamp_tokens=tokens, clamp_mask=mask, **kwargs))
+
+
 def clamp_from_template(template, vocab_size: int, hole: int = -1):
   """``(clamp_tokens, clamp_mask)`` from a ``[batch, length]`` template with ``hole`` ids."""
   template = jnp.asarray(template, jnp.int32)
