@@ -88,6 +88,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.loss.hamming = 1                 # score-form neighbourhood: 1 | 2 (pair blocks,
                                      # small V and L; tcsm_jax/hamming.py)
   c.loss.hamming_pairs = 0           # hamming 2: pairs per step, 0 = all L(L-1)/2
+  c.loss.chunk_size = 0              # > 0: the loss over [b, L, V] logits in chunks of
+                                     # this many positions (memory at large V; same
+                                     # values and gradients); 0 = all at once
 
   c.teacher = ml_collections.ConfigDict()
   c.teacher.kind = "none"            # none | ar | mlm | markov: parametric clean-space
@@ -161,6 +164,20 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 32
   c.eval.num_t = 8                   # Monte Carlo time samples per sequence
   c.eval.use_ema = True
+
+  # How samples are drawn (summaries, studies; experiments.sample flags override).
+  c.sampling = ml_collections.ConfigDict()
+  c.sampling.sampler = "analytic"    # tcsm_jax.sampling.SAMPLERS
+  c.sampling.steps = 128
+  c.sampling.draw = "exact"          # exact | gumbel32 (float32 Gumbel-max, older numbers)
+  c.sampling.start = "mask"          # mask | prior (older versions' start state)
+  c.sampling.temperature = 1.0
+  c.sampling.top_p = 1.0
+  c.sampling.remask_schedule = "cap"  # remdm: cap | rescale | loop
+  c.sampling.remask_eta = 0.0
+  c.sampling.remask_t_on = 0.55
+  c.sampling.remask_t_off = 0.05
+  c.sampling.events_per_call = 1     # first_hitting: 1 = exact
   return c
 
 
@@ -194,6 +211,10 @@ CHOICES: Dict[str, Tuple[str, ...]] = {
     "finetune.reward_target": ("tilted_denoiser", "clean_conditionals"),
     "finetune.parameterization": ("explicit", "implicit"),
     "optim.lr_schedule": optim.SCHEDULES,
+    "sampling.sampler": ("euler", "analytic", "ancestral", "remdm", "first_hitting"),
+    "sampling.draw": ("exact", "gumbel32"),
+    "sampling.start": ("mask", "prior"),
+    "sampling.remask_schedule": ("cap", "rescale", "loop"),
 }
 
 # key: (low, high, low_inclusive, high_inclusive); None = unbounded.
@@ -219,6 +240,7 @@ RANGES: Dict[str, Tuple[Any, Any, bool, bool]] = {
     "loss.teacher_weight": (0, 1, True, True),
     "loss.hamming": (1, 2, True, True),
     "loss.hamming_pairs": (0, None, True, False),
+    "loss.chunk_size": (0, None, True, False),
     "teacher.top_k": (1, None, True, False),
     "teacher.tail_samples": (1, None, True, False),
     "finetune.beta": (0, None, False, False),
@@ -253,6 +275,13 @@ RANGES: Dict[str, Tuple[Any, Any, bool, bool]] = {
     "eval.num_batches": (0, None, True, False),
     "eval.batch_size": (1, None, True, False),
     "eval.num_t": (1, None, True, False),
+    "sampling.steps": (1, None, True, False),
+    "sampling.temperature": (0, None, False, False),
+    "sampling.top_p": (0, 1, False, True),
+    "sampling.remask_eta": (0, 1, True, True),
+    "sampling.remask_t_on": (0, 1, False, False),
+    "sampling.remask_t_off": (0, 1, False, False),
+    "sampling.events_per_call": (1, None, True, False),
 }
 
 
@@ -275,6 +304,12 @@ def _profile_ok(spec: str) -> bool:
 # (rule holds for config c, message when it does not). Rules see a config whose keys,
 # types, choices and ranges are already valid.
 RULES: List[Tuple[Callable[[Any], bool], Callable[[Any], str]]] = [
+    (lambda c: c.sampling.remask_t_off < c.sampling.remask_t_on,
+     lambda c: f"sampling.remask_t_off {c.sampling.remask_t_off} must be below "
+               f"sampling.remask_t_on {c.sampling.remask_t_on}"),
+    (lambda c: not (c.sampling.sampler in ("ancestral", "remdm", "first_hitting")
+                    and c.process != "absorbing"),
+     lambda c: f"sampling.sampler={c.sampling.sampler!r} needs process='absorbing'"),
     (lambda c: c.train.batch_size % c.train.accum_steps == 0,
      lambda c: f"train.batch_size {c.train.batch_size} must be divisible by "
                f"train.accum_steps {c.train.accum_steps}"),
@@ -305,6 +340,9 @@ RULES: List[Tuple[Callable[[Any], bool], Callable[[Any], str]]] = [
     (lambda c: not (c.loss.hamming == 2 and c.data.layout == "padded"),
      lambda c: "loss.hamming=2 needs data.layout='packed' (pairs over pad positions "
                "are not defined)"),
+    (lambda c: not (c.loss.hamming == 2 and c.loss.chunk_size > 0),
+     lambda c: "loss.chunk_size applies to the 1-Hamming losses; loss.hamming=2 needs "
+               "loss.chunk_size=0"),
     (lambda c: not (c.loss.hamming == 2 and c.data.seq_len < 2),
      lambda c: f"loss.hamming=2 needs data.seq_len >= 2, got {c.data.seq_len}"),
     (lambda c: not (c.finetune.reward_target == "clean_conditionals"
@@ -465,8 +503,8 @@ HARMLESS_PREFIXES = (
     "train.checkpoint_every", "train.keep_checkpoints", "train.async_checkpoint",
     "train.preemption_sync_every", "train.max_consecutive_skipped",
     "train.divergence_factor", "train.max_bad_evals", "train.allow_config_change",
-    "train.profile_steps", "train.tensorboard", "mesh.", "eval.", "model.remat",
-    "model.dtype", "model.attention_impl", "data.tfds_dir")
+    "train.profile_steps", "train.tensorboard", "mesh.", "eval.", "sampling.", "model.remat",
+    "model.dtype", "model.attention_impl", "data.tfds_dir", "loss.chunk_size")
 
 
 def flatten(d, prefix=""):

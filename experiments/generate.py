@@ -1,0 +1,108 @@
+"""Drawing samples from a loaded run, for the binaries (sample, frontier, studies).
+
+``options(config.sampling, **overrides)`` turns the config's ``sampling`` section into
+``tcsm_jax.sampling.sample`` keyword arguments; ``draw(run, ...)`` draws ``num``
+samples of any length (past ``data.seq_len`` by semi-autoregressive blocks) with prompts
+and guidance; ``record(...)`` is what every file holding a generative perplexity holds:
+the entropy of the same samples, the sampler, the draw, the steps, the temperature and
+top-p.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Dict, Optional
+
+import jax
+import numpy as np
+
+from tcsm_jax import quality, sampling
+
+SAMPLE_KEYS = ("sampler", "steps", "draw", "start", "temperature", "top_p",
+               "remask_schedule", "remask_eta", "remask_t_on", "remask_t_off",
+               "events_per_call")
+REPORT_KEYS = ("sampler", "steps", "draw", "temperature", "top_p")
+
+
+def options(sampling_config=None, **overrides) -> Dict[str, Any]:
+  """``sample`` keyword arguments from ``config.sampling`` (a ConfigDict or dict) and
+  overrides (``None`` values are ignored)."""
+  base = {"sampler": "analytic", "steps": 128, "draw": "exact", "start": "mask",
+          "temperature": 1.0, "top_p": 1.0, "remask_schedule": "cap", "remask_eta": 0.0,
+          "remask_t_on": 0.55, "remask_t_off": 0.05, "events_per_call": 1}
+  if sampling_config is not None:
+    given = dict(sampling_config.items()) if hasattr(sampling_config, "items") else {}
+    base.update({k: given[k] for k in SAMPLE_KEYS if k in given})
+  base.update({k: v for k, v in overrides.items() if v is not None})
+  unknown = set(base) - set(SAMPLE_KEYS)
+  if unknown:
+    raise ValueError(f"unknown sampling options {sorted(unknown)}")
+  return base
+
+
+def describe(opts: Dict[str, Any]) -> Dict[str, Any]:
+  """The sampling settings a report names next to its numbers."""
+  out = {k: opts[k] for k in REPORT_KEYS}
+  if opts["sampler"] == "remdm":
+    out.update(remask_schedule=opts["remask_schedule"], remask_eta=opts["remask_eta"])
+  if opts["sampler"] == "first_hitting":
+    out["events_per_call"] = opts["events_per_call"]
+  return out
+
+
+def draw(run, num: int, batch: int, length: int, opts: Dict[str, Any], seed: int = 0,
+         template: Optional[np.ndarray] = None, overlap: Optional[int] = None,
+         eos_id: Optional[int] = None, log_tilt_fn: Optional[Callable] = None,
+         progress: Optional[Callable] = None):
+  """``(samples [num, length] int32, info)`` from a loaded run.
+
+  ``template [length]``: token ids to clamp, ``-1`` where free. Lengths above the run's
+  ``data.seq_len`` are generated in blocks of ``seq_len`` overlapping by ``overlap``
+  tokens (default ``seq_len // 4``), stopping at ``eos_id`` when every row has one.
+  ``info``: ``seconds``, ``samples_per_sec``, ``nfe`` (network calls per batch),
+  ``blocks`` (per batch, long generation).
+  """
+  exp = run.experiment
+  block = exp.config.data.seq_len
+  b = min(batch, num)
+  kw = dict(opts)
+  steps = kw.pop("steps")
+  win = min(length, block)
+  fn = sampling.jit_clamped_sampler(exp.apply_fn, exp.process, exp.schedule, (b, win),
+                                    steps=steps, log_tilt_fn=log_tilt_fn,
+                                    progress=progress, **kw)
+  tmpl = np.full((length,), -1, np.int32) if template is None else np.asarray(template)
+  tokens, mask = sampling.clamp_from_template(np.tile(tmpl[None], (b, 1)),
+                                              exp.dataset.vocab_size)
+  tokens, mask = np.asarray(tokens), np.asarray(mask)
+  out, nfe, blocks, t0 = [], 0, 0, time.time()
+  for i in range(0, num, b):
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), i)
+    if length <= block:
+      x, info = fn(run.params, key, tokens, mask)
+      nfe = int(info["nfe"])
+    else:
+      calls = []
+
+      def block_fn(k, t, m):
+        x, info = fn(run.params, k, t, m)
+        calls.append(int(info["nfe"]))
+        return x
+
+      ov = block // 4 if overlap is None else overlap
+      x, info = sampling.long.generate(key, block_fn, b, length, block, ov, tokens, mask,
+                                       eos_id=eos_id)
+      nfe, blocks = sum(calls), info["blocks"]
+    out.append(np.asarray(x))
+  samples = np.concatenate(out)[:num]
+  dt = time.time() - t0
+  return samples, {"seconds": dt, "samples_per_sec": len(samples) / dt, "nfe": nfe,
+                   "blocks": blocks}
+
+
+def record(samples, opts: Dict[str, Any], judge=None, reference=None) -> Dict[str, Any]:
+  """Quality of ``samples`` (generative perplexity under ``judge``, unigram entropy),
+  with the sampling settings that made them."""
+  rep = describe(opts)
+  rep.update(quality.report(samples, judge, reference))
+  return rep
