@@ -55,6 +55,7 @@ SLOW_BY_BUDGET = (
     "test_draws.py::test_start_state_at_the_default_schedule",  # ..._does_not_seed_random_tokens
     "test_remask.py::test_remasking_with_the_bayes_denoiser_keeps_the_data_law[rescale",  # [cap
     "test_remask.py::test_remasking_with_the_bayes_denoiser_keeps_the_data_law[loop",
+    "test_prepared.py::test_training_on_a_rotted_shard_is_one_error_line",  # ..._bit_rot_...
 )
 
 

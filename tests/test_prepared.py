@@ -543,3 +543,68 @@ def test_padded_report_is_the_corpus_ratio():
   assert (a.nats_per_token, a.prior_per_token) == pytest.approx(
       (b.nats_per_token, b.prior_per_token))
   assert a.stderr == pytest.approx(b.stderr)
+
+
+def test_bit_rot_after_verification_is_refused_at_the_batch(tmp_path):
+  """Issue 22 item 4: bytes that change after the checksum was recorded, with the same
+  size and mtime, pass the cached verification; every batch's ids are still checked
+  against the vocabulary, so the sampler and the eval batches refuse, naming the shard."""
+  tok = tokenizer.from_spec("char")
+  rng = np.random.default_rng(0)
+  out = tmp_path / "p"
+  m = prepared.write_shards(str(out), {"train": rng.integers(0, 27, 4096),
+                                       "validation": rng.integers(0, 27, 1024)}, tok)
+  ds = prepared.load(str(out))                    # verifies and records the checksums
+  assert prepared.load(str(out)).vocab_size == m["vocab_size"] == 27
+  base.ChunkSampler(ds.train, 64, 8, seed=0).batch(0)
+  del ds
+  for split in ("train", "validation"):
+    shard = out / f"{split}.bin"
+    st = os.stat(shard)
+    ids = np.fromfile(shard, np.uint16)
+    ids[::16] = 65535                             # rot: every 16th id
+    ids.tofile(shard)
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(shard).st_size == st.st_size
+  ds = prepared.load(str(out))                    # the cached record says verified
+  with pytest.raises(errors.DataError, match=r"train\.bin.*train batch of step 3 holds "
+                     r"id 65535, outside the vocabulary of 27"):
+    base.ChunkSampler(ds.train, 64, 8, seed=0).batch(3)
+  with pytest.raises(errors.DataError, match=r"validation\.bin.*eval batch 0 holds id "
+                     "65535"):
+    next(base.eval_batches(ds.validation, 32, 4))
+  with pytest.raises(errors.DataError, match="train.bin.*sha256.*corrupt"):
+    prepared.load(str(out), verify="always")      # what the hash would have said
+
+
+def test_training_on_a_rotted_shard_is_one_error_line(tmp_path):
+  """The binary: bit rot after verification (same size, same mtime) ends training
+  before its first step with one ``error:`` line naming the shard, status 2."""
+  tok = tokenizer.from_spec("char")
+  rng = np.random.default_rng(0)
+  out = tmp_path / "p"
+  prepared.write_shards(str(out), {"train": rng.integers(0, 27, 20_000),
+                                   "validation": rng.integers(0, 27, 4096)}, tok)
+  prepared.load(str(out))                         # verified once, recorded
+  shard = out / "train.bin"
+  st = os.stat(shard)
+  ids = np.fromfile(shard, np.uint16)
+  ids[::16] = 65535
+  ids.tofile(shard)
+  os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             JAX_PLATFORMS="cpu")
+  env.pop("TCSM_TRACEBACK", None)
+  r = subprocess.run(
+      [sys.executable, "-m", "experiments.train", "--config=experiments/configs/kjv_tiny.py",
+       f"--workdir={tmp_path / 'run'}", "--summary_samples=0",
+       "--config.data.name=prepared", f"--config.data.path={out}",
+       "--config.data.seq_len=32", "--config.model.num_layers=1",
+       "--config.model.width=32", "--config.model.num_heads=2",
+       "--config.model.cond_width=32", "--config.train.batch_size=8",
+       "--config.train.num_steps=2"], cwd=REPO, env=env, capture_output=True, text=True,
+      timeout=300)
+  last = r.stderr.strip().splitlines()[-1]
+  assert r.returncode == 2, r.stderr[-3000:]
+  assert last.startswith("error: ") and "train.bin" in last and "65535" in last, last
+  assert "Traceback" not in r.stderr

@@ -24,6 +24,13 @@ then ``release_pages`` (``madvise(MADV_DONTNEED)``: unmap, keeping the page cach
 next read faults the pages back from the cache), so resident memory stays flat however
 big the corpus (about 0.15 ms per batch).
 
+**Ids stay in the vocabulary.** A loader may set ``id_bound`` on a token array it
+memory-maps (``prepared`` does: the manifest's vocabulary size). ``ChunkSampler.batch``
+and ``eval_batches`` then check every batch they cut on the host (one vectorized
+max/min, microseconds) and raise ``DataError`` naming the file and the batch: a shard
+whose bytes rotted after its checksum was recorded (same size and mtime, so the cached
+verification passes) never hands an out-of-range id to a model.
+
 This module imports nothing else of the data package: loaders import it, and
 ``pipeline`` imports the loaders (dependencies point one way).
 """
@@ -71,6 +78,36 @@ def release_pages(arr) -> None:
       m.madvise(mmap.MADV_DONTNEED)
     except (OSError, ValueError):   # closed map, or an OS without it: only memory
       pass
+
+
+def _id_bound(arr) -> Optional[int]:
+  """The ``id_bound`` a loader set on ``arr`` or on the array it is a view of."""
+  while arr is not None:
+    bound = getattr(arr, "id_bound", None)
+    if bound is not None:
+      return int(bound)
+    arr = getattr(arr, "base", None)
+  return None
+
+
+def check_ids(batch: np.ndarray, tokens, where: str) -> np.ndarray:
+  """``batch`` (cut from ``tokens``) if its ids are in ``[0, tokens' id_bound)``.
+
+  Raises:
+    errors.DataError: naming the file of ``tokens`` and ``where`` (the batch).
+  """
+  bound = _id_bound(tokens)
+  if bound is None or not batch.size:
+    return batch
+  hi, lo = int(batch.max()), int(batch.min())
+  if hi >= bound or lo < 0:
+    name = getattr(tokens, "filename", None) or "the token array"
+    raise errors.DataError(
+        f"{name!r}: {where} holds id {hi if hi >= bound else lo}, outside the "
+        f"vocabulary of {bound}: the shard changed after it was verified (bit rot?); "
+        "`python -m experiments.prepare_data --verify --out=DIR` finds the damage, "
+        "prepare the data again")
+  return batch
 
 
 @dataclasses.dataclass
@@ -171,7 +208,7 @@ class ChunkSampler:
     starts = self.indices(step) * self.seq_len
     out = self.tokens[starts[:, None] + np.arange(self.seq_len)].astype(np.int32)
     release_pages(self.tokens)
-    return out
+    return check_ids(out, self.tokens, f"the train batch of step {step}")
 
   def iterate(self, start_step: int = 0) -> Iterator[np.ndarray]:
     step = start_step
@@ -198,7 +235,7 @@ def eval_batches(tokens: np.ndarray, seq_len: int, batch: int,
     sl = chunks[lo + process_index * local:lo + (process_index + 1) * local]
     out = np.array(sl, dtype=np.int32)
     release_pages(tokens)
-    yield out
+    yield check_ids(out, tokens, f"eval batch {i}")
 
 
 def stats(ds: TokenDataset) -> Dict[str, Any]:

@@ -44,7 +44,11 @@ size on a slow disk, a minute on a fast one) is verified according to ``verify``
 * ``always``: hash at every load.
 * ``size``: never hash (size, dtype and vocabulary checks only).
 
-Hashing also checks that no id reaches the vocabulary size.
+Hashing also checks that no id reaches the vocabulary size. Whatever the record says,
+every batch cut from a memmapped shard is checked on the host against the vocabulary
+(``base.check_ids``: the shard's ``id_bound``), so bytes that rot after verification
+(same size and mtime) are a ``DataError`` naming the shard and the batch, never an
+out-of-range id in a model.
 
 **Buckets.** ``np.memmap`` needs a local file. A prepared directory on a bucket is read
 fully into memory (and always hashed) when the splits loaded total at most
@@ -397,6 +401,7 @@ def _open_split(path, m, split: str, verify: str, marker: Dict, in_memory: bool)
   if n == 0:
     return np.zeros((0,), dt), new_marker
   arr = np.memmap(local, dtype=dt, mode="r", shape=(n,))
+  arr.id_bound = int(m["vocab_size"])       # every batch is checked (base.check_ids)
   base.advise_random(arr)
   return arr, new_marker
 
