@@ -1,0 +1,149 @@
+r"""The generative frontier: generative perplexity against sample entropy.
+
+  python -m experiments.frontier --workdir=DIR --judge_workdir=JDIR --outdir=OUT \
+      [--samplers=analytic,remdm,first_hitting] [--steps=16,64,256,1024] \
+      [--temperatures=0.8,0.9,1.0] [--top_ps=0.9,1.0] [--draws=exact] \
+      [--remask_eta=0.02] [--num_samples=64]
+
+A colder sampler always wins on generative perplexity alone, so each sampler x steps x
+temperature x top-p x draw setting is a point (unigram entropy of its samples, their
+perplexity under the judge); the data's own point (the validation text under the same
+judge) is marked. ``first_hitting`` has no step count (it makes one network call per
+unmasking event), so it is swept once per temperature and top-p. Writes
+``OUT/frontier.csv`` (one row per setting, with samples/s and network calls) and
+``OUT/frontier.png``; rerunning with the same ``--outdir`` recomputes everything.
+"""
+
+import json
+import sys
+
+import numpy as np
+from absl import flags
+
+from experiments import cli, common, generate
+from tcsm_jax import errors, quality, sampling
+from tcsm_jax.training import log_setup
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Diffusion model's workdir.")
+_JUDGE = flags.DEFINE_string("judge_workdir", None, "Causal judge's workdir.")
+_OUT = flags.DEFINE_string("outdir", None, "Output directory.")
+_SAMPLERS = flags.DEFINE_list("samplers", ["analytic", "remdm", "first_hitting"],
+                              "Samplers to sweep.")
+_STEPS = flags.DEFINE_list("steps", ["16", "64", "256", "1024"], "Step counts.")
+_TEMPS = flags.DEFINE_list("temperatures", ["0.8", "0.9", "1.0"], "Temperatures.")
+_TOP_PS = flags.DEFINE_list("top_ps", ["0.9", "1.0"], "Nucleus masses.")
+_DRAWS = flags.DEFINE_list("draws", ["exact"], "Draws (exact, gumbel32).")
+_ETA = flags.DEFINE_float("remask_eta", 0.02, "remdm: eta.")
+_SCHED = flags.DEFINE_enum("remask_schedule", "cap", list(sampling.remask.REMASK_SCHEDULES),
+                           "remdm: schedule.")
+_NUM = flags.DEFINE_integer("num_samples", 64, "Samples per setting.")
+_BATCH = flags.DEFINE_integer("batch_size", 64, "Batch size.")
+_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+flags.mark_flags_as_required(["workdir", "judge_workdir", "outdir"])
+
+
+def _floats(name, values, lo, hi):
+  try:
+    out = [float(v) for v in values]
+  except ValueError:
+    raise errors.FlagError(f"--{name} must be numbers, got {values}") from None
+  for v in out:
+    common.check_flag(lo < v <= hi, f"--{name} values must lie in ({lo}, {hi}], got {v}")
+  return out
+
+
+def settings():
+  """The sweep, validated: a list of option overrides."""
+  for s in _SAMPLERS.value:
+    common.check_flag(s in sampling.SAMPLERS, f"--samplers: unknown sampler {s!r}; "
+                      f"choose from {sampling.SAMPLERS}")
+  for d in _DRAWS.value:
+    common.check_flag(d in sampling.draws.DRAWS, f"--draws: unknown draw {d!r}")
+  steps = [int(x) for x in _floats("steps", _STEPS.value, 0, 1e9)]
+  temps = _floats("temperatures", _TEMPS.value, 0, 1e9)
+  top_ps = _floats("top_ps", _TOP_PS.value, 0, 1)
+  common.check_flag(0 <= _ETA.value <= 1, "--remask_eta must lie in [0, 1]")
+  out = []
+  for draw in _DRAWS.value:
+    for s in _SAMPLERS.value:
+      for n in (steps if s != "first_hitting" else [0]):
+        for t in temps:
+          for p in top_ps:
+            o = dict(sampler=s, steps=max(n, 1), draw=draw, temperature=t, top_p=p)
+            if s == "remdm":
+              o.update(remask_eta=_ETA.value, remask_schedule=_SCHED.value)
+            out.append(o)
+  return out
+
+
+def plot(rows, data_row, path):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6.5, 4.5))
+  for s in sorted({r["sampler"] for r in rows}):
+    sel = [r for r in rows if r["sampler"] == s]
+    ax.scatter([r["unigram_entropy"] for r in sel], [r["gen_perplexity"] for r in sel],
+               label=s, s=18, alpha=0.8)
+  ax.scatter([data_row["unigram_entropy"]], [data_row["gen_perplexity"]], marker="*",
+             s=160, c="k", label="data (validation)")
+  ax.axhline(data_row["gen_perplexity"], color="k", lw=0.6, ls=":")
+  ax.axvline(data_row["unigram_entropy"], color="k", lw=0.6, ls=":")
+  ax.set_xlabel("unigram entropy of samples (nats)")
+  ax.set_ylabel("generative perplexity under the judge")
+  ax.set_yscale("log")
+  ax.legend(fontsize=8)
+  ax.set_title("generative frontier (down and right is better)", fontsize=10)
+  fig.tight_layout()
+  return common.save_figure(fig, path)
+
+
+def main(_):
+  common.at_least("num_samples", _NUM.value, 1)
+  common.at_least("batch_size", _BATCH.value, 1)
+  sweep = settings()
+  common.require_run_dir(_WORKDIR.value, "workdir")
+  common.require_run_dir(_JUDGE.value, "judge_workdir")
+  common.require_output_dir(_OUT.value, "outdir")
+  log_setup.quiet_libraries()
+  run = common.load_run(_WORKDIR.value)
+  jr = common.load_run(_JUDGE.value, flag="judge_workdir")
+  exp = run.experiment
+  length = exp.config.data.seq_len
+  judge = (jr.experiment.model, jr.params)
+  n_ref = min(_NUM.value, len(exp.dataset.validation) // length)
+  ref = exp.dataset.validation[:n_ref * length].reshape(-1, length)
+  data_row = quality.report(ref, judge)
+  print(f"data: gen PPL {data_row['gen_perplexity']:.3f}, unigram entropy "
+        f"{data_row['unigram_entropy']:.3f}", flush=True)
+  rows = []
+  print(f"{'sampler':>14}{'draw':>9}{'steps':>6}{'T':>5}{'top_p':>6}{'nfe':>6}"
+        f"{'gen PPL':>9}{'entropy':>9}{'samples/s':>10}", flush=True)
+  for o in sweep:
+    opts = generate.options(exp.config.get("sampling"), **o)
+    x, info = generate.draw(run, _NUM.value, _BATCH.value, length, opts, seed=_SEED.value)
+    row = generate.record(x, opts, judge)
+    row.update(remask_eta=opts["remask_eta"] if o["sampler"] == "remdm" else "",
+               nfe=info["nfe"], samples_per_sec=info["samples_per_sec"])
+    if o["sampler"] == "first_hitting":
+      row["steps"] = ""
+    rows.append(row)
+    print(f"{row['sampler']:>14}{row['draw']:>9}{str(row['steps']):>6}"
+          f"{row['temperature']:>5.2f}{row['top_p']:>6.2f}{row['nfe']:>6}"
+          f"{row['gen_perplexity']:>9.3f}{row['unigram_entropy']:>9.3f}"
+          f"{row['samples_per_sec']:>10.2f}", flush=True)
+  keys = ["sampler", "draw", "steps", "temperature", "top_p", "remask_eta", "nfe",
+          "gen_perplexity", "unigram_entropy", "samples_per_sec", "num_samples"]
+  data_csv = dict.fromkeys(keys, "")
+  data_csv.update(sampler="data", gen_perplexity=data_row["gen_perplexity"],
+                  unigram_entropy=data_row["unigram_entropy"], num_samples=len(ref))
+  common.write_csv(f"{_OUT.value}/frontier.csv", [data_csv] + rows, keys)
+  plot(rows, data_row, f"{_OUT.value}/frontier.png")
+  meta = {"workdir": _WORKDIR.value, "judge_workdir": _JUDGE.value, "step": run.step,
+          "judge_step": jr.step, "command": " ".join(["python -m experiments.frontier"] + sys.argv[1:])}
+  common.write_json(f"{_OUT.value}/frontier.json", meta)
+  print(json.dumps(meta))
+
+
+if __name__ == "__main__":
+  cli.run(main)
