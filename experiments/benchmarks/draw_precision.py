@@ -38,6 +38,8 @@ _ZIPF = flags.DEFINE_float("zipf", 1.0, "Zipf exponent s.")
 _ZIPF_SHAPE = flags.DEFINE_list("zipf_shape", ["4", "32"], "Zipf batch, length.")
 _ZIPF_SEEDS = flags.DEFINE_integer("zipf_seeds", 2, "Zipf seeds per setting.")
 _NUM = flags.DEFINE_integer("num_samples", 64, "Corpus samples per setting.")
+_CORPUS_STEPS = flags.DEFINE_list("corpus_steps", [], "Corpus step counts (default: "
+                                  "--steps).")
 _OUT = flags.DEFINE_string("out", "", "Also write the table here.")
 TAIL = 1e-5
 
@@ -88,7 +90,7 @@ def corpus_rows(steps_list):
       x, info = generate.draw(run, _NUM.value, _NUM.value, length, opts, seed=0)
       rep = generate.record(x, opts, judge)
       rows.append({"model": "kjv_tiny (V=27)", "steps": steps, "draw": draw,
-                   "tokens": x.size, "gen_perplexity": rep["gen_perplexity"],
+                   "samples": len(x), "gen_perplexity": rep["gen_perplexity"],
                    "unigram_entropy": rep["unigram_entropy"],
                    "seconds": info["seconds"]})
       print(rows[-1], flush=True)
@@ -107,7 +109,7 @@ def table(zrows, crows):
     out += ["", "| model | steps | draw | samples | gen PPL (judge) | unigram entropy |",
             "| --- | ---: | --- | ---: | ---: | ---: |"]
     for r in crows:
-      out.append(f"| {r['model']} | {r['steps']} | {r['draw']} | {r['tokens'] // 64} | "
+      out.append(f"| {r['model']} | {r['steps']} | {r['draw']} | {r['samples']} | "
                  f"{r['gen_perplexity']:.3f} | {r['unigram_entropy']:.4f} |")
   return "\n".join(out)
 
@@ -115,7 +117,8 @@ def table(zrows, crows):
 def main(_):
   steps = [int(s) for s in _STEPS.value]
   zrows = zipf_rows(steps)
-  crows = corpus_rows(steps) if _WORKDIR.value and _JUDGE.value else []
+  csteps = [int(s) for s in _CORPUS_STEPS.value] or steps
+  crows = corpus_rows(csteps) if _WORKDIR.value and _JUDGE.value else []
   text = table(zrows, crows)
   print(text)
   if _OUT.value:

@@ -2,7 +2,7 @@ r"""Sample quality and speed against the number of sampling steps.
 
   python -m experiments.benchmarks.sampling --workdir=DIR --judge_workdir=JDIR \
       [--steps=8,16,32,64,128,256,512,1024] [--samplers=analytic,ancestral,euler] \
-      [--num_samples=32]
+      [--num_samples=32] [--draw=exact|gumbel32]
 
 For each sampler and step count: samples/s, network calls (NFE), the full-batch
 equivalents of the rows they evaluated (the ancestral sampler's per-sequence cache runs
@@ -31,6 +31,7 @@ _STEPS = flags.DEFINE_list("steps", ["8", "16", "32", "64", "128", "256", "512",
                            "Step counts.")
 _SAMPLERS = flags.DEFINE_list("samplers", ["analytic", "ancestral", "euler"], "Samplers.")
 _NUM = flags.DEFINE_integer("num_samples", 32, "Samples per setting (one batch).")
+_DRAW = flags.DEFINE_enum("draw", "exact", ["exact", "gumbel32"], "Categorical draws.")
 flags.mark_flag_as_required("workdir")
 
 
@@ -54,11 +55,13 @@ def main(_):
   print("-" * len(head))
   rows = []
   for sampler in _SAMPLERS.value:
-    if sampler == "ancestral" and not isinstance(exp.process, Absorbing):
+    if sampler in ("ancestral", "remdm", "first_hitting") and not isinstance(
+        exp.process, Absorbing):
       continue
     for steps in map(int, _STEPS.value):
       jitted = sampling.jit_sampler(exp.apply_fn, exp.process, exp.schedule,
-                                    (_NUM.value, length), steps=steps, sampler=sampler)
+                                    (_NUM.value, length), steps=steps, sampler=sampler,
+                                    draw=_DRAW.value)
       compiled = jitted.lower(run.params, jax.random.PRNGKey(0)).compile()
       fn = lambda k: compiled(run.params, k)
       t0 = time.perf_counter()
@@ -67,7 +70,7 @@ def main(_):
       dt = time.perf_counter() - t0
       q = quality.report(x, judge)
       nfe = int(info["nfe"])
-      row = dict(sampler=sampler, steps=steps, nfe=nfe,
+      row = dict(sampler=sampler, draw=_DRAW.value, steps=steps, nfe=nfe,
                  full_batch_calls=int(info.get("nfe_rows", nfe * _NUM.value)) / _NUM.value,
                  samples_per_sec=_NUM.value / dt, sec_per_call=dt / nfe,
                  gen_perplexity=q.get("gen_perplexity", float("nan")),

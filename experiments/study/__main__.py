@@ -29,7 +29,7 @@ from tcsm_jax import errors, fs
 from tcsm_jax.training import log_setup
 
 STUDIES = ("objectives", "teacher", "distill", "reward", "reward_bias", "hamming",
-           "ratio")
+           "ratio", "guidance")
 
 _STUDY = flags.DEFINE_enum("study", None, list(STUDIES), "The study to run.")
 _OUT = flags.DEFINE_string("outdir", None, "Output directory (local or bucket).")

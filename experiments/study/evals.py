@@ -68,7 +68,8 @@ def sample_quality(run, judge, steps: Sequence[int], num_samples: int,
                    seed: int = 0) -> Dict[str, float]:
   """Generative perplexity under ``judge`` (``(model, params)``) and unigram entropy of
   ``num_samples`` samples of a loaded run for each number of sampling ``steps``
-  (``gen_ppl_s<n>``, ``entropy_s<n>``)."""
+  (``gen_ppl_s<n>``, ``entropy_s<n>``): the analytic sampler with exact draws from the
+  mask state (``sampling.sample``'s defaults)."""
   exp = run.experiment
   out = {}
   for n in steps:

@@ -63,13 +63,16 @@ def finetune_config(ctx: Context):
 
 
 def sample_metrics(apply_fn, params, ref, ref_params, reward_fn, judge, length, num,
-                   seed, ref_samples=None):
+                   seed, ref_samples=None, log_tilt_fn=None):
   """Samples of a model: mean reward, reward standard error, NLL bounds under the
   reference and under the model itself (their mean difference estimates
   KL(model || reference) per token; a difference of two upper bounds, not a bound),
-  generative perplexity, unigram entropy, and the win rate against ``ref_samples``."""
+  generative perplexity, unigram entropy, and the win rate against ``ref_samples``.
+  ``log_tilt_fn``: guided sampling (``posttrain/guidance.py``; the model's own bound
+  is then that of the untilted network)."""
   x, _ = sampling.jit_sampler(apply_fn, ref.process, ref.schedule, (num, length),
-                              steps=64)(params, jax.random.PRNGKey(seed + 4242))
+                              steps=64, log_tilt_fn=log_tilt_fn)(
+                                  params, jax.random.PRNGKey(seed + 4242))
   x = jnp.asarray(x)
   r = np.asarray(jax.jit(reward_fn)(x), np.float64)
 
@@ -92,9 +95,10 @@ def sample_metrics(apply_fn, params, ref, ref_params, reward_fn, judge, length, 
   return out, np.asarray(x)
 
 
-def plan(ctx: Context, variants_fn=None):
+def plan(ctx: Context, variants_fn=None, extra_fn=None):
   """The shared runs (reference, judge, classifier, reference samples) and one run per
-  variant of ``variants_fn(ctx, reference_dir)`` (default: this study's) and seed."""
+  variant of ``variants_fn(ctx, reference_dir)`` (default: this study's) and seed.
+  ``extra_fn(loaded_run, judge, ref_samples, seed) -> dict`` adds final metrics."""
   dirs = ctx.prerequisites(prereq_configs(ctx))
   info = ctx.notes["prereq"]
   jr = common.load_run(dirs["judge"], flag="judge")
@@ -125,6 +129,8 @@ def plan(ctx: Context, variants_fn=None):
     exp = ft.experiment
     m, _ = sample_metrics(exp.apply_fn, ft.params, exp.ref, exp.ref_params,
                           exp.reward_fn, judge, base.data.seq_len, num, run.seed, ref_x)
+    if extra_fn is not None:
+      m.update(extra_fn(ft, judge, ref_x, run.seed))
     return m
 
   runs = []
