@@ -269,7 +269,7 @@ def test_context_steps_and_schedule():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["objectives", "teacher", "distill", "reward",
-                                  "reward_bias", "hamming", "ratio"])
+                                  "reward_bias", "hamming", "ratio", "guidance"])
 def test_quick_study_writes_sane_outputs(name, tmp_path):
   # The user's command, in its own process (one CPU device, the compile cache on).
   import os
