@@ -7,7 +7,10 @@ r"""Distils an autoregressive teacher into a diffusion student with TCSM.
 The student is trained with the teacher's clean-space concrete score as the TCSM
 target (``loss.teacher_weight`` of it, the rest from data). Afterwards the NLL bound
 on the validation split is printed; use experiments.compare_targets for a
-side-by-side run against a data-only student. Exit status as experiments.train's
+side-by-side run against a data-only student. The teacher must have been trained on
+the config's data (else one error line); it is pinned like a fine-tuning reference
+(``DIR/references.json``; a resume after it changed on disk is refused unless
+``--config.train.allow_reference_change=true``). Exit status as experiments.train's
 (130 Ctrl-C, 143 SIGTERM, both after a checkpoint).
 """
 

@@ -4,7 +4,11 @@ r"""Reward or preference fine-tuning of a trained diffusion model with TCSM.
       --workdir=DIR --config.finetune.ref_workdir=REF [--config.finetune.beta=0.3]
 
 Trains the correction network against the frozen reference (resumable like any run),
-then prints the mean reward of samples before (reference) and after fine-tuning.
+then prints the mean reward of samples before (reference) and after fine-tuning. The
+reference must have been trained on the config's data (dataset, vocabulary, tokenizer),
+else one error line; its step and parameter fingerprint are recorded
+(``DIR/references.json``, every checkpoint), and a resume after it was retrained in
+place is refused unless ``--config.train.allow_reference_change=true`` (recorded).
 Exit status as experiments.train's (130 Ctrl-C, 143 SIGTERM, both after a checkpoint).
 """
 

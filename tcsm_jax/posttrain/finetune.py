@@ -8,6 +8,12 @@ for sampling and evaluation: ``run.params`` is then ``{"correction", "reference"
 ``apply_fn`` returns reference logits + correction. Registered in
 ``training.experiment.BUILDERS`` for ``finetune.kind`` reward and preference.
 
+**Pinned references** (``training.pins``). The run trains on its config's data; a
+reference trained on other data (dataset, vocabulary, tokenizer) is refused in one
+line. The reference's (and a classifier reward's) step and parameter fingerprint are
+recorded in ``Experiment.pins``; a resume or a ``load_run`` after the reference was
+retrained in place is refused unless ``train.allow_reference_change``.
+
 **Parameterizations** (``finetune.parameterization``; issue 15, part 2). The fine-tuned
 denoiser stands in a density ratio ``r_theta(y | x_t) = p_theta(y | x_t) / p_ref(y | x_t)``
 to the frozen reference at every position:
@@ -45,9 +51,12 @@ import numpy as np
 from absl import logging
 
 from tcsm_jax import errors, fs, losses, models, objective, sampling
+from tcsm_jax.data import pipeline
 from tcsm_jax.posttrain import classifier as classifier_lib
 from tcsm_jax.posttrain import reward as reward_lib
+from tcsm_jax.training import checkpoint as ckpt_lib
 from tcsm_jax.training import experiment as experiment_lib
+from tcsm_jax.training import pins as pins_lib
 from tcsm_jax.training import restore
 
 
@@ -169,7 +178,7 @@ class FinetuneExperiment(experiment_lib.Experiment):
     return train, eval_fn
 
 
-def _token_weights(spec: str, encode, vocab_size: int) -> np.ndarray:
+def _token_weights(spec: str, encode, vocab_size: int, decode=None) -> np.ndarray:
   w = np.zeros(vocab_size, np.float32)
   for item in filter(None, spec.split(",")):
     chars, _, val = item.partition("=")
@@ -177,28 +186,44 @@ def _token_weights(spec: str, encode, vocab_size: int) -> np.ndarray:
       ids = np.asarray(encode(ch))
       if len(ids) != 1:
         raise errors.ConfigError(f"finetune.token_weights: {ch!r} is not a single token")
+      back = None if decode is None else decode(ids)
+      if back is not None and back != ch:     # e.g. [UNK] of a word-piece vocabulary
+        raise errors.ConfigError(f"finetune.token_weights: {ch!r} is not a token of "
+                                 f"this vocabulary (it encodes to {back!r})")
       w[int(ids[0])] = float(val)
   return w
 
 
-def make_reward(config, dataset, workdir: str):
-  """``(reward_fn tokens -> [n], deltas_fn x0 -> [b, L, V])`` from ``config.finetune``."""
+def _reward(config, dataset, workdir: str):
+  """``(reward_fn, deltas_fn, pin)``: ``make_reward`` plus the classifier's pin
+  (``{}`` for a token reward)."""
   ft, v, length = config.finetune, dataset.vocab_size, config.data.seq_len
   if ft.reward == "token":
     if dataset.encode is None:
       raise errors.ConfigError("finetune.reward='token' needs a text dataset")
-    w = jnp.asarray(_token_weights(ft.token_weights, dataset.encode, v))
+    w = jnp.asarray(_token_weights(ft.token_weights, dataset.encode, v, dataset.decode))
     return (lambda toks: jnp.sum(w[toks], -1),
-            lambda x0: reward_lib.token_reward_deltas(w, x0))
+            lambda x0: reward_lib.token_reward_deltas(w, x0), {})
+  if v != 27 or (dataset.tokenizer is not None and dataset.tokenizer.kind != "char"):
+    raise errors.ConfigError(
+        f"finetune.reward='classifier' reads the 27-symbol text8 alphabet; the data "
+        f"{dataset.name!r} have {v} tokens (use finetune.reward='token', or character data)")
   cdir = ft.classifier_dir or os.fspath(fs.join(workdir or ".", "classifier"))
   model, params, acc = classifier_lib.load_or_train(cdir, dataset, length,
                                                     ft.classifier_steps)
   if acc is not None:
     logging.info("trained the reward classifier (%s): held-out accuracy %.3f", cdir, acc)
+  pin = {"classifier": {"dir": os.fspath(cdir), "step": 0, "fingerprint": pins_lib.digest(
+      ckpt_lib.fingerprint(params)[0])}}
   soft = lambda onehot: model.apply({"params": params}, onehot)
   hard = lambda toks: soft(jax.nn.one_hot(toks, v))
   return hard, lambda x0: reward_lib.sequence_reward_deltas(hard, x0, v, ft.reward_mode,
-                                                            soft)
+                                                            soft), pin
+
+
+def make_reward(config, dataset, workdir: str):
+  """``(reward_fn tokens -> [n], deltas_fn x0 -> [b, L, V])`` from ``config.finetune``."""
+  return _reward(config, dataset, workdir)[:2]
 
 
 def _preference_pairs(config, ref, ref_params, reward_fn, workdir):
@@ -221,9 +246,18 @@ def _preference_pairs(config, ref, ref_params, reward_fn, workdir):
 
 
 def build(config, workdir: str = "", dataset=None) -> FinetuneExperiment:
-  """The fine-tuning experiment of ``config.finetune`` (reference restored)."""
+  """The fine-tuning experiment of ``config.finetune`` (reference restored and pinned).
+
+  Raises:
+    errors.ConfigError: the reference was trained on other data than the config's
+      (``dataset``, default loaded from ``config.data``), or is not a diffusion model
+      of the config's process and length.
+  """
   ft = config.finetune
-  ref_run = restore.load_run(ft.ref_workdir, dataset=dataset)
+  ds = pipeline.load(config, workdir) if dataset is None else dataset
+  pins_lib.require_same_data("reference", ft.ref_workdir,
+                             restore.trained_on(ft.ref_workdir), ds)
+  ref_run = restore.load_run(ft.ref_workdir, dataset=ds)
   ref = ref_run.experiment
   if ref.causal:
     raise errors.ConfigError(f"finetune.ref_workdir {ft.ref_workdir} holds a causal model")
@@ -233,17 +267,17 @@ def build(config, workdir: str = "", dataset=None) -> FinetuneExperiment:
   if ref_run.config.process != config.process:
     raise errors.ConfigError("fine-tuning must keep the reference's process "
                              f"({ref_run.config.process!r})")
-  ds = ref.dataset if dataset is None else dataset
   if ft.parameterization == "implicit":            # a copy of the reference network
     corr = ref.model
   else:
     corr = models.build_denoiser(config, ds.vocab_size, ref.process.num_states)
-  reward_fn, deltas_fn = make_reward(config, ds, workdir)
+  reward_fn, deltas_fn, pins = _reward(config, ds, workdir)
   pairs = None
   if ft.kind == "preference":
     pairs = _preference_pairs(config, ref, ref_run.params, reward_fn, workdir)
   return FinetuneExperiment(config, ds, ref.process, ref.schedule, corr,
                             frozen=ref_run.params, ref=ref, ref_params=ref_run.params,
+                            pins=dict(pins, reference=ref_run.pin()),
                             reward_fn=reward_fn, deltas_fn=deltas_fn, pairs=pairs)
 
 

@@ -412,6 +412,8 @@ class Checkpointer:
     self._failed: Dict[int, str] = {}   # steps that failed to restore in this process
     self._saving: Optional[int] = None   # the step of the last save, until it failed
     self._refused = False                # a save was refused by the disk (reported)
+    # {leaf path: fingerprint} of the last state ``restore`` returned (verified)
+    self.restored_fingerprints: Dict[str, str] = {}
 
   # -- queries ----------------------------------------------------------------------
 
@@ -454,6 +456,17 @@ class Checkpointer:
                         step, self.directory, type(e).__name__, str(e)[:200])
     self._status.setdefault(step, dict(status) if status is not None else None)
     self._non_finite.setdefault(step, bad)
+
+  def meta(self, step: int) -> Dict[str, Any]:
+    """The caller's meta saved with ``step`` (no arrays read); {} if unreadable."""
+    try:
+      meta = json.loads(epath.Path(self.directory, str(step), "meta", "metadata")
+                        .read_text())
+    except Exception:  # pylint: disable=broad-except
+      return {}
+    if not isinstance(meta, dict):
+      return {}
+    return {k: v for k, v in meta.items() if k not in _RESERVED}
 
   def is_good(self, step: int) -> bool:
     """Good verdict and all values finite (waits for an in-flight fingerprint)."""
@@ -705,6 +718,7 @@ class Checkpointer:
       if not self.is_good(s):
         logging.warning("restored step %d of %s, which is not marked good (%s)", s,
                         self.directory, (self.status(s) or {}).get("not_good_because"))
+      self.restored_fingerprints = fps
       return state, {k: v for k, v in meta.items() if k not in _RESERVED}, s
     raise CheckpointError(
         f"no checkpoint in {self.directory} could be restored (corrupt or incompatible "

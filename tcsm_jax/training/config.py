@@ -152,6 +152,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.divergence_factor = 1.5         # eval > factor * best eval: not good
   c.train.max_bad_evals = 3               # stop after this many consecutive bad evals
   c.train.allow_config_change = False     # resume despite changed model/data/loss keys
+  c.train.allow_reference_change = False  # resume/load although a borrowed reference,
+                                          # teacher or classifier changed (recorded)
   c.train.profile_steps = ""              # "a,b": jax.profiler trace of steps [a, b)
   c.train.tensorboard = True
 
@@ -503,6 +505,7 @@ HARMLESS_PREFIXES = (
     "train.checkpoint_every", "train.keep_checkpoints", "train.async_checkpoint",
     "train.preemption_sync_every", "train.max_consecutive_skipped",
     "train.divergence_factor", "train.max_bad_evals", "train.allow_config_change",
+    "train.allow_reference_change",
     "train.profile_steps", "train.tensorboard", "mesh.", "eval.", "sampling.", "model.remat",
     "model.dtype", "model.attention_impl", "data.tfds_dir", "loss.chunk_size")
 

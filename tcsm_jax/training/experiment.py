@@ -9,6 +9,9 @@ without this layer importing them (dependencies point one way, down):
 * ``TEACHERS[teacher.kind]``: loads a parametric target
   (``tcsm_jax.posttrain.distill`` registers ``ar``, ``mlm`` and ``markov``).
 
+Models borrowed from other workdirs (a teacher, a fine-tuning reference) are pinned in
+``Experiment.pins`` (``pins.py``).
+
 Importing ``tcsm_jax`` imports ``tcsm_jax.posttrain``, so the tables are always full.
 
 Frozen parameters (a teacher's, a fine-tuning reference's) live in
@@ -34,7 +37,7 @@ from tcsm_jax.training import optim, state as state_lib
 
 # finetune.kind -> builder(config, workdir, dataset) -> Experiment
 BUILDERS: Dict[str, Callable] = {}
-# teacher.kind -> loader(config, vocab_size) -> (target_fn(frozen, x0), frozen params)
+# teacher.kind -> loader(config, dataset) -> (target_fn(frozen, x0), frozen params, pins)
 TEACHERS: Dict[str, Callable] = {}
 
 
@@ -55,6 +58,7 @@ class Experiment:
       to the jitted step as an argument. ``None`` when there are none.
     target_fn: ``(frozen, x0 [b, L]) -> [b, L, V]`` clean-space target
       log-conditionals (the teacher), or ``None``.
+    pins: ``{role: record}`` of the models borrowed from other workdirs (``pins.py``).
   """
 
   config: ml_collections.ConfigDict
@@ -64,6 +68,7 @@ class Experiment:
   model: Any             # DiffusionTransformer or CausalTransformer
   frozen: Any = None
   target_fn: Optional[Callable] = None
+  pins: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
   @property
   def causal(self) -> bool:
@@ -190,17 +195,18 @@ def build(config: ml_collections.ConfigDict,
     model = models.build_denoiser(config, dataset.vocab_size, proc.num_states)
   exp = Experiment(config, dataset, proc, sched, model)
   if config.teacher.kind != "none" and config.loss.teacher_weight > 0:
-    exp.target_fn, exp.frozen = load_teacher(config, dataset.vocab_size)
+    exp.target_fn, exp.frozen, exp.pins = load_teacher(config, dataset)
   return exp
 
 
-def load_teacher(config: ml_collections.ConfigDict, vocab_size: int):
-  """``(target_fn(frozen, x0), frozen)`` of ``config.teacher`` (``TEACHERS`` table)."""
+def load_teacher(config: ml_collections.ConfigDict, dataset: pipeline.TokenDataset):
+  """``(target_fn(frozen, x0), frozen, pins)`` of ``config.teacher`` (``TEACHERS``
+  table), checked against the student's ``dataset``."""
   kind = config.teacher.kind
   if kind not in TEACHERS:
     raise errors.ConfigError(f"teacher.kind={kind!r} has no loader; import tcsm_jax "
                              "(which registers tcsm_jax.posttrain)")
-  return TEACHERS[kind](config, vocab_size)
+  return TEACHERS[kind](config, dataset)
 
 
 def state_factory(exp: Experiment):

@@ -3,13 +3,18 @@
 A checkpoint written on any topology (hosts x devices, FSDP or not) restores here:
 the restore target carries the shardings of the *current* mesh (by default every
 device, parameters replicated), never the saved layout, and orbax reshards.
+
+A run built on borrowed models (a fine-tuning reference, a teacher: ``pins.py``) loads
+only if they are still the ones its checkpoint recorded, unless its config has
+``train.allow_reference_change``; ``Run.pin()`` is the record a run borrowing this one
+keeps (step, parameter fingerprint, what it was trained on).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 import jax
 import ml_collections
@@ -20,7 +25,7 @@ from tcsm_jax import fs
 from tcsm_jax.data import prepared
 from tcsm_jax.training import checkpoint as ckpt_lib
 from tcsm_jax.training import experiment as experiment_lib
-from tcsm_jax.training import partition
+from tcsm_jax.training import partition, pins
 from tcsm_jax.training import workdir as workdir_lib
 
 load_config = workdir_lib.load_config
@@ -35,6 +40,23 @@ class Run:
   params: Any
   step: int
   workdir: str
+  fingerprint: str = ""                       # digest of the restored parameters
+  trained_on: Optional[Dict[str, Any]] = None   # pins.identity of its training data
+  use_ema: bool = True
+
+  def pin(self) -> Dict[str, Any]:
+    """What a run that borrows this one records (``pins.py``)."""
+    return {"workdir": os.fspath(self.workdir), "step": int(self.step),
+            "params": "ema" if self.use_ema else "raw", "fingerprint": self.fingerprint,
+            **(self.trained_on or {})}
+
+
+def trained_on(workdir: str) -> Optional[Dict[str, Any]]:
+  """The data identity recorded in ``workdir``'s newest checkpoint (no arrays read);
+  None if there is none (no checkpoint, or one written before it was recorded)."""
+  ckpt = ckpt_lib.Checkpointer(fs.join(workdir, "checkpoints"))
+  step = ckpt.latest_step()
+  return None if step is None else pins.identity_from_meta(ckpt.meta(step))
 
 
 def abstract_state(exp: experiment_lib.Experiment, mesh: Mesh, seed: int = 0):
@@ -74,7 +96,8 @@ def load_run(workdir: str, config: Optional[ml_collections.ConfigDict] = None,
     mesh: where the parameters go; default every device, replicated.
   Raises:
     CheckpointError: if the workdir holds no usable checkpoint.
-    WorkdirError / ConfigError: no workdir, no or a bad config.json.
+    WorkdirError / ConfigError: no workdir, no or a bad config.json, or a borrowed
+      model changed since the checkpoint (``pins.check_unchanged``).
   """
   config = load_config(workdir) if config is None else config
   ckdir = fs.join(workdir, "checkpoints")
@@ -87,10 +110,15 @@ def load_run(workdir: str, config: Optional[ml_collections.ConfigDict] = None,
   exp = experiment_lib.build(config, dataset, workdir=workdir)
   mesh = partition.make_mesh(1) if mesh is None else mesh
   target, _ = abstract_state(exp, mesh, config.seed)
-  state, _, got = ckpt_lib.Checkpointer(ckdir).restore(target, step)
+  ckpt = ckpt_lib.Checkpointer(ckdir)
+  state, meta, got = ckpt.restore(target, step)
+  pins.check_unchanged(meta.get("pins"), exp.pins, config.train.allow_reference_change,
+                       workdir, doing="load it")
   params = state.ema_params if use_ema else state.params
   frozen = None
   if exp.frozen is not None:
     frozen = jax.device_put(exp.frozen, partition.state_shardings(
         exp.frozen, mesh, config.mesh.fsdp_min_bytes))
-  return Run(config, exp, exp.full_params(params, frozen), got, workdir)
+  fp = pins.digest(ckpt.restored_fingerprints, ".ema_params" if use_ema else ".params")
+  return Run(config, exp, exp.full_params(params, frozen), got, workdir, fp,
+             pins.identity_from_meta(meta) or pins.identity(exp.dataset), use_ema)

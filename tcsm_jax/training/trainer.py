@@ -19,7 +19,11 @@ Nothing good is lost, nothing bad is silent (``Health``):
   checkpoint (the binary prints it as one line and exits 2);
 * resuming with a config that changes what the saved state means (model, data,
   process, loss, optimizer, seed, ...) is refused with the list of differences before
-  anything is written, unless ``train.allow_config_change``.
+  anything is written, unless ``train.allow_config_change``;
+* models borrowed from other workdirs (``Experiment.pins``: a fine-tuning reference, a
+  teacher, a reward classifier) are recorded in every checkpoint and in
+  ``references.json``; resuming after one of them changed on disk is refused before
+  anything is written, unless ``train.allow_reference_change`` (then recorded).
 
 The loop's pieces are plain functions with explicit arguments.
 """
@@ -49,7 +53,7 @@ from tcsm_jax.training import checkpoint as ckpt_lib
 from tcsm_jax.training import config as config_lib
 from tcsm_jax.training import experiment as experiment_lib
 from tcsm_jax.training import metrics as metrics_lib
-from tcsm_jax.training import partition, step as step_lib
+from tcsm_jax.training import partition, pins as pins_lib, step as step_lib
 from tcsm_jax.training import workdir as workdir_lib
 
 # Re-exported: the builders live in ``experiment.py``.
@@ -404,7 +408,7 @@ def _train(config, workdir, stop_at_step, experiment, target_fn, on_log):
     exp = dataclasses.replace(
         exp, target_fn=lambda frozen, x0, key=None, **kw: targets.call_target(
             functools.partial(target_fn, **kw), x0, key),   # kw: pairs (loss.hamming 2)
-        frozen=None)
+        frozen=None, pins={k: v for k, v in exp.pins.items() if k != "teacher"})
 
   batch_sh = partition.batch_sharding(mesh)
   create, _, _ = experiment_lib.state_factory(exp)
@@ -418,10 +422,15 @@ def _train(config, workdir, stop_at_step, experiment, target_fn, on_log):
                                async_save=tcfg.async_checkpoint, clean_tmp=True)
   state, meta0, start = _restore_or_init(ckpt, create, abstract, state_sh, config.seed)
   _check_tokenizer(meta0, exp, config)
+  pin_changes = list(meta0.get("pin_changes", [])) + [
+      dict(c, step=start) for c in pins_lib.check_unchanged(
+          meta0.get("pins"), exp.pins, tcfg.allow_reference_change, workdir)]
   if jax.process_index() == 0:
     workdir_lib.save_config(workdir, config, start)   # only after a good restore
     if config.data.name == "prepared":   # decode samples without the data at hand
       prepared.copy_tokenizer(config.data.path, fs.join(workdir, "tokenizer"))
+    if exp.pins:
+      pins_lib.write_record(workdir, exp.pins, pin_changes)
   health = Health.from_config(tcfg, meta0)
 
   sampler = pipeline.ChunkSampler(exp.train_tokens(), exp.train_chunk_len(),
@@ -430,7 +439,8 @@ def _train(config, workdir, stop_at_step, experiment, target_fn, on_log):
                                   process_count=jax.process_count())
   writer = metrics_lib.MetricWriter(workdir, tensorboard=tcfg.tensorboard)
   meta = {"config": json.loads(config_lib.to_json(config)),
-          "dataset": pipeline.stats(exp.dataset), "dataset_name": exp.dataset.name}
+          "dataset": pipeline.stats(exp.dataset), "dataset_name": exp.dataset.name,
+          "pins": exp.pins, "pin_changes": pin_changes}
   end = tcfg.num_steps if stop_at_step is None else min(stop_at_step, tcfg.num_steps)
   tokens_per_step = tcfg.batch_size * config.data.seq_len
   profiler = _Profiler(tcfg.profile_steps, workdir)
