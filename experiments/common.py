@@ -92,6 +92,18 @@ load_or_exit = load_run
 # ------------------------------------------------------ flags of sample / evaluate
 
 
+def with_model_dtype(config, dtype: Optional[str]):
+  """A copy of ``config`` whose network computes in ``dtype`` (``None``: unchanged).
+  Parameters stay float32 (``tcsm_jax/models/transformer.py``), so a float32 run's
+  checkpoint restores as it is."""
+  if dtype is None or dtype == config.model.dtype:
+    return config
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.model.dtype = dtype
+  return config
+
+
 def validate_sample_flags(num_samples: int, steps: int, top_p: float,
                           temperature: float, batch_size: int, seq_len: int) -> None:
   """Raises ``FlagError`` naming the first bad flag (before anything is loaded)."""

@@ -39,6 +39,8 @@ _SCHED = flags.DEFINE_enum("remask_schedule", "cap", list(sampling.remask.REMASK
 _NUM = flags.DEFINE_integer("num_samples", 64, "Samples per setting.")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Batch size.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+_DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Network compute "
+                           "dtype (default: the config's model.dtype).")
 flags.mark_flags_as_required(["workdir", "judge_workdir", "outdir"])
 
 
@@ -106,7 +108,8 @@ def main(_):
   common.require_run_dir(_JUDGE.value, "judge_workdir")
   common.require_output_dir(_OUT.value, "outdir")
   log_setup.quiet_libraries()
-  run = common.load_run(_WORKDIR.value)
+  cfg = common.with_model_dtype(common.load_config(_WORKDIR.value), _DTYPE.value)
+  run = common.load_run(_WORKDIR.value, cfg)
   jr = common.load_run(_JUDGE.value, flag="judge_workdir")
   exp = run.experiment
   length = exp.config.data.seq_len
@@ -140,6 +143,7 @@ def main(_):
   common.write_csv(f"{_OUT.value}/frontier.csv", [data_csv] + rows, keys)
   plot(rows, data_row, f"{_OUT.value}/frontier.png")
   meta = {"workdir": _WORKDIR.value, "judge_workdir": _JUDGE.value, "step": run.step,
+          "dtype": cfg.model.dtype,
           "judge_step": jr.step, "command": " ".join(["python -m experiments.frontier"] + sys.argv[1:])}
   common.write_json(f"{_OUT.value}/frontier.json", meta)
   print(json.dumps(meta))

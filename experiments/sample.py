@@ -55,6 +55,9 @@ _REMASK = flags.DEFINE_enum("remask_schedule", None, list(sampling.remask.REMASK
 _ETA = flags.DEFINE_float("remask_eta", None, "remdm: eta in [0, 1].")
 _EVENTS = flags.DEFINE_integer("events_per_call", None, "first_hitting: unmasking events "
                                "per network call (1 = exact).")
+_DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Network compute "
+                           "dtype for sampling (default: the config's model.dtype); "
+                           "parameters stay float32, draws are exact in float32.")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Samples per device batch (>= 1).")
 _LEN = flags.DEFINE_integer("seq_len", 0, "Sample length (0 = the config's); may exceed "
                             "it (semi-autoregressive blocks).")
@@ -114,6 +117,7 @@ def main(_):
   if length > cfg.data.seq_len:
     common.check_flag(overlap < cfg.data.seq_len, f"--overlap {overlap} must be below "
                       f"the model's data.seq_len {cfg.data.seq_len}")
+  cfg = common.with_model_dtype(cfg, _DTYPE.value)
   run = common.load_run(workdir, cfg)
   exp = run.experiment
   if exp.causal:
@@ -151,7 +155,7 @@ def main(_):
   for i, t in enumerate(texts):
     print(f"[{i}] {t}")
   rep = {"samples_per_sec": info["samples_per_sec"], "step": run.step, "length": length,
-         "nfe_per_batch": info["nfe"]}
+         "nfe_per_batch": info["nfe"], "dtype": cfg.model.dtype}
   if _GUIDE.value != "none":
     rep.update(guide=_GUIDE.value, guide_gamma=_GAMMA.value)
   judge = None

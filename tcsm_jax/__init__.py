@@ -13,7 +13,7 @@ Core math (pure, jittable functions; shapes in each docstring)
 Built on the core
   tj.objective     time sampling + corruption + loss from a config
   tj.likelihood    NLL upper bound (ELBO) with standard error
-  tj.sampling      Euler, analytic and ancestral samplers; prompts and infilling
+  tj.sampling      exact draws; analytic, ancestral, first-hitting, ReMDM, Euler samplers
   tj.targets       teachers as clean-space targets: masked LM, AR exact/Top-K/Taylor
   tj.quality       generative perplexity, unigram entropy
 Runs

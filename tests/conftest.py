@@ -35,6 +35,8 @@ SLOW_BY_BUDGET = (
     "test_reliability.py::test_full_then_read_only_tmpfs",          # disks_that_say_no,
                                                                     # refused_for_space
     "test_lock.py::test_two_trainers_on_one_workdir",               # ..._live_holder_refuses
+    "test_losses.py::test_chunked_loss_equals_plain_loss_every_form",  # ..._plain_loss
+    "test_compile_cache.py::test_second_start_of_the_main_job",  # ..._loads_from_the_cache
     "test_models.py::test_scan_over_layers",                        # shapes/attention tests
     "test_workdir_safety.py::test_padded_prepared_data",            # test_prepared padding
     "test_workdir_safety.py::test_consecutive_skipped_steps",       # diverging resume
@@ -55,6 +57,7 @@ SLOW_BY_BUDGET = (
     "test_draws.py::test_start_state_at_the_default_schedule",  # ..._does_not_seed_random_tokens
     "test_remask.py::test_remasking_with_the_bayes_denoiser_keeps_the_data_law[rescale",  # [cap
     "test_remask.py::test_remasking_with_the_bayes_denoiser_keeps_the_data_law[loop",
+    "test_bf16_sampling.py::test_bf16_network_samples_the_float32_law",  # ..._float32_denoiser
     "test_prepared.py::test_training_on_a_rotted_shard_is_one_error_line",  # ..._bit_rot_...
     "test_pins.py::test_reference_on_other_data_or_vocabulary_is_refused",  # ..._names_what_differs
     "test_pins.py::test_reference_is_pinned_and_a_changed_one_refused",  # test_check_unchanged_...
