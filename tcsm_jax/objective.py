@@ -101,15 +101,21 @@ def make_loss_fn(cfg: ml_collections.ConfigDict, process: Process, schedule: Sch
     x_t = process.sample_forward(k_x, x0, sigma)
     logits = apply_fn(params, x_t, sigma, train, k_drop)
     real = None if pad_id is None else x0 != pad_id
+    chunk = int(cfg.get("chunk_size", 0) or 0)
     if cfg.kind == "masked_elbo":
       # A pad position shows its clean token to the loss, so it never counts as masked.
       x_seen = x_t if real is None else jnp.where(real, x_t, x0)
-      per_seq = losses.masked_elbo(logits, x0, x_seen, sigma, dsigma, process.mask_id)
+      w = dsigma / jnp.expm1(sigma)
+      per_seq = w * losses.per_position(
+          lambda s, lg, a, b: losses.masked_nll(lg, a, b, process.mask_id), chunk,
+          (sigma,), logits, x0, x_seen).sum(-1)
     elif cfg.kind == "sedd":
-      log_p = scores.model_log_probs(logits, process, x_t, sigma)
-      log_score = process.noisy_log_score(log_p, x_t, sigma)
-      per_seq = _sum_real(losses.score_entropy(log_score, x0, x_t, sigma, dsigma,
-                                               process), real)
+      def sedd_fn(s, ds, lg, a, b):
+        log_score = process.noisy_log_score(scores.model_log_probs(lg, process, b, s),
+                                            b, s)
+        return losses.score_entropy(log_score, a, b, s, ds, process)
+      per_seq = _sum_real(losses.per_position(sedd_fn, chunk, (sigma, dsigma), logits,
+                                              x0, x_t), real)
     elif cfg.get("hamming", 1) == 2:
       per_seq = losses.time_weight(cfg.weighting, sigma, dsigma) * _pair_loss(
           cfg, process, logits, x0, x_t, sigma, target_fn, key)
@@ -117,17 +123,20 @@ def make_loss_fn(cfg: ml_collections.ConfigDict, process: Process, schedule: Sch
       w = losses.time_weight(cfg.weighting, sigma, dsigma)
       per_seq = 0.0
       if teacher_w < 1.0:
-        per_seq = (1.0 - teacher_w) * _sum_real(losses.tcsm_loss(
-            logits, x0, x_t, sigma, process, form=cfg.form,
-            divergence=cfg.divergence), real)
+        per_seq = (1.0 - teacher_w) * _sum_real(losses.per_position(
+            lambda s, lg, a, b: losses.tcsm_loss(lg, a, b, s, process, form=cfg.form,
+                                                 divergence=cfg.divergence),
+            chunk, (sigma,), logits, x0, x_t), real)
       if teacher_w > 0.0:
         # A stochastic target (teacher.mode=top_k_tail) draws from its own stream; the
         # corruption's keys stay as they were.
         target = jax.lax.stop_gradient(targets.call_target(
             target_fn, x0, jax.random.fold_in(key, 0x7a5)))
-        per_seq = per_seq + teacher_w * _sum_real(losses.tcsm_loss(
-            logits, x0, x_t, sigma, process, form=cfg.form, divergence=cfg.divergence,
-            target_log_cond=target), real)
+        per_seq = per_seq + teacher_w * _sum_real(losses.per_position(
+            lambda s, lg, a, b, tg: losses.tcsm_loss(
+                lg, a, b, s, process, form=cfg.form, divergence=cfg.divergence,
+                target_log_cond=tg),
+            chunk, (sigma,), logits, x0, x_t, target), real)
       per_seq = w * per_seq
     if real is None:
       loss = jnp.mean(per_seq) / length

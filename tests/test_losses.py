@@ -441,3 +441,85 @@ def test_which_data_target_objectives_are_bounded_below():
   for form, div in unbounded:
     vals = [loss(e, form, div) for e in (1e-2, 1e-4, 1e-8)]
     assert vals[0] > vals[1] > vals[2] and vals[2] < vals[0] - 5, (form, div, vals)
+
+
+# ------------------------------------------------------------------ chunked loss (memory)
+
+
+def _objective_cases(processes_, kinds):
+  """(name, loss config, process) for every loss path of ``objective.make_loss_fn``."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  out = []
+  for pname in processes_:
+    for kind in kinds:
+      combos = ([(f, d) for f in FORMS for d in DIVS] if kind == "tcsm"
+                else [("score", "gkl")])
+      if kind == "masked_elbo" and pname != "absorbing":
+        continue
+      for form, div in combos:
+        cfg = ml_collections.ConfigDict(dict(
+            kind=kind, form=form, divergence=div, weighting="masked_elbo", t_min=1e-3,
+            stratified=True, teacher_weight=0.5 if kind == "tcsm" else 0.0, hamming=1,
+            chunk_size=0))
+        out.append((f"{pname}/{kind}/{form}/{div}", cfg, pname))
+  return out
+
+
+def _check_chunked_equals_plain(processes_, kinds, chunks, only=None):
+  """Loss values and gradients w.r.t. the logits, plain vs chunked, through
+  ``objective.make_loss_fn`` (data target and a teacher target mixed half/half for
+  ``tcsm``), all in one jitted function."""
+  from tcsm_jax import objective, schedules  # pylint: disable=g-import-not-at-top
+  b, length, v = 3, 8, 11
+  rng = np.random.default_rng(7)
+  x0 = jnp.asarray(rng.integers(0, v, (b, length)), jnp.int32)
+  logits0 = jnp.asarray(rng.normal(size=(b, length, v)) * 2, jnp.float32)
+  teacher = jnp.asarray(rng.normal(size=(b, length, v)), jnp.float32)
+  sched = schedules.get("log_linear")
+  cases = [c for c in _objective_cases(processes_, kinds)
+           if only is None or c[0] in only]
+
+  def all_losses(logits):
+    out = {}
+    for name, cfg, pname in cases:
+      proc = processes.get(pname, v)
+      for chunk in (0,) + tuple(chunks):
+        c = cfg.copy_and_resolve_references()
+        c.chunk_size = chunk
+        fn = objective.make_loss_fn(c, proc, sched, lambda p, *_: p,
+                                    target_fn=lambda x, key=None: teacher)
+        val = lambda lg: fn(lg, x0, jax.random.PRNGKey(3), True)[0]
+        out[(name, chunk)] = jax.value_and_grad(val)(logits)
+    return out
+
+  got = jax.jit(all_losses)(logits0)
+  for name, _, _ in cases:
+    plain_v, plain_g = got[(name, 0)]
+    assert np.isfinite(float(plain_v)), name
+    assert float(jnp.abs(plain_g).max()) > 0, name
+    for chunk in chunks:
+      val, grad = got[(name, chunk)]
+      np.testing.assert_allclose(val, plain_v, rtol=1e-6, atol=1e-6,
+                                 err_msg=f"{name} chunk {chunk}")
+      np.testing.assert_allclose(grad, plain_g, rtol=1e-6, atol=1e-6,
+                                 err_msg=f"{name} chunk {chunk}")
+
+
+def test_chunked_loss_equals_plain_loss():
+  """The cheap default: the score-form gKL with data and teacher targets (every form x
+  divergence x process, the masked ELBO and SEDD: the slow test below)."""
+  _check_chunked_equals_plain(["absorbing"], ["tcsm"], [5],
+                              only=("absorbing/tcsm/score/gkl",))
+
+
+def test_chunked_loss_equals_plain_loss_every_form_and_divergence():
+  _check_chunked_equals_plain(["absorbing", "uniform"], ["tcsm", "masked_elbo", "sedd"],
+                              [5, 24])
+
+
+def test_chunk_rows():
+  assert losses.chunk_rows(24, 0) == 24
+  assert losses.chunk_rows(24, 100) == 24
+  assert losses.chunk_rows(24, 5) == 4
+  assert losses.chunk_rows(24, 8) == 8
+  assert losses.chunk_rows(13, 4) == 1
