@@ -63,7 +63,11 @@ def run(key, model_log_probs, process: Absorbing, schedule, x, clamp_mask, *,
       levels.append(levels[-1] + log_u[i] / jnp.maximum(n - i, 1.0))
     sig_first = sigma_of(levels[0])
     active = (n > 0) & (sig_first >= sig_end)                 # [b]
-    lp = model_log_probs(x, jnp.where(active, sig_first, sig_end))   # [b, l, V]
+    # No network call once every row is done (e.g. a long prompt leaves few events).
+    lp = jax.lax.cond(
+        jnp.any(active),
+        lambda: model_log_probs(x, jnp.where(active, sig_first, sig_end)),  # [b, l, V]
+        lambda: jnp.zeros(x.shape + (process.vocab_size,), jnp.float32))
     # k distinct positions, uniform among the free ones: the k smallest race keys.
     keys = jnp.where(free, draws.log_exponential_from_bits(
         jax.random.bits(k_pos, (b, length, draws.WORDS), jnp.uint32)), jnp.inf)
