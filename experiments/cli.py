@@ -11,6 +11,14 @@ status 2. Any other exception is a bug and keeps its traceback. ``--verbose`` or
 ``TCSM_TRACEBACK=1`` prints the traceback of user errors too. Ctrl-C exits with status
 130 and one line.
 
+Compilation cache: ``run`` turns on JAX's persistent compilation cache before ``main``
+runs (``use_compile_cache``), so a binary's second start loads its executables from
+disk instead of compiling them. The cache lives in ``$TCSM_JAX_CACHE`` or else
+``~/.cache/tcsm_jax/jax_cache`` (a bucket URL works too); ``--compile_cache=false`` or
+``TCSM_COMPILE_CACHE=0`` turns it off, and a ``JAX_COMPILATION_CACHE_DIR`` set in the
+environment is used as it is (JAX's own variable wins). A directory that cannot be
+created prints one warning line and the binary runs without the cache.
+
 SIGTERM (a scheduler's preemption) exits with status 143 (128 + 15) and one line,
 whenever it comes: before the trainer installs its own handler (imports, restore,
 compilation) at once with ``terminated (SIGTERM)``, during training after the
@@ -52,6 +60,8 @@ def _say(line: str) -> None:
 
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Print the traceback of user errors too "
                              "(same as the environment variable TCSM_TRACEBACK=1).")
+
+DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "tcsm_jax", "jax_cache")
 
 _OS_PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError,
                    PermissionError)
@@ -282,10 +292,77 @@ def user_error_message(exc: BaseException) -> Optional[str]:
   return None
 
 
+def _env_off(name: str) -> bool:
+  return os.environ.get(name, "").strip().lower() in ("0", "false", "no", "off")
+
+
+def define_compile_cache_flag() -> None:
+  """``--compile_cache`` (bool, default true), unless the binary defines its own flag of
+  that name (``experiments.study``: a directory), which then manages the cache."""
+  if "compile_cache" not in flags.FLAGS:
+    flags.DEFINE_bool(
+        "compile_cache", True, "Persistent JAX compilation cache in $TCSM_JAX_CACHE or "
+        "~/.cache/tcsm_jax/jax_cache (second starts skip compilation); false or "
+        "TCSM_COMPILE_CACHE=0 turns it off.")
+
+
+def _flag_enabled() -> Optional[bool]:
+  """``--compile_cache``'s value; ``None`` when the binary's own flag manages it."""
+  if "compile_cache" not in flags.FLAGS or not flags.FLAGS.is_parsed():
+    return True
+  value = flags.FLAGS["compile_cache"].value
+  return value if isinstance(value, bool) else None
+
+
+def compile_cache_dir() -> str:
+  """The compilation cache directory a binary uses ('' = off): off with
+  ``--compile_cache=false`` or ``TCSM_COMPILE_CACHE=0``; else ``JAX_COMPILATION_CACHE_DIR``
+  when set, ``$TCSM_JAX_CACHE``, or ``~/.cache/tcsm_jax/jax_cache``."""
+  enabled = _flag_enabled()
+  if not enabled or _env_off("TCSM_COMPILE_CACHE"):
+    return ""
+  path = (os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.environ.get("TCSM_JAX_CACHE")
+          or DEFAULT_CACHE_DIR)
+  return path if "://" in path else os.path.abspath(os.path.expanduser(path))
+
+
+def use_compile_cache() -> str:
+  """Turns JAX's persistent compilation cache on (``compile_cache_dir``) or off; returns
+  the directory ('' = off).
+
+  Every executable that took at least 0.1 s to compile is stored (the train, eval and
+  sampling steps; not the many tiny ones, whose disk round trip would cost more than
+  compiling them).
+  """
+  import jax  # pylint: disable=g-import-not-at-top  (binaries import it anyway)
+  if _flag_enabled() is None:          # the binary's own --compile_cache decides
+    return jax.config.jax_compilation_cache_dir or ""
+  path = compile_cache_dir()
+  if path and "://" not in path:
+    try:
+      os.makedirs(path, exist_ok=True)
+    except OSError as e:
+      _say(f"warning: compilation cache off: cannot create {path!r} "
+           f"({e.strerror or e}); set TCSM_JAX_CACHE or --compile_cache=false")
+      path = ""
+  if not path:
+    jax.config.update("jax_enable_compilation_cache", False)
+    return ""
+  jax.config.update("jax_enable_compilation_cache", True)
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                    float(os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+                                         0.1)))
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes",
+                    int(os.environ.get("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", 0)))
+  return path
+
+
 def _guarded(main):
 
   def wrapped(argv):
     try:
+      use_compile_cache()
       if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]} (flags are written "
                              "--name=value)")
@@ -326,6 +403,7 @@ def run(main) -> None:
   SIGTERM (143)."""
   if threading.current_thread() is threading.main_thread():
     signal.signal(signal.SIGTERM, _raise_terminated)
+  define_compile_cache_flag()
   try:
     app.run(_guarded(main), flags_parser=_parse)
   except KeyboardInterrupt:
