@@ -27,10 +27,11 @@ For every setting it prints one row for the bare forward pass (``forward``: one 
 
 The machine is the one you run on; on a shared CPU, run it twice and believe the minimum.
 
-Measured (2-core CPU shared with other jobs, load 2 to 15, jax 0.10.2; random weights,
-batch 16). Before = the transformer and samplers before ``model.attention_impl`` and the
-per-sequence cache; both versions interleaved in one process (``CPU s/call`` is the
-comparable column; wall time followed the other jobs' load, not the code):
+Measured 2026-11-25 at commit 31d7953 (2-core CPU machine shared with other jobs, load
+2 to 15, jax 0.10.2; random weights, batch 16). Before = the transformer and samplers
+before ``model.attention_impl`` and the per-sequence cache; both versions interleaved in
+one process (``CPU s/call`` is the comparable column; wall time followed the other
+jobs' load, not the code):
 
   setting           version sampler      NFE   rows samples/s  s/call CPU s/call
   4x256:128:16:256  before  analytic     257  257.0     0.144   0.433      0.192

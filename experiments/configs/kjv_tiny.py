@@ -1,9 +1,13 @@
-"""Default job: a tiny TCSM model on the bundled KJV corpus (~4 minutes on 2 CPU cores).
+"""Default job: a tiny TCSM model on the bundled KJV corpus (~5 minutes on 2 CPU cores).
 
 Tuned for wall time on a 2-core CPU (issue 13): many small steps beat few large ones
 here. 10,000 steps of 8 x 64 characters (5.1M characters, about 1.3 epochs) with a
 3-layer, width-128, 8-head model (MLP ratio 2) reach an NLL bound of about 2.5
-bits/char; the previous default (2 x 128, 4 heads, 600 steps of 32 x 128) reached 3.33.
+bits/char: 2.54 in 4.3 minutes of training (measured 2026-11-25 on the 2-core CPU
+machine at commit 4269074; a fresh clone of commit 4785798 on that machine took 5.3
+minutes, issue 22) and 2.53 in 0.9 minutes on one NVIDIA H200 (2026-11-26, commit
+013cb0a, experiments/results/gpu_h200.txt). The previous default (2 x 128, 4 heads,
+600 steps of 32 x 128) reached 3.33 (same CPU machine, commit 31d7953).
 Learning rates of 2e-3 and above stall on a plateau with this model; 5e-4 to 1e-3 do
 not.
 """

@@ -20,8 +20,9 @@ CLAIM = ("(c) Distilling an autoregressive model into a diffusion model with TCS
          "better few-step samples than training on data alone.")
 
 # data_5x: the data target with 5x the steps, for a comparison at more nearly equal
-# compute (a Top-4 student's step costs 3-20x a data step, depending on the hardware;
-# the report gives the measured times).
+# compute (a Top-4 student's step costs several data steps, depending on the hardware:
+# 7 s against 3 s of training on one NVIDIA H200, 2026-11-26, commit ae8a9e4,
+# experiments/results/study_distill/REPORT.md; each report gives its measured times).
 LONG = 5
 
 
