@@ -240,11 +240,17 @@ print("restored step", run_lib.step, "| config.json ==", json.loads(
 # * `analytic`: the exact reverse transition of the factorized posterior (for the
 #   absorbing process this is MDLM/MD4's ancestral step);
 # * `ancestral`: the analytic step plus a cache that skips the network when no
-#   sequence changed (`info['nfe']` counts network calls).
+#   sequence changed (`info['nfe']` counts network calls);
+# * `remdm`: the analytic step with ReMDM remasking (`remask_eta = 0`, the default, is
+#   `analytic` itself);
+# * `first_hitting`: exact event-by-event sampling, one network call per unmasking
+#   event (at most `L`), no time grid.
 #
-# With the same key, `euler` and `analytic` print the same samples: for the absorbing
-# process with the log-linear schedule (alpha linear in t) the Euler step *is* the
-# analytic one. The cache of `ancestral` pays off for few sequences and many steps.
+# Every draw is exact far below float32's Gumbel floor (`draw="gumbel32"` gives the old
+# draws). For the absorbing process with the log-linear schedule (alpha linear in t) the
+# Euler step has the analytic step's law (their draws differ: Euler draws one categorical
+# over `V + 1` states, analytic a Bernoulli then a token). The cache of `ancestral` pays
+# off for few sequences and many steps.
 
 # %%
 SAMPLE_STEPS = 8 if QUICK else 64
