@@ -139,8 +139,8 @@ print("x0[0] =", repr(ds.decode(np.asarray(x0[0]))))
 # %%
 K = 4
 ar_model = ar.experiment.model
-ar_targets = {mode: jax.jit(lambda params, x, mode=mode: tj.targets.ar_teacher(
-    ar_model, params, mode, top_k=K)(x)) for mode in tj.targets.MODES}
+ar_targets = {mode: jax.jit(lambda params, x, mode=mode: tj.targets.ar_teacher(  # top_k_tail
+    ar_model, params, mode, top_k=K)(x, jax.random.PRNGKey(0))) for mode in tj.targets.MODES}
 mlm_target = jax.jit(lambda params, x: tj.targets.mlm_teacher(
     ref.experiment.apply_fn, params, proc.mask_id)(x))
 

@@ -9,6 +9,9 @@ the test with that cell's source and traceback.
   (``TCSM_NB_QUICK=1``: fewer Monte Carlo draws, smaller models).
 * ``pytest -m slow``: notebooks 02 and 03 in quick mode, in two kernels at once, and
   each notebook in full.
+* Default suite, no execution: each ``.py`` has its executed ``.ipynb`` next to it
+  (``python notebooks/build.py`` writes them) with the same cells, every code cell run,
+  a figure, and under 1 MiB.
 
 Kernels see one CPU device (``XLA_FLAGS``, as a user's notebook would), write their
 workdirs under pytest's temporary directory (``TCSM_NB_WORKDIR``) and get a
@@ -117,6 +120,33 @@ def test_notebooks_are_jupytext_percent_files():
     kinds = {c.cell_type for c in nb.cells}
     assert kinds == {"code", "markdown"}, (name, kinds)
     nbformat.validate(nb)
+
+
+def _cells(nb):
+  return [(c.cell_type, c.source.strip()) for c in nb.cells]
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_executed_notebook_matches_its_source(name):
+  """The committed ``.ipynb`` is the ``.py`` executed: same cells, all run, small."""
+  ipynb = NB_DIR / (name[:-3] + ".ipynb")
+  rebuild = f"run `python notebooks/build.py {name[:2]}` and commit {ipynb.name}"
+  assert ipynb.exists(), f"notebooks/{ipynb.name} is missing: {rebuild}"
+  executed = nbformat.read(ipynb, as_version=4)
+  assert _cells(executed) == _cells(jupytext.read(NB_DIR / name)), \
+      f"notebooks/{ipynb.name} differs from notebooks/{name}: {rebuild}"
+  code = [c for c in executed.cells if c.cell_type == "code"]
+  assert all(c.get("execution_count") for c in code), f"{ipynb.name}: a cell did not run"
+  assert any("image/png" in o.get("data", {}) for c in code for o in c.outputs), ipynb.name
+  assert ipynb.stat().st_size < 1 << 20, f"{ipynb.name} is over 1 MiB: lower --dpi"
+
+
+def test_drift_is_caught(tmp_path):
+  """One changed line in the source is a difference of cells."""
+  nb = jupytext.read(NB_DIR / NOTEBOOKS[0])
+  text = (NB_DIR / NOTEBOOKS[0]).read_text().replace("import numpy as np",
+                                                     "import numpy as np  # edited", 1)
+  assert _cells(jupytext.reads(text, fmt="py:percent")) != _cells(nb)
 
 
 @pytest.mark.parametrize("name", DEFAULT_QUICK)
