@@ -11,9 +11,12 @@ perplexity under the judge); the data's own point (the validation text under the
 judge) is marked. ``first_hitting`` has no step count (it makes one network call per
 unmasking event), so it is swept once per temperature and top-p. Writes
 ``OUT/frontier.csv`` (one row per setting, with samples/s and network calls) and
-``OUT/frontier.png``; rerunning with the same ``--outdir`` recomputes everything.
+``OUT/frontier.png`` and ``OUT/samples.npz`` (``setting_i``: the samples of csv row
+``i + 1``); ``samples/s`` are after compilation, from one run on a machine that may be
+shared (compare them only within a quiet run); rerunning with the same ``--outdir`` recomputes everything.
 """
 
+import io
 import json
 import sys
 
@@ -21,7 +24,7 @@ import numpy as np
 from absl import flags
 
 from experiments import cli, common, generate
-from tcsm_jax import errors, quality, sampling
+from tcsm_jax import errors, fs, quality, sampling
 from tcsm_jax.training import log_setup
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Diffusion model's workdir.")
@@ -122,9 +125,11 @@ def main(_):
   rows = []
   print(f"{'sampler':>14}{'draw':>9}{'steps':>6}{'T':>5}{'top_p':>6}{'nfe':>6}"
         f"{'gen PPL':>9}{'entropy':>9}{'samples/s':>10}", flush=True)
-  for o in sweep:
+  arrays = {}
+  for i, o in enumerate(sweep):
     opts = generate.options(exp.config.get("sampling"), **o)
     x, info = generate.draw(run, _NUM.value, _BATCH.value, length, opts, seed=_SEED.value)
+    arrays[f"setting_{i}"] = x
     row = generate.record(x, opts, judge)
     row.update(remask_eta=opts["remask_eta"] if o["sampler"] == "remdm" else "",
                nfe=info["nfe"], samples_per_sec=info["samples_per_sec"])
@@ -136,11 +141,16 @@ def main(_):
           f"{row['gen_perplexity']:>9.3f}{row['unigram_entropy']:>9.3f}"
           f"{row['samples_per_sec']:>10.2f}", flush=True)
   keys = ["sampler", "draw", "steps", "temperature", "top_p", "remask_eta", "nfe",
-          "gen_perplexity", "unigram_entropy", "samples_per_sec", "num_samples"]
+          "gen_perplexity", "gen_log_perplexity_se", "unigram_entropy", "samples_per_sec",
+          "num_samples"]
   data_csv = dict.fromkeys(keys, "")
   data_csv.update(sampler="data", gen_perplexity=data_row["gen_perplexity"],
+                  gen_log_perplexity_se=data_row["gen_log_perplexity_se"],
                   unigram_entropy=data_row["unigram_entropy"], num_samples=len(ref))
   common.write_csv(f"{_OUT.value}/frontier.csv", [data_csv] + rows, keys)
+  buf = io.BytesIO()                          # the samples, row i of the csv = setting_i
+  np.savez_compressed(buf, **arrays)
+  fs.write_bytes_atomic(f"{_OUT.value}/samples.npz", buf.getvalue())
   plot(rows, data_row, f"{_OUT.value}/frontier.png")
   meta = {"workdir": _WORKDIR.value, "judge_workdir": _JUDGE.value, "step": run.step,
           "dtype": cfg.model.dtype,

@@ -51,13 +51,21 @@ def unigram_entropy(tokens) -> float:
 def report(tokens, judge=None, reference=None) -> Dict[str, float]:
   """Quality scalars of ``tokens [num, length]``.
 
+  ``gen_perplexity`` is ``exp`` of the mean per-token NLL under the judge (sequences of
+  equal length); ``gen_log_perplexity_se`` the standard error of its log over sequences.
+
   Args:
     judge: optional ``(model, params)`` causal judge for generative perplexity.
     reference: optional real data ``[num, length]``; its entropy is reported alongside.
   """
   out = {"unigram_entropy": unigram_entropy(tokens), "num_samples": int(len(tokens))}
   if judge is not None:
-    out["gen_perplexity"] = generative_perplexity(judge[0], judge[1], tokens)
+    tokens = np.asarray(tokens)
+    nll = -judge_log_likelihood(judge[0], judge[1], tokens) / tokens.shape[1]   # [num]
+    out["gen_perplexity"] = float(math.exp(nll.mean()))
+    # Standard error of log(gen PPL) over sequences (delta method for the PPL itself).
+    se = float(nll.std(ddof=1) / math.sqrt(len(nll))) if len(nll) > 1 else float("nan")
+    out["gen_log_perplexity_se"] = se
     if reference is not None:
       out["data_perplexity_under_judge"] = generative_perplexity(judge[0], judge[1],
                                                                  reference)
