@@ -104,6 +104,35 @@ def with_model_dtype(config, dtype: Optional[str]):
   return config
 
 
+def provenance() -> dict:
+  """``{date, machine, commit}`` of a measurement made now (UTC date; the first
+  device's kind, or the CPU core count; the short git hash of the checkout, with
+  ``+dirty`` when it has uncommitted changes, ``unknown`` outside git)."""
+  import datetime
+  import os
+  import subprocess
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    commit = subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], cwd=root,
+                            capture_output=True, text=True, timeout=10).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                           cwd=root, capture_output=True, text=True, timeout=10).stdout
+    commit = (commit + ("+dirty" if dirty.strip() else "")) if commit else "unknown"
+  except (OSError, subprocess.SubprocessError):
+    commit = "unknown"
+  dev = jax.devices()[0]
+  machine = (f"{os.cpu_count()}-core CPU" if dev.platform == "cpu" else
+             f"{jax.device_count()} x {dev.device_kind}")
+  return {"date": datetime.datetime.now(datetime.timezone.utc).date().isoformat(),
+          "machine": machine, "commit": commit}
+
+
+def provenance_line(verb: str = "Measured") -> str:
+  """``'Measured 2026-12-02 on 2-core CPU at commit abc1234'``."""
+  p = provenance()
+  return f"{verb} {p['date']} on {p['machine']} at commit {p['commit']}"
+
+
 def validate_sample_flags(num_samples: int, steps: int, top_p: float,
                           temperature: float, batch_size: int, seq_len: int) -> None:
   """Raises ``FlagError`` naming the first bad flag (before anything is loaded)."""

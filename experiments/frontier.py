@@ -152,7 +152,8 @@ def main(_):
   np.savez_compressed(buf, **arrays)
   fs.write_bytes_atomic(f"{_OUT.value}/samples.npz", buf.getvalue())
   plot(rows, data_row, f"{_OUT.value}/frontier.png")
-  meta = {"workdir": _WORKDIR.value, "judge_workdir": _JUDGE.value, "step": run.step,
+  meta = {**common.provenance(), "workdir": _WORKDIR.value,
+          "judge_workdir": _JUDGE.value, "step": run.step,
           "dtype": cfg.model.dtype,
           "judge_step": jr.step, "command": " ".join(["python -m experiments.frontier"] + sys.argv[1:])}
   common.write_json(f"{_OUT.value}/frontier.json", meta)

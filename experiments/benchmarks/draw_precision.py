@@ -20,6 +20,7 @@ Prints a markdown table (and writes it to ``--out``).
 """
 
 import math
+import sys
 import time
 
 import jax
@@ -119,7 +120,10 @@ def main(_):
   zrows = zipf_rows(steps)
   csteps = [int(s) for s in _CORPUS_STEPS.value] or steps
   crows = corpus_rows(csteps) if _WORKDIR.value and _JUDGE.value else []
-  text = table(zrows, crows)
+  from experiments import common
+  text = (common.provenance_line() + " with: `python -m "
+          "experiments.benchmarks.draw_precision " + " ".join(sys.argv[1:]) + "`\n\n"
+          + table(zrows, crows))
   print(text)
   if _OUT.value:
     with open(_OUT.value, "w") as f:

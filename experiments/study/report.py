@@ -144,8 +144,12 @@ def final_table(rows: Sequence[dict], variants: Sequence[str], metrics: Sequence
 def write_report(outdir, title: str, claim: str, setup: str, command: str,
                  sections: Sequence[str], verdicts: Sequence[str]) -> str:
   """``REPORT.md``: the claim, the setup and command, result sections, verdicts."""
-  text = [f"# {title}", "", "## Claim", "", claim, "", "## Setup", "", setup, "",
-          "Command:", "", "```", command, "```", ""]
+  sampling_note = ("Samples are drawn with `tcsm_jax.sampling`'s defaults unless the "
+                   "setup says otherwise: exact draws (`sampling.draw=exact`), from the "
+                   "all-mask state.")
+  text = [f"# {title}", "", common.provenance_line("Report written") + " with: "
+          f"`{command}`", "", "## Claim", "", claim, "", "## Setup", "", setup, "",
+          sampling_note, "", "Command:", "", "```", command, "```", ""]
   text += ["## Results", ""] + [s + "\n" for s in sections]
   text += ["## Verdicts", ""] + [f"- {v}" for v in verdicts] + [""]
   return common.write_text(fs.join(outdir, "REPORT.md"), "\n".join(text))
