@@ -37,7 +37,10 @@ SLOW_BY_BUDGET = (
     "test_lock.py::test_two_trainers_on_one_workdir",               # ..._live_holder_refuses
     "test_losses.py::test_chunked_loss_equals_plain_loss_every_form",  # ..._plain_loss
     "test_compile_cache.py::test_second_start_of_the_main_job",  # ..._loads_from_the_cache
+    "test_scale_plan.py::test_compiled_step_memory_and_collectives",  # collective_bytes,
+                                                                    # local_bytes tests
     "test_models.py::test_scan_over_layers",                        # shapes/attention tests
+    "test_loader_prefetch.py::test_trainer_batches_identical",      # ..._equal_unprefetched
     "test_workdir_safety.py::test_padded_prepared_data",            # test_prepared padding
     "test_workdir_safety.py::test_consecutive_skipped_steps",       # diverging resume
     "test_workdir_safety.py::test_profile_steps",

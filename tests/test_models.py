@@ -266,3 +266,14 @@ def test_mfu_flop_count_and_peaks():
   assert mfu.peak_flops("TPU v5", "bfloat16") == 459e12
   assert mfu.peak_flops("TPU v5p", "bfloat16") == 459e12
   assert mfu.peak_flops("cpu", "float32") is None
+
+
+def test_remat_policy_and_planning_sizes():
+  from tcsm_jax.models import transformer  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match="remat_policy"):
+    transformer.TransformerConfig(vocab_size=5, num_input_states=6, remat=True,
+                                  remat_policy="everything")
+  assert transformer.SIZES["1b"] == (16, 2048, 16)
+  assert transformer.SIZES["7b"] == (32, 4096, 32)
+  x = jnp.ones((4, 3))
+  assert transformer.constrain_batch(x) is x          # no context mesh: identity

@@ -59,7 +59,16 @@ SIZES = {
     "medium": (8, 512, 8),
     "gpt2_small": (12, 768, 12),
     "gpt2_medium": (24, 1024, 16),
+    # Planning sizes (experiments.benchmarks.scale_plan): with GPT-2's 50,257 tokens,
+    # 1.0B (Pythia-1B's shape) and 6.9B (LLaMA-7B's shape, GELU MLP) parameters.
+    "1b": (16, 2048, 16),
+    "7b": (32, 4096, 32),
 }
+
+# model.remat_policy: what a rematerialized block saves for the backward pass
+# (jax.checkpoint_policies); "nothing_saveable" recomputes the whole block.
+REMAT_POLICIES = ("nothing_saveable", "dots_with_no_batch_dims_saveable",
+                  "dots_saveable", "everything_saveable")
 
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "einsum")
 
@@ -79,6 +88,7 @@ class TransformerConfig:
   dropout: float = 0.0
   dtype: Dtype = jnp.float32
   remat: bool = False
+  remat_policy: str = "nothing_saveable"   # with remat: a REMAT_POLICIES name
   scan_layers: bool = False       # one compiled block, scanned (faster compiles)
   causal: bool = False
   rope_base: float = 10000.0
@@ -90,6 +100,9 @@ class TransformerConfig:
                        f"{self.num_heads}")
     if (self.width // self.num_heads) % 2:
       raise ValueError("head dimension must be even for rotary embeddings")
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"model.remat_policy must be one of {REMAT_POLICIES}, got "
+                       f"{self.remat_policy!r}")
     if self.attention_impl not in ATTENTION_IMPLS:
       raise ValueError(f"model.attention_impl must be one of {ATTENTION_IMPLS}, got "
                        f"{self.attention_impl!r}")
@@ -120,6 +133,7 @@ def config_from(model_cfg: ml_collections.ConfigDict, vocab_size: int,
       mlp_ratio=model_cfg.get("mlp_ratio", 4), cond_width=model_cfg.get("cond_width", 128),
       dropout=model_cfg.get("dropout", 0.0), dtype=dtypes[model_cfg.dtype],
       remat=model_cfg.get("remat", False),
+      remat_policy=model_cfg.get("remat_policy", "nothing_saveable") or "nothing_saveable",
       scan_layers=model_cfg.get("scan_layers", False), causal=causal,
       attention_impl=attention_impl)
 
@@ -202,6 +216,24 @@ def attention(q, k, v, *, causal: bool, impl: str = "auto"):
                                       implementation=None if impl == "auto" else impl)
 
 
+def constrain_batch(x):
+  """``x [batch, ...]`` split over every axis of the context mesh on its batch axis.
+
+  Under a context mesh (``training.step.make_train_step(..., mesh=mesh)``) the
+  hidden states between blocks are pinned to the data layout (batch over all devices),
+  so XLA's partitioner gathers FSDP-sharded weights (per layer, inside a scanned block)
+  rather than computing every matmul over the whole global batch and all-reducing
+  activations, which it otherwise prefers for weights sharded on their contracting
+  dimension (1.6 GB all-reduced logits per step at GPT-2-small size on 8 devices:
+  ``experiments/results/scale_plan.md``). Without a context mesh: the identity.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or x.shape[0] % mesh.size:
+    return x
+  spec = (tuple(mesh.axis_names),) + (None,) * (x.ndim - 1)
+  return jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec(*spec))
+
+
 def noise_embedding(sigma, dim: int, max_period: float = 10000.0):
   """Sinusoidal features of ``log(sigma_bar)``-like scalars: ``[batch] -> [batch, dim]``."""
   half = dim // 2
@@ -245,7 +277,15 @@ class Block(nn.Module):
       y = _modulate(y, sh2, sc2)
     y = dense(d, "mlp_out")(nn.gelu(dense(cfg.mlp_ratio * d, "mlp_in")(y)))
     y = nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
-    return x + (g2[:, None] * y if cond is not None else y)
+    return constrain_batch(x + (g2[:, None] * y if cond is not None else y))
+
+
+def _block_class(cfg: TransformerConfig):
+  """``Block``, rematerialized with ``cfg.remat_policy`` when ``cfg.remat``."""
+  if not cfg.remat:
+    return Block
+  return nn.remat(Block, static_argnums=(3,),
+                  policy=getattr(jax.checkpoint_policies, cfg.remat_policy))
 
 
 class _ScanBlock(nn.Module):
@@ -256,8 +296,8 @@ class _ScanBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, cond):
-    block = nn.remat(Block, static_argnums=(3,)) if self.cfg.remat else Block
-    return block(self.cfg, name="block")(x, cond, self.deterministic), None
+    return _block_class(self.cfg)(self.cfg, name="block")(x, cond,
+                                                          self.deterministic), None
 
 
 class _Trunk(nn.Module):
@@ -277,14 +317,14 @@ class _Trunk(nn.Module):
     if soft_tokens is not None:
       # [batch, length, num_input_states] weights (e.g. one-hot): differentiable input.
       x = soft_tokens.astype(jnp.float32) @ embed.embedding
-    x = x.astype(cfg.dtype)
+    x = constrain_batch(x.astype(cfg.dtype))
     if cfg.scan_layers:
       scanned = nn.scan(_ScanBlock, variable_axes={"params": 0},
                         split_rngs={"params": True, "dropout": True},
                         in_axes=nn.broadcast, length=cfg.num_layers)
       x, _ = scanned(cfg, deterministic, name="blocks")(x, cond)
     else:
-      block = nn.remat(Block, static_argnums=(3,)) if cfg.remat else Block
+      block = _block_class(cfg)
       for i in range(cfg.num_layers):
         x = block(cfg, name=f"block_{i}")(x, cond, deterministic)
     y = nn.LayerNorm(use_bias=False, use_scale=cond is None, dtype=cfg.dtype,
@@ -296,8 +336,8 @@ class _Trunk(nn.Module):
       y = _modulate(y, shift, scale)
     init = nn.initializers.zeros if cond is not None else nn.initializers.normal(0.02)
     logits = nn.Dense(cfg.vocab_size, dtype=cfg.dtype, kernel_init=init,
-                      name="head")(y)
-    return logits
+                      name="head")(constrain_batch(y))
+    return constrain_batch(logits)
 
 
 class DiffusionTransformer(nn.Module):

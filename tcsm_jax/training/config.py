@@ -64,6 +64,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.arch = "diffusion"         # diffusion | causal (AR teacher / judge / baseline)
   c.model.size = "tiny"              # tiny | small | medium | gpt2_small | gpt2_medium
+                                     # | 1b | 7b (planning sizes: scale_plan)
   c.model.dtype = "float32"          # float32 | bfloat16 (activations; params float32)
   c.model.num_layers = 0             # 0 = from size
   c.model.width = 0
@@ -72,6 +73,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.cond_width = 128
   c.model.dropout = 0.0
   c.model.remat = False
+  c.model.remat_policy = "nothing_saveable"  # with remat: nothing_saveable |
+                                     # dots_with_no_batch_dims_saveable | dots_saveable |
+                                     # everything_saveable (jax.checkpoint_policies)
   c.model.scan_layers = False        # lax.scan over layers: compile time flat in depth
   c.model.attention_impl = "auto"    # auto | xla | cudnn (GPU, bfloat16) | einsum;
                                      # auto = cuDNN on GPU in bf16, XLA's otherwise,
@@ -155,6 +159,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.allow_reference_change = False  # resume/load although a borrowed reference,
                                           # teacher or classifier changed (recorded)
   c.train.profile_steps = ""              # "a,b": jax.profiler trace of steps [a, b)
+  c.train.prefetch = 2                    # batches cut and put on the devices ahead of
+                                          # the step by a background thread (0 = off)
   c.train.tensorboard = True
 
   c.mesh = ml_collections.ConfigDict()
@@ -200,6 +206,7 @@ CHOICES: Dict[str, Tuple[str, ...]] = {
     "model.size": tuple(transformer.SIZES),
     "model.dtype": ("float32", "bfloat16"),
     "model.attention_impl": transformer.ATTENTION_IMPLS,
+    "model.remat_policy": transformer.REMAT_POLICIES,
     "loss.kind": objective.KINDS,
     "loss.form": losses.FORMS,
     "loss.divergence": ("gkl", "kl", "lsif", "itakura_saito"),
@@ -272,6 +279,7 @@ RANGES: Dict[str, Tuple[Any, Any, bool, bool]] = {
     "train.max_consecutive_skipped": (1, None, True, False),
     "train.divergence_factor": (1, None, False, False),
     "train.max_bad_evals": (1, None, True, False),
+    "train.prefetch": (0, None, True, False),
     "mesh.fsdp": (1, None, True, False),
     "mesh.fsdp_min_bytes": (0, None, True, False),
     "eval.num_batches": (0, None, True, False),
@@ -505,7 +513,7 @@ HARMLESS_PREFIXES = (
     "train.checkpoint_every", "train.keep_checkpoints", "train.async_checkpoint",
     "train.preemption_sync_every", "train.max_consecutive_skipped",
     "train.divergence_factor", "train.max_bad_evals", "train.allow_config_change",
-    "train.allow_reference_change",
+    "train.allow_reference_change", "train.prefetch",
     "train.profile_steps", "train.tensorboard", "mesh.", "eval.", "sampling.", "model.remat",
     "model.dtype", "model.attention_impl", "data.tfds_dir", "loss.chunk_size")
 

@@ -12,7 +12,8 @@ from tcsm_jax.training.state import TrainState
 
 
 def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
-                    lr_schedule: Callable, ema_decay: float, accum_steps: int = 1):
+                    lr_schedule: Callable, ema_decay: float, accum_steps: int = 1,
+                    mesh=None):
   """Returns ``train_step(state, batch [B, L]) -> (state, metrics)``.
 
   Gradient accumulation splits the batch into ``accum_steps`` micro-batches (scanned,
@@ -20,6 +21,11 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
   the one of the whole batch. A step whose loss or gradient norm is not finite leaves
   params, optimizer state and EMA untouched, counts itself in ``state.skipped`` and
   reports ``skipped = 1``.
+
+  With ``mesh`` the step is traced under its abstract mesh
+  (``jax.sharding.use_abstract_mesh``): the model pins its
+  hidden states to the batch layout (``models.transformer.constrain_batch``), which
+  makes FSDP gather weights instead of all-reducing activations (same values).
   """
   grad_fn = jax.value_and_grad(lambda p, x, k: loss_fn(p, x, k, True), has_aux=True)
 
@@ -62,7 +68,14 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
                    lr=lr_schedule(state.step))
     return new_state, metrics
 
-  return train_step
+  if mesh is None:
+    return train_step
+
+  def train_step_on_mesh(state: TrainState, batch):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return train_step(state, batch)
+
+  return train_step_on_mesh
 
 
 def make_eval_step(loss_fn: Callable):

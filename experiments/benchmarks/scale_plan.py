@@ -1,0 +1,375 @@
+r"""The pod plan, checked on a laptop: compile the real sharded train step on fake devices.
+
+  python -m experiments.benchmarks.scale_plan --devices=256 \
+      --sizes=gpt2_small,gpt2_medium,1b,7b --mesh=fsdp,data,fsdp+data \
+      [--batches=1,2] [--remat=none,nothing_saveable] [--seq_len=1024] [--vocab=50257]
+
+``XLA_FLAGS=--xla_force_host_platform_device_count=N`` (N = ``--devices``) is set before
+JAX is imported, so the CPU pretends to be N devices. For each model size, mesh, remat
+policy and per-device batch the train step of ``tcsm_jax.training.step`` (TCSM score
+form, AdamW, EMA, the NaN guard; bf16 activations, float32 parameters) is lowered with
+abstract shapes (``jax.eval_shape``: no parameter is allocated) under the shardings the
+trainer uses (``tcsm_jax.training.partition``) and compiled. Reported per device:
+
+* ``params`` / ``opt`` / ``ema``: bytes of the local shards of the train state, counted
+  from the shardings (equal to XLA's argument bytes minus the batch: checked);
+* ``temp``: XLA's ``memory_analysis().temp_size_in_bytes`` (activations, gradients,
+  gathered weights, the optimizer update's temporaries);
+* ``peak``: arguments + outputs + temps - aliased (the state is donated);
+* collectives per step, read from the compiled HLO (``collective_bytes``): the full
+  (unsharded) buffer sizes of all-gathers, reduce-scatters and all-reduces, loop bodies
+  counted by their trip counts, and the bytes one device sends in a ring
+  (``(g - 1) / g`` of the buffer for all-gather and reduce-scatter, twice that for
+  all-reduce, ``g`` the group size).
+
+Meshes: ``data`` (parameters replicated, ``mesh.fsdp=1``), ``fsdp`` (every device on
+the FSDP axis) and ``fsdp+data`` (FSDP over ``--fsdp_group`` devices, 8 by default: a
+host or an NVLink island; data parallel across groups). The fit table takes the peak
+at two per-device batches (``--batches``), which is affine in the batch, and gives the
+largest per-device batch that fits 16 / 32 / 80 / 95 GiB per chip for each remat
+policy (``extrapolated`` past the compiled batches).
+
+XLA:CPU's buffer assignment is not the TPU's or GPU's: it schedules differently and
+has no bf16 arithmetic (it converts to float32), so temps are indicative, parameters
+and collectives exact.
+"""
+
+import os
+import re
+import sys
+
+
+def _devices_from_argv(default: int = 8) -> int:
+  for a in sys.argv[1:]:
+    m = re.match(r"^--devices=(\d+)$", a)
+    if m:
+      return int(m.group(1))
+  return default
+
+
+if __name__ == "__main__":
+  _flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "",
+                  os.environ.get("XLA_FLAGS", ""))
+  os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count="
+                             f"{_devices_from_argv()}").strip()
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from experiments.configs import base  # noqa: E402
+from tcsm_jax import models, objective, processes  # noqa: E402
+from tcsm_jax.training import experiment, optim, partition  # noqa: E402
+from tcsm_jax.training import state as state_lib, step as step_lib  # noqa: E402
+
+GIB = 2 ** 30
+HBM_GIB = (16, 32, 80, 95)
+DTYPE_BYTES = {"f64": 8, "s64": 8, "u64": 8, "f32": 4, "s32": 4, "u32": 4, "bf16": 2,
+               "f16": 2, "s16": 2, "u16": 2, "s8": 1, "u8": 1, "pred": 1}
+COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all",
+               "collective-permute")
+
+
+# ----------------------------------------------------------------- HLO collectives
+
+
+def _shapes_bytes(type_text: str):
+  """Bytes of every array type in an HLO type string (a tuple gives several)."""
+  out = []
+  for dt, dims in re.findall(r"\b([a-z]+\d*)\[([\d,]*)\]", type_text):
+    if dt in DTYPE_BYTES:
+      n = int(np.prod([int(d) for d in dims.split(",") if d])) if dims else 1
+      out.append(n * DTYPE_BYTES[dt])
+  return out
+
+
+def _group_size(line: str, default: int) -> int:
+  m = re.search(r"replica_groups=\[(\d+),(\d+)\]", line)
+  if m:
+    return int(m.group(2))
+  m = re.search(r"replica_groups=\{\{([\d,]+)\}", line)
+  if m:
+    return len(m.group(1).split(","))
+  return default
+
+
+_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(.+?)\s+([a-z][\w\-]*)\((.*)$")
+
+
+def collective_bytes(hlo_text: str, num_devices: int):
+  """Per-device collectives of one execution of a compiled HLO module.
+
+  Returns ``{kind: {"count", "bytes", "ring_bytes"}}`` for ``COLLECTIVES``: ``bytes``
+  is the full buffer (an all-gather's result, a reduce-scatter's operand, an
+  all-reduce's result), ``ring_bytes`` what one device sends with a ring algorithm.
+  Instructions inside a ``while`` body count ``known_trip_count`` times (once, and
+  ``unknown_trip_counts`` is incremented, where the compiler did not record it).
+  """
+  comps, entry, cur = {}, None, None
+  for line in hlo_text.splitlines():
+    head = re.match(r"^(ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$", line)
+    if head and not line.startswith(" "):
+      cur = head.group(2)
+      comps[cur] = {"own": [], "calls": []}
+      if head.group(1):
+        entry = cur
+      continue
+    if cur is None or line.startswith("}"):
+      continue
+    m = _INSTR.match(line)
+    if not m:
+      continue
+    type_text, op, rest = m.groups()
+    kind = op[:-len("-start")] if op.endswith("-start") else op
+    if kind in COLLECTIVES and not op.endswith("-done"):
+      sizes = _shapes_bytes(type_text)
+      full = max(sizes) if op.endswith("-start") else sum(sizes)
+      g = _group_size(rest, num_devices)
+      if kind == "reduce-scatter":
+        full *= g
+      comps[cur]["own"].append((kind, full, g))
+    if op == "while":
+      body = re.search(r"body=%?([\w.\-]+)", rest)
+      trip = re.search(r'known_trip_count\D*?(\d+)', rest)
+      comps[cur]["calls"].append((body.group(1), int(trip.group(1)) if trip else None))
+    for callee in re.findall(r"(?:calls|to_apply|branch_computations)=\{?%?([\w.\-]+)",
+                             rest):
+      comps[cur]["calls"].append((callee, 1))
+  totals = {k: {"count": 0, "bytes": 0, "ring_bytes": 0.0} for k in COLLECTIVES}
+  unknown = [0]
+
+  def visit(name, mult, depth=0):
+    if name not in comps or depth > 50:
+      return
+    for kind, full, g in comps[name]["own"]:
+      factor = 2.0 if kind == "all-reduce" else 1.0
+      totals[kind]["count"] += mult
+      totals[kind]["bytes"] += mult * full
+      totals[kind]["ring_bytes"] += mult * factor * full * (g - 1) / max(g, 1)
+    for callee, trip in comps[name]["calls"]:
+      if trip is None:
+        unknown[0] += 1
+      visit(callee, mult * (trip or 1), depth + 1)
+
+  visit(entry or next(iter(comps)), 1)
+  totals["unknown_trip_counts"] = unknown[0]
+  return totals
+
+
+# ----------------------------------------------------------------- the step
+
+
+def plan_config(size: str, seq_len: int, remat: str, scan: bool, dtype: str,
+                chunk_size: int = 0):
+  config = base.get_config()
+  config.model.size = size
+  config.model.dtype = dtype
+  config.model.remat = remat != "none"
+  if remat != "none":
+    config.model.remat_policy = remat
+  config.model.scan_layers = scan
+  config.model.attention_impl = "xla"
+  config.data.seq_len = seq_len
+  config.loss.chunk_size = chunk_size
+  return config
+
+
+def mesh_for(kind: str, devices, fsdp_group: int):
+  n = len(devices)
+  fsdp = {"data": 1, "fsdp": n, "fsdp+data": min(fsdp_group, n)}[kind]
+  return partition.make_mesh(fsdp, devices=devices)
+
+
+def local_bytes(abstract, shardings) -> int:
+  total = 0
+  for x, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(shardings)):
+    total += int(np.prod(s.shard_shape(x.shape))) * np.dtype(x.dtype).itemsize
+  return total
+
+
+def build(config, vocab: int, mesh=None):
+  """``(abstract train state, train_step, optimizer)`` of a config (nothing allocated)."""
+  proc = processes.get(config.process, vocab)
+  model = models.build_denoiser(config, vocab, proc.num_states)
+  sched = experiment.schedule_from_config(config.schedule)
+  apply = lambda p, x_t, s, train, k: model.apply({"params": p}, x_t, s)
+  loss_fn = objective.make_loss_fn(config.loss, proc, sched, apply)
+  optimizer, lr = optim.make_optimizer(config.optim, 1000)
+  seq = config.data.seq_len
+
+  def create(key):
+    params = model.init({"params": key}, jnp.zeros((1, seq), jnp.int32),
+                        jnp.ones((1,)))["params"]
+    return state_lib.create(params, optimizer, key)
+
+  abstract = jax.eval_shape(create, jax.random.PRNGKey(0))
+  return abstract, step_lib.make_train_step(loss_fn, optimizer, lr, 0.999, mesh=mesh)
+
+
+def state_bytes(abstract, mesh, min_bytes: int = partition.DEFAULT_MIN_BYTES):
+  """Per-device bytes of ``params``, ``opt`` (optimizer state), ``ema`` on ``mesh``,
+  and ``sharded``: the full size of the parameters that are sharded (FSDP)."""
+  sh = partition.state_shardings(abstract, mesh, min_bytes)
+  part = lambda name: local_bytes(getattr(abstract, name), getattr(sh, name))
+  sharded = sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
+                for x, s in zip(jax.tree.leaves(abstract.params),
+                                jax.tree.leaves(sh.params))
+                if any(a is not None for a in s.spec))
+  return dict(params=part("params"), opt=part("opt_state"), ema=part("ema_params"),
+              sharded=sharded)
+
+
+def compile_step(config, vocab: int, mesh, per_device_batch: int,
+                 min_bytes: int = partition.DEFAULT_MIN_BYTES, pin_batch: bool = True):
+  """Lowers and compiles the sharded train step with abstract shapes.
+
+  Returns a dict: per-device ``params``, ``opt``, ``ema``, ``batch`` bytes (from the
+  shardings), ``sharded`` (full bytes of the FSDP-sharded parameters), XLA's
+  ``argument``/``output``/``temp``/``alias`` bytes, ``peak``, ``collectives``
+  (``collective_bytes``), ``num_params``, ``compile_s``. ``pin_batch``: trace under the
+  mesh (``make_train_step(..., mesh=mesh)``: activations pinned to the batch layout).
+  """
+  abstract, train_step = build(config, vocab, mesh if pin_batch else None)
+  sh = partition.state_shardings(abstract, mesh, min_bytes)
+  bsh = partition.batch_sharding(mesh)
+  n = mesh.devices.size
+  seq = config.data.seq_len
+  batch = jax.ShapeDtypeStruct((per_device_batch * n, seq), jnp.int32)
+  step = jax.jit(train_step, in_shardings=(sh, bsh),
+                 out_shardings=(sh, partition.replicated(mesh)), donate_argnums=(0,))
+  t0 = time.perf_counter()
+  compiled = step.lower(abstract, batch).compile()
+  compile_s = time.perf_counter() - t0
+  ma = compiled.memory_analysis()
+  out = dict(state_bytes(abstract, mesh, min_bytes), batch=per_device_batch * seq * 4,
+             argument=ma.argument_size_in_bytes, output=ma.output_size_in_bytes,
+             temp=ma.temp_size_in_bytes, alias=ma.alias_size_in_bytes,
+             num_params=models.count_params(abstract.params), compile_s=compile_s)
+  out["peak"] = out["argument"] + out["output"] + out["temp"] - out["alias"]
+  out["collectives"] = collective_bytes(compiled.as_text(), n)
+  return out
+
+
+def hand_collectives(kind: str, n: int, fsdp_group: int, param_bytes: int,
+                     sharded: int):
+  """Collectives per step and device by hand on ``n`` devices (float32 gathers and
+  gradients; the FSDP all-gather counted twice: forward, and again in the backward):
+  ``{"all-gather", "reduce-scatter", "all-reduce": full bytes, "ring": bytes one device
+  sends}``."""
+  g = {"data": 1, "fsdp": n, "fsdp+data": min(fsdp_group, n)}[kind]
+  d = n // g
+  replicated = param_bytes - sharded if g > 1 else param_bytes
+  ag = 2 * sharded if g > 1 else 0
+  rs = sharded if g > 1 else 0
+  ar_full = replicated                 # replicated grads over all n devices
+  ar_shard = sharded / g if (g > 1 and d > 1) else 0   # sharded grads over data axis
+  ring = ((ag + rs) * (g - 1) / g if g > 1 else 0) + 2 * ar_full * (n - 1) / n + (
+      2 * ar_shard * (d - 1) / d if d > 1 else 0)
+  return {"all-gather": ag, "reduce-scatter": rs, "all-reduce": ar_full + ar_shard,
+          "ring": ring}
+
+
+# ----------------------------------------------------------------- the table
+
+_DEVICES = flags.DEFINE_integer("devices", 8, "Fake host devices (set before JAX "
+                                "starts): the slice planned for.")
+_COMPILE_DEVICES = flags.DEFINE_integer(
+    "compile_devices", 0, "Compile on this many devices (0: --devices) and extrapolate "
+    "to --devices: parameters, optimizer and EMA bytes exact for --devices (from the "
+    "shardings), temps from the smaller compile, collectives by hand.")
+_SIZES = flags.DEFINE_list("sizes", ["gpt2_small", "gpt2_medium", "1b", "7b"],
+                           "Model sizes (tcsm_jax.models.transformer.SIZES).")
+_MESH = flags.DEFINE_list("mesh", ["fsdp", "data", "fsdp+data"], "Meshes.")
+_GROUP = flags.DEFINE_integer("fsdp_group", 8, "FSDP group size of the fsdp+data mesh.")
+_BATCHES = flags.DEFINE_list("batches", ["1", "2"], "Per-device batches compiled (two: "
+                             "the fit is affine in the batch).")
+_REMAT = flags.DEFINE_list("remat", ["none", "nothing_saveable"],
+                           "Remat policies: none or model.remat_policy names.")
+_SEQ = flags.DEFINE_integer("seq_len", 1024, "Sequence length.")
+_VOCAB = flags.DEFINE_integer("vocab", 50257, "Vocabulary (GPT-2 BPE).")
+_DTYPE = flags.DEFINE_string("dtype", "bfloat16", "model.dtype.")
+_SCAN = flags.DEFINE_bool("scan_layers", True, "model.scan_layers (compile time flat "
+                          "in depth; loop bodies counted by trip count).")
+_CHUNK = flags.DEFINE_integer("chunk_size", 0, "loss.chunk_size.")
+
+
+def fits(rows, hbm_gib):
+  """Largest per-device batch whose affine peak fits ``hbm_gib``, from two rows."""
+  (b1, p1), (b2, p2) = [(r["b"], r["peak"]) for r in rows[:2]]
+  slope = (p2 - p1) / (b2 - b1)
+  fixed = p1 - slope * b1
+  cap = hbm_gib * GIB
+  if fixed + slope > cap:
+    return 0
+  return int((cap - fixed) // slope) if slope > 0 else 10 ** 6
+
+
+def main(_):
+  n = _DEVICES.value
+  nc = _COMPILE_DEVICES.value or n
+  devices = jax.devices()
+  if len(devices) < max(n, nc):
+    raise app.UsageError(f"--devices={n} but JAX sees {len(devices)} devices (set "
+                         "XLA_FLAGS before JAX starts: run as python -m ...scale_plan)")
+  batches = [int(b) for b in _BATCHES.value]
+  print(f"planned for {n} devices, compiled on {nc} fake CPU devices | seq {_SEQ.value}"
+        f" | V {_VOCAB.value} | {_DTYPE.value} activations, float32 params, AdamW + EMA"
+        f" | scan_layers={_SCAN.value} | loss.chunk_size={_CHUNK.value}")
+  head = (f"{'size':<12}{'params':>8}{'mesh':>10}{'remat':>18}{'b/dev':>6}"
+          f"{'param GiB':>10}{'opt GiB':>9}{'ema GiB':>9}{'temp GiB':>9}{'peak GiB':>9}"
+          f"{'AG GiB':>8}{'RS GiB':>8}{'AR GiB':>8}{'ring GiB':>9}"
+          f"{'HLO AG/RS/AR/A2A GiB @' + str(nc):>28}{'compile s':>10}")
+  print(head)
+  print("-" * len(head))
+  fit_rows = []
+  compiled = {}        # meshes of equal shape at the compile size compile once
+  for size in _SIZES.value:
+    for mesh_kind in _MESH.value:
+      target = mesh_for(mesh_kind, devices[:n], _GROUP.value)
+      mesh = mesh_for(mesh_kind, devices[:nc], _GROUP.value)
+      for remat in _REMAT.value:
+        rows = []
+        cfg = plan_config(size, _SEQ.value, remat, _SCAN.value, _DTYPE.value,
+                          _CHUNK.value)
+        for b in batches:
+          key = (size, tuple(mesh.shape.items()), remat, b)
+          if key not in compiled:
+            compiled[key] = compile_step(cfg, _VOCAB.value, mesh, b)
+          r = dict(compiled[key])
+          if nc != n:       # the state on the planned slice, exactly; temps as compiled
+            abstract, _ = build(cfg, _VOCAB.value)
+            big = state_bytes(abstract, target)
+            r["peak"] += sum(big[k] - r[k] for k in ("params", "opt", "ema"))
+            r.update({k: big[k] for k in ("params", "opt", "ema", "sharded")})
+          r["b"] = b
+          rows.append(r)
+          hc = hand_collectives(mesh_kind, n, _GROUP.value, r["num_params"] * 4,
+                                r["sharded"])
+          c = r["collectives"]
+          hlo = "/".join(f"{c[k]['bytes'] / GIB:.2f}" for k in
+                         ("all-gather", "reduce-scatter", "all-reduce", "all-to-all"))
+          print(f"{size:<12}{r['num_params'] / 1e9:>7.2f}B{mesh_kind:>10}{remat:>18}"
+                f"{b:>6}{r['params'] / GIB:>10.2f}{r['opt'] / GIB:>9.2f}"
+                f"{r['ema'] / GIB:>9.2f}{r['temp'] / GIB:>9.2f}{r['peak'] / GIB:>9.2f}"
+                f"{hc['all-gather'] / GIB:>8.2f}{hc['reduce-scatter'] / GIB:>8.2f}"
+                f"{hc['all-reduce'] / GIB:>8.2f}{hc['ring'] / GIB:>9.2f}{hlo:>28}"
+                f"{r['compile_s']:>10.1f}", flush=True)
+        fit_rows.append((size, mesh_kind, remat, rows))
+  print(f"\nlargest per-device batch of {_SEQ.value} tokens that fits (peak affine in "
+        f"the batch from b = {batches[0]}, {batches[1]}; larger values extrapolated; 0 = "
+        "does not fit even at batch 1)")
+  head = f"{'size':<12}{'mesh':>10}{'remat':>18}" + "".join(
+      f"{str(h) + ' GiB':>9}" for h in HBM_GIB)
+  print(head)
+  print("-" * len(head))
+  for size, mesh_kind, remat, rows in fit_rows:
+    print(f"{size:<12}{mesh_kind:>10}{remat:>18}"
+          + "".join(f"{fits(rows, h):>9}" for h in HBM_GIB), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
