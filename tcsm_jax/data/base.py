@@ -204,11 +204,18 @@ class ChunkSampler:
     return out
 
   def batch(self, step: int) -> np.ndarray:
-    """``[local_batch, seq_len]`` int32 tokens of this host at ``step``."""
-    starts = self.indices(step) * self.seq_len
-    out = self.tokens[starts[:, None] + np.arange(self.seq_len)].astype(np.int32)
+    """``[local_batch, seq_len]`` int32 tokens of this host at ``step``.
+
+    Whole rows are taken from a ``[num_chunks, seq_len]`` view of the tokens (one
+    contiguous copy per row, not a gathered index per token), the ids are checked in
+    the stored dtype, then widened: about 2x the tokens/s of a per-token gather
+    (``experiments.benchmarks.loader``)."""
+    n, L = self.num_chunks, self.seq_len
+    rows = np.asarray(self.tokens)[:n * L].reshape(n, L)   # a view: reads nothing
+    raw = np.take(rows, self.indices(step), axis=0)
     release_pages(self.tokens)
-    return check_ids(out, self.tokens, f"the train batch of step {step}")
+    check_ids(raw, self.tokens, f"the train batch of step {step}")
+    return raw.astype(np.int32, copy=False)
 
   def iterate(self, start_step: int = 0) -> Iterator[np.ndarray]:
     step = start_step

@@ -48,7 +48,7 @@ import numpy as np
 from absl import logging
 
 from tcsm_jax import errors, fs, models, targets
-from tcsm_jax.data import pipeline, prepared
+from tcsm_jax.data import pipeline, prefetch as prefetch_lib, prepared
 from tcsm_jax.training import checkpoint as ckpt_lib
 from tcsm_jax.training import config as config_lib
 from tcsm_jax.training import experiment as experiment_lib
@@ -465,17 +465,26 @@ def _train(config, workdir, stop_at_step, experiment, target_fn, on_log):
     _log0("compiled the train step in %.1f s", compile_sec)
     writer.write(start, {"compile_sec": compile_sec})
 
+  def make_batch(s):
+    # This host's rows of the global batch of step s, on the devices. Runs on the
+    # prefetch thread (train.prefetch > 0), overlapping the steps in flight.
+    with jax.profiler.TraceAnnotation("prefetch_batch", step=s):
+      return partition.to_global(sampler.batch(s), batch_sh)
+
   train_time = 0.0          # seconds spent in train steps (this process, this run)
   last_good = ckpt.latest_good_step() if ckpt.all_steps() else None
-  with _StopSignals() as signals:
+  batches = prefetch_lib.Prefetcher(make_batch, start, max(start, end),
+                                    depth=tcfg.get("prefetch", 2))
+  with _StopSignals() as signals, batches:
     try:
       t0, s0 = time.time(), start
       step = start
       prev_m = None
       while step < end:
         profiler.at(step)
-        batch = partition.to_global(sampler.batch(step), batch_sh)
-        state, m = train_step(state, batch, frozen)
+        batch = batches.get(step)
+        with jax.profiler.StepTraceAnnotation("train", step_num=step):
+          state, m = train_step(state, batch, frozen)
         step += 1
         # Keep at most two steps in flight: the host runs one step ahead of the
         # devices, and a deep queue of dispatched collectives cannot starve XLA:CPU's
