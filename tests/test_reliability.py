@@ -578,6 +578,8 @@ def test_second_ctrl_c_during_a_save_quits_at_once_quietly(monkeypatch, capsys):
     raise SystemExit(code)
 
   monkeypatch.setattr(trainer.os, "_exit", fake_exit)
+  # Not a notebook kernel: another test in this worker may have imported ipykernel.
+  monkeypatch.setattr(trainer, "_interactive", lambda: False)
   s = trainer._StopSignals()                   # pylint: disable=protected-access
   s._handle(signal.SIGINT, None)               # pylint: disable=protected-access
   assert s.requested == "SIGINT" and not exits
@@ -588,6 +590,11 @@ def test_second_ctrl_c_during_a_save_quits_at_once_quietly(monkeypatch, capsys):
     s._handle(signal.SIGINT, None)             # pylint: disable=protected-access
   err = capsys.readouterr().err
   assert exits == [130] and err.count("\n") == 1 and "during a checkpoint save" in err
+  # In a notebook kernel the second Ctrl-C interrupts the cell instead of the kernel.
+  monkeypatch.setattr(trainer, "_interactive", lambda: True)
+  with pytest.raises(KeyboardInterrupt):
+    s._handle(signal.SIGINT, None)             # pylint: disable=protected-access
+  assert exits == [130]
 
 
 def test_sentencepiece_trains_on_a_one_line_corpus():
