@@ -25,7 +25,9 @@ def test_row_cut_equals_per_token_gather(tmp_path):
                                               "validation": rng.integers(0, 27, 1000)},
                         tokenizer.CharTokenizer())
   ds = prepared.load(str(tmp_path / "p"))
-  for tokens in (ds.train, np.asarray(ds.train, np.int32)):
+  assert base._file_of(ds.train) and not base._file_of(ds.train[48:])
+  # A whole shard (read with preadv), a view of it (the map), an in-memory array.
+  for tokens in (ds.train, ds.train[48:], np.asarray(ds.train, np.int32)):
     for pi, pc in ((0, 1), (1, 2)):
       s = base.ChunkSampler(tokens, 48, 8, seed=5, process_index=pi, process_count=pc)
       for step in (0, 3, 140):          # 140: crosses an epoch boundary
@@ -34,6 +36,12 @@ def test_row_cut_equals_per_token_gather(tmp_path):
         got = s.batch(step)
         assert got.dtype == np.int32
         np.testing.assert_array_equal(got, want)
+  # A shard that shrank after it was loaded is an error naming it, never a SIGBUS.
+  s = base.ChunkSampler(ds.train, 48, 8)
+  with open(ds.train.filename, "r+b") as f:
+    f.truncate(0)
+  with pytest.raises(errors.DataError, match="train.bin.*short read"):
+    s.batch(0)
 
 
 def test_prefetched_batches_equal_unprefetched_and_no_thread_leaks():

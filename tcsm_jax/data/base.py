@@ -19,10 +19,14 @@ only its own contiguous slice of it (fancy indexing a memmap touches only those 
 **Memory.** Prepared splits are read-only ``np.memmap`` arrays. Reading a row maps its
 pages into the process, and recent kernels map whole large page-cache folios (up to
 2 MiB) at a time: 800 random rows of a 40M-token shard left 83 MB of it mapped (all
-of it). ``ChunkSampler.batch`` and ``eval_batches`` therefore copy the rows out and
-then ``release_pages`` (``madvise(MADV_DONTNEED)``: unmap, keeping the page cache; the
-next read faults the pages back from the cache), so resident memory stays flat however
-big the corpus (about 0.15 ms per batch).
+of it). ``ChunkSampler.batch`` therefore reads a whole shard's rows from its file
+(``read_rows``: ``preadv`` into the batch, nothing mapped, no page faults; every row
+asked for at once with ``POSIX_FADV_WILLNEED`` so that rows not in the page cache are
+read in parallel), and ``eval_batches`` (and the sampler on an array that is a view)
+copy the rows out of the map and then ``release_pages`` (``madvise(MADV_DONTNEED)``:
+unmap, keeping the page cache), so resident memory stays flat however big the corpus.
+``python -m experiments.benchmarks.loader`` measures the train batches' tokens/s
+(``experiments/results/loader.txt``).
 
 **Ids stay in the vocabulary.** A loader may set ``id_bound`` on a token array it
 memory-maps (``prepared`` does: the manifest's vocabulary size). ``ChunkSampler.batch``
@@ -40,6 +44,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import mmap
+import os
 from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -78,6 +83,65 @@ def release_pages(arr) -> None:
       m.madvise(mmap.MADV_DONTNEED)
     except (OSError, ValueError):   # closed map, or an OS without it: only memory
       pass
+
+
+def read_ahead(arr, starts: np.ndarray, length: int) -> None:
+  """Starts reading the rows ``arr[s:s + length]`` (``s`` in ``starts``) of a memmapped
+  1-D array from disk at once (``madvise(MADV_WILLNEED)`` per row), so that a batch's
+  rows missing from the page cache are read in parallel rather than one page fault
+  after another (a cold shard: 4-8x the tokens/s, ``experiments.benchmarks.loader``).
+  Maps nothing into the process; a no-op for an in-memory array."""
+  m = _mmap_of(arr)
+  if m is None or not hasattr(mmap, "MADV_WILLNEED") or not len(starts):
+    return
+  try:
+    first = np.asarray(arr).ctypes.data - np.frombuffer(m, np.uint8).ctypes.data
+    item = arr.dtype.itemsize
+    page = mmap.PAGESIZE
+    for lo in np.sort(np.asarray(starts, np.int64) * item + first).tolist():
+      at = lo - lo % page
+      m.madvise(mmap.MADV_WILLNEED, at, lo + length * item - at)
+  except (OSError, ValueError):   # closed map, or an OS without it: only speed
+    pass
+
+
+def _file_of(arr) -> Optional[str]:
+  """The file whose bytes ``arr`` is, from byte 0 (a whole prepared shard memmapped
+  without offset), else None."""
+  name = getattr(arr, "filename", None)
+  m = _mmap_of(arr)
+  if (not name or m is None or arr.ndim != 1 or not arr.flags.c_contiguous
+      or getattr(arr, "offset", 0) or not hasattr(os, "preadv")):
+    return None
+  try:
+    if np.asarray(arr).ctypes.data != np.frombuffer(m, np.uint8).ctypes.data:
+      return None                   # a view into the middle of the map
+  except ValueError:                # a closed map
+    return None
+  return name
+
+
+def read_rows(path: str, dtype, starts: np.ndarray, length: int) -> np.ndarray:
+  """``[len(starts), length]`` ids of ``dtype`` read from the file at element offsets
+  ``starts`` with one ``preadv`` per row into the result (no page faults, nothing
+  mapped), after asking the kernel for every row at once (``POSIX_FADV_WILLNEED``) so
+  that rows missing from the page cache are read in parallel."""
+  dtype = np.dtype(dtype)
+  out = np.empty((len(starts), length), dtype)
+  nbytes = length * dtype.itemsize
+  offsets = (np.asarray(starts, np.int64) * dtype.itemsize).tolist()
+  fd = os.open(path, os.O_RDONLY)
+  try:
+    if hasattr(os, "posix_fadvise"):
+      for off in offsets:
+        os.posix_fadvise(fd, off, nbytes, os.POSIX_FADV_WILLNEED)
+    for r, off in enumerate(offsets):
+      if os.preadv(fd, [out[r]], off) != nbytes:
+        raise errors.DataError(f"{path!r}: short read of {nbytes} bytes at byte {off} "
+                               "(the shard shrank after it was loaded?)")
+  finally:
+    os.close(fd)
+  return out
 
 
 def _id_bound(arr) -> Optional[int]:
@@ -206,14 +270,22 @@ class ChunkSampler:
   def batch(self, step: int) -> np.ndarray:
     """``[local_batch, seq_len]`` int32 tokens of this host at ``step``.
 
-    Whole rows are taken from a ``[num_chunks, seq_len]`` view of the tokens (one
-    contiguous copy per row, not a gathered index per token), the ids are checked in
-    the stored dtype, then widened: about 2x the tokens/s of a per-token gather
-    (``experiments.benchmarks.loader``)."""
+    A memmapped shard's rows are read from its file (``read_rows``: one ``preadv``
+    per row, every row asked for at once; no page faults and nothing left mapped);
+    an in-memory array's (or a view's) rows are copied whole from a
+    ``[num_chunks, seq_len]`` view. The ids are checked in the stored dtype, then
+    widened. Same values as indexing ``tokens`` (tested);
+    ``experiments.benchmarks.loader`` measures the tokens/s."""
     n, L = self.num_chunks, self.seq_len
-    rows = np.asarray(self.tokens)[:n * L].reshape(n, L)   # a view: reads nothing
-    raw = np.take(rows, self.indices(step), axis=0)
-    release_pages(self.tokens)
+    idx = self.indices(step)
+    path = _file_of(self.tokens)
+    if path is not None:     # a whole shard: read the rows, map nothing
+      raw = read_rows(path, self.tokens.dtype, idx * L, L)
+    else:
+      read_ahead(self.tokens, idx * L, L)
+      rows = np.asarray(self.tokens)[:n * L].reshape(n, L)   # a view: reads nothing
+      raw = np.take(rows, idx, axis=0)
+      release_pages(self.tokens)
     check_ids(raw, self.tokens, f"the train batch of step {step}")
     return raw.astype(np.int32, copy=False)
 
