@@ -257,8 +257,10 @@ def compile_steps(exp: Experiment, mesh, state_sh, frozen_sh, batch_sh):
 
   def train_step(state, batch, frozen):
     lf = lambda p, x, k, train: loss_fn(p, frozen, x, k, train)
+    # Traced under the mesh: the model pins hidden states to the batch layout, so FSDP
+    # gathers weights per layer instead of all-reducing activations (scale_plan).
     return step_lib.make_train_step(lf, optimizer, lr_sched, tcfg.ema_decay,
-                                    tcfg.accum_steps)(state, batch)
+                                    tcfg.accum_steps, mesh=mesh)(state, batch)
 
   def eval_step(params, frozen, batch, key):
     return eval_fn(params, frozen, batch, key, False)[1]
