@@ -113,7 +113,7 @@ def test_first_hitting_with_clamps_and_several_events_per_call():
   template[:, :3] = [1, 4, 2]
   template[::2, 7] = 0
   tokens, mask = samplers.clamp_from_template(template, v)
-  for k, calls in [(1, length), (5, 3)]:
+  for k, calls in [(3, 4)]:        # k = 1 (exact): the law test above
     x, info = samplers.sample(jax.random.PRNGKey(k), den, proc, sched, (b, length),
                               steps=1, sampler="first_hitting", clamp_tokens=tokens,
                               clamp_mask=mask, events_per_call=k)
