@@ -40,16 +40,13 @@ CELL_TIMEOUT = 600          # seconds per cell
 
 
 def _env(quick: bool, tmp: pathlib.Path) -> dict:
-  """The kernel's environment; its compilation cache and workdirs go under ``tmp``."""
-  (tmp / "work").mkdir(parents=True, exist_ok=True)
-  env = dict(os.environ)
-  env.update(TCSM_NB_QUICK="1" if quick else "0", TCSM_NB_WORKDIR=str(tmp / "work"),
-             XLA_FLAGS="--xla_force_host_platform_device_count=1",
-             JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(tmp / "jax_cache"),
-             PYTHONPATH=os.pathsep.join(filter(None, [str(REPO),
-                                                      env.get("PYTHONPATH")])))
-  env.pop("MPLBACKEND", None)         # the kernel's inline backend (renders with Agg)
-  return env
+  """The kernel's environment (``notebooks/build.py``'s): one CPU device, compilation
+  cache and workdirs under ``tmp``."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("nb_build", NB_DIR / "build.py")
+  build = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(build)
+  return build.kernel_env(quick, tmp)
 
 
 def _client(name: str) -> "nbclient.NotebookClient":
