@@ -2,7 +2,11 @@
 
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# XLA:CPU's backend optimization level 0: the suite is compile-bound (hundreds of small
+# programs), and level 0 compiles them about 30% faster (measured on test_sampling.py and
+# test_remask.py: 45 s against 66 s) for the same results.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
+                      "--xla_backend_optimization_level=0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import hypothesis  # noqa: E402
