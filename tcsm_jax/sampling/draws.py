@@ -60,12 +60,20 @@ def log_uniform_from_bits(bits):
   (all zero, probability 2^-105) is the last bucket. Returns ``[...]`` float32 in
   ``[-73.5, 0)``.
   """
-  k, mant = _exponent_and_mantissa(bits)
+  return _log_uniform(*_exponent_and_mantissa(bits))
+
+
+def _one_minus_top(mant):
+  """``1 - U`` for ``k = 0`` (``U`` in ``[1/2, 1)``): ``(2^23 - m - 1/2) 2^-24``, exact."""
+  return (2.0 ** 23 - mant - 0.5) * (2.0 ** -24)
+
+
+def _log_uniform(k, mant):
   frac = (mant + 0.5) * (2.0 ** -23)
   deep = jnp.log1p(frac) - (k + 1).astype(jnp.float32) * jnp.float32(math.log(2.0))
-  # k = 0: log U = log1p(-(1 - U)) with 1 - U = (2^23 - m - 1/2) 2^-24 exact, so U < 1
-  # stays below 1 in log space (log1p(frac) would round to log 2 for the top mantissas).
-  top = jnp.log1p(-(2.0 ** 23 - mant - 0.5) * (2.0 ** -24))
+  # k = 0: log U = log1p(-(1 - U)) with 1 - U exact, so U < 1 stays below 1 in log
+  # space (log1p(frac) would round to log 2 for the top mantissas).
+  top = jnp.log1p(-_one_minus_top(mant))
   return jnp.where(k == 0, top, deep)
 
 
@@ -82,9 +90,9 @@ def log_exponential_from_bits(bits):
   so the upper tail (``E`` up to ``25 log 2``) is not rounded away.
   """
   k, mant = _exponent_and_mantissa(bits)
-  u = jnp.exp(log_uniform_from_bits(bits))                   # >= 2^-106: a normal float
+  u = jnp.exp(_log_uniform(k, mant))                         # >= 2^-106: a normal float
   top = k == 0
-  one_minus = jnp.where(top, (2.0 ** 23 - mant - 0.5) * (2.0 ** -24), 1.0)
+  one_minus = jnp.where(top, _one_minus_top(mant), 1.0)
   e = jnp.where(top, -jnp.log(one_minus), -jnp.log1p(-jnp.where(top, 0.0, u)))
   return jnp.log(e)
 
