@@ -28,7 +28,7 @@ def _table_denoiser(proc, seed=0, scale=1.5):
   return fn
 
 
-def _exact_law(den, proc, sched, frozen_sigma=None, substeps=3000):
+def _exact_law(den, proc, sched, frozen_sigma=None, substeps=3000, t_end=T_END):
   """Law over clean sequences of the model's continuous-time reverse chain + final step.
 
   In ``lambda = -log(1 - alpha)`` each masked position unmasks at rate 1, to token ``a``
@@ -42,7 +42,7 @@ def _exact_law(den, proc, sched, frozen_sigma=None, substeps=3000):
   lam = lambda sig: -np.log(-np.expm1(-sig))
   sig_of = lambda lm: -np.log(-np.expm1(-lm))
   l0 = lam(float(sched.sigma_bar(1.0)))
-  l1 = lam(float(sched.sigma_bar(T_END)))
+  l1 = lam(float(sched.sigma_bar(t_end)))
   xs = jnp.asarray(states)
 
   def probs(sig):
@@ -67,7 +67,7 @@ def _exact_law(den, proc, sched, frozen_sigma=None, substeps=3000):
   grid = np.linspace(l0, l1, substeps + 1)
   for a, b in zip(grid[:-1], grid[1:]):
     pi = pi @ scipy.linalg.expm((b - a) * generator(sig_of(0.5 * (a + b))))
-  p_end = probs(float(sched.sigma_bar(T_END)))
+  p_end = probs(float(sched.sigma_bar(t_end)))
   law = np.zeros(V ** L)
   for n, x in enumerate(states):
     if pi[n] < 1e-15:
@@ -103,6 +103,47 @@ def test_first_hitting_law_is_the_exact_reverse_chain_law(setup):
   counts = np.bincount(exact.index_of(np.asarray(x), V), minlength=V ** L)
   assert exact.chisquare_pvalue(counts, law) > 1e-3
   assert exact.chisquare_pvalue(counts, frozen) < 1e-6
+
+
+def test_first_hitting_law_at_a_large_t_end():
+  """At ``t_end = 0.5`` about half the positions are left to the final step: a row whose
+  next event falls after ``t_end`` must stop (it once drew a fresh event on the next
+  pass and unmasked again: chi2 = 635 at ``t_end = 0.2``). The law with the chain run to
+  ``1e-3`` instead (what the old code approached) is rejected, so the check can fail."""
+  proc, sched = processes.Absorbing(V), schedules.get("log_linear")
+  den = _table_denoiser(proc, seed=1)
+  t_end = 0.5
+  law = _exact_law(den, proc, sched, substeps=200, t_end=t_end)
+  too_far = _exact_law(den, proc, sched, substeps=200, t_end=1e-3)
+  assert 0.5 * np.abs(too_far - law).sum() > 0.05
+  n = 60_000
+  fn = jax.jit(lambda k: samplers.sample(k, den, proc, sched, (n, L), steps=1,
+                                         sampler="first_hitting", t_end=t_end))
+  x, _ = fn(jax.random.PRNGKey(1))
+  counts = np.bincount(exact.index_of(np.asarray(x), V), minlength=V ** L)
+  assert exact.chisquare_pvalue(counts, law) > 1e-3
+  assert exact.chisquare_pvalue(counts, too_far) < 1e-6
+
+
+@pytest.mark.parametrize("t_end", [0.1, 0.5, 0.9])
+def test_first_hitting_masked_fraction_at_t_end(t_end):
+  """Without the final step each position is still masked at ``t_end`` with probability
+  ``1 - alpha(t_end)`` (every masked position unmasks at its own rate whatever the
+  denoiser says), independently: a binomial count. The old code gave 0.074 / 0.378 /
+  0.738 at 0.1 / 0.5 / 0.9."""
+  v, b, length = 5, 256, 32
+  proc, sched = processes.Absorbing(v), schedules.get("log_linear")
+  w = jax.random.normal(jax.random.PRNGKey(3), (proc.num_states, v))
+  den = lambda x, s: w[x]
+  x, _ = jax.jit(lambda k: samplers.sample(
+      k, den, proc, sched, (b, length), steps=1, sampler="first_hitting", t_end=t_end,
+      final_denoise=False))(jax.random.PRNGKey(4))
+  masked = int((np.asarray(x) == proc.mask_id).sum())
+  p = float(-np.expm1(-float(sched.sigma_bar(t_end))))       # 1 - alpha(t_end)
+  n = b * length
+  z = (masked - n * p) / np.sqrt(n * p * (1 - p))
+  assert abs(z) < 5, (masked / n, p, z)
+
 
 def test_first_hitting_with_clamps_and_several_events_per_call():
   v, length, b = 5, 12, 64

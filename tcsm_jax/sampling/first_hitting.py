@@ -80,7 +80,10 @@ def run(key, model_log_probs, process: Absorbing, schedule, x, clamp_mask, *,
     cur = jnp.take_along_axis(x, pos, axis=1)
     rows = jnp.arange(b)[:, None]
     x = x.at[rows, pos].set(jnp.where(ok, tok, cur))
-    log_1ma = jnp.where(active, levels[-1], log_1ma)     # inactive from now on
+    # Every row moves on to its last drawn level, also a row whose next event fell
+    # after t_end: levels only decrease, so that row stays past t_end and stops (keeping
+    # its old level would draw a fresh event on the next pass and unmask again).
+    log_1ma = levels[-1]
     nfe = nfe + jnp.any(active)
     return (x, log_1ma, nfe), (x if return_path else None,
                                jnp.where(active, sig_first, jnp.inf))
