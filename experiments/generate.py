@@ -20,7 +20,7 @@ from tcsm_jax import quality, sampling
 
 SAMPLE_KEYS = ("sampler", "steps", "draw", "start", "temperature", "top_p",
                "remask_schedule", "remask_eta", "remask_t_on", "remask_t_off",
-               "events_per_call")
+               "remask_alpha_on", "events_per_call")
 REPORT_KEYS = ("sampler", "steps", "draw", "temperature", "top_p")
 
 
@@ -29,7 +29,8 @@ def options(sampling_config=None, **overrides) -> Dict[str, Any]:
   overrides (``None`` values are ignored)."""
   base = {"sampler": "analytic", "steps": 128, "draw": "exact", "start": "mask",
           "temperature": 1.0, "top_p": 1.0, "remask_schedule": "cap", "remask_eta": 0.0,
-          "remask_t_on": 0.55, "remask_t_off": 0.05, "events_per_call": 1}
+          "remask_t_on": 0.55, "remask_t_off": 0.05, "remask_alpha_on": 0.9,
+          "events_per_call": 1}
   if sampling_config is not None:
     given = dict(sampling_config.items()) if hasattr(sampling_config, "items") else {}
     base.update({k: given[k] for k in SAMPLE_KEYS if k in given})
@@ -45,6 +46,8 @@ def describe(opts: Dict[str, Any]) -> Dict[str, Any]:
   out = {k: opts[k] for k in REPORT_KEYS}
   if opts["sampler"] == "remdm":
     out.update(remask_schedule=opts["remask_schedule"], remask_eta=opts["remask_eta"])
+    if opts["remask_schedule"] == "loop":
+      out.update({k: opts[k] for k in ("remask_t_on", "remask_t_off", "remask_alpha_on")})
   if opts["sampler"] == "first_hitting":
     out["events_per_call"] = opts["events_per_call"]
   return out

@@ -126,7 +126,8 @@ def main(_):
   try:
     sampling.validate(exp.process, opts["sampler"], opts["steps"], opts["temperature"],
                       opts["top_p"], opts["draw"], opts["start"], opts["remask_schedule"],
-                      opts["remask_eta"], opts["remask_t_on"], opts["remask_t_off"], 1e-5)
+                      opts["remask_eta"], opts["remask_t_on"], opts["remask_t_off"], 1e-5,
+                      opts["remask_alpha_on"])
   except ValueError as e:
     raise errors.FlagError(str(e)) from None
   template, notes = common.build_template(

@@ -122,7 +122,8 @@ def _cached_model_log_probs(model_log_probs, x, sigma, lp, stale, buckets):
 
 def validate(process: Process, sampler: str, steps: int, temperature: float,
              top_p: float, draw: str, start: str, remask_schedule: str,
-             remask_eta: float, t_on: float, t_off: float, t_end: float) -> None:
+             remask_eta: float, t_on: float, t_off: float, t_end: float,
+             alpha_on: float = 0.9) -> None:
   """Raises ``ValueError`` naming the first bad sampling option."""
   if sampler not in SAMPLERS:
     raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
@@ -146,6 +147,8 @@ def validate(process: Process, sampler: str, steps: int, temperature: float,
     if remask_schedule == "loop" and not t_end < t_off < t_on < 1:
       raise ValueError(f"remask loop needs t_end < t_off < t_on < 1, got t_off={t_off}, "
                        f"t_on={t_on}, t_end={t_end}")
+    if remask_schedule == "loop" and not 0 < alpha_on < 1:
+      raise ValueError(f"remask alpha_on must lie in (0, 1), got {alpha_on}")
 
 
 def start_state(key, process: Process, schedule: Schedule, shape, start: str = "mask",
@@ -172,8 +175,8 @@ def sample(key, denoise_fn: Callable, process: Process, schedule: Schedule, shap
            progress: Optional[Callable] = None, cache_buckets=None,
            draw: str = "exact", start: str = "mask", remask_schedule: str = "cap",
            remask_eta: float = 0.0, remask_t_on: float = 0.55,
-           remask_t_off: float = 0.05, log_tilt_fn: Optional[Callable] = None,
-           events_per_call: int = 1):
+           remask_t_off: float = 0.05, remask_alpha_on: float = 0.9,
+           log_tilt_fn: Optional[Callable] = None, events_per_call: int = 1):
   """Draws ``shape = (batch, length)`` sequences by running the reverse chain.
 
   Args:
@@ -196,7 +199,8 @@ def sample(key, denoise_fn: Callable, process: Process, schedule: Schedule, shap
       ``(batch,)`` turns the cache off.
     draw: ``exact`` or ``gumbel32`` (``draws.py``).
     start: ``mask`` or ``prior`` (``start_state``).
-    remask_schedule, remask_eta, remask_t_on, remask_t_off: ``remdm`` (``remask.py``).
+    remask_schedule, remask_eta, remask_t_on, remask_t_off, remask_alpha_on: ``remdm``
+      (``remask.py``; ``loop`` runs on ``remask.loop_schedule``, not ``schedule``).
     log_tilt_fn: guidance, ``(x_t, sigma, log_probs) -> [batch, length, V]`` added to
       the denoiser's log-probabilities before normalization.
     events_per_call: ``first_hitting`` only (``first_hitting.py``).
@@ -207,7 +211,7 @@ def sample(key, denoise_fn: Callable, process: Process, schedule: Schedule, shap
     requested.
   """
   validate(process, sampler, steps, temperature, top_p, draw, start, remask_schedule,
-           remask_eta, remask_t_on, remask_t_off, t_end)
+           remask_eta, remask_t_on, remask_t_off, t_end, remask_alpha_on)
   b, length = shape
   clamp_given = clamp_mask                 # before conversion: host values if concrete
   clamp_mask, clamp_tokens = clamp_arrays(process, shape, clamp_tokens, clamp_mask)
@@ -222,8 +226,8 @@ def sample(key, denoise_fn: Callable, process: Process, schedule: Schedule, shap
                              events_per_call=events_per_call, return_path=return_path)
   ts = jnp.linspace(1.0, t_end, steps + 1)
   loop = sampler == "remdm" and remask_schedule == "loop"
-  t_eff = remask.effective_times(ts, remask_schedule if loop else "", remask_t_on,
-                                 remask_t_off, t_end)
+  if loop:        # the chain runs on the loop's own alpha(t) (remask.py)
+    schedule = remask.loop_schedule(schedule, remask_t_on, remask_t_off, remask_alpha_on)
   full = lambda v: jnp.full((b,), v)
   if sampler == "ancestral" and cache_buckets is None:
     try:
@@ -241,7 +245,7 @@ def sample(key, denoise_fn: Callable, process: Process, schedule: Schedule, shap
 
   def body(carry, k):
     x, lp, fresh, nfe, rows = carry
-    t, s = t_eff[k], t_eff[k + 1]
+    t, s = ts[k], ts[k + 1]
     sig_t, dsig_t = schedule(full(t))
     sig_s = schedule.sigma_bar(full(s))
     if cached:       # per-sequence cache: the network sees only the changed sequences
@@ -256,7 +260,8 @@ def sample(key, denoise_fn: Callable, process: Process, schedule: Schedule, shap
       log_unmask, _ = absorbing_unmask_log_prob(sig_t, sig_s)
       if sampler == "remdm":
         log_remask = remask.log_remask_probs(sig_t, sig_s, remask_schedule, remask_eta,
-                                             held=(t_eff[k] == t_eff[k + 1]) & loop)
+                                             held=loop & remask.loop_held(
+                                                 t, s, remask_t_on, remask_t_off))
         log_unmask = remask_unmask_log_prob(sig_t, sig_s, log_remask)
       new = absorbing_step(k_step, process, lp, x, log_unmask, log_remask, draw)
     else:

@@ -185,6 +185,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.sampling.remask_eta = 0.0
   c.sampling.remask_t_on = 0.55
   c.sampling.remask_t_off = 0.05
+  c.sampling.remask_alpha_on = 0.9   # loop: alpha held from t_on to t_off (ReMDM's)
   c.sampling.events_per_call = 1     # first_hitting: 1 = exact
   return c
 
@@ -291,6 +292,7 @@ RANGES: Dict[str, Tuple[Any, Any, bool, bool]] = {
     "sampling.remask_eta": (0, 1, True, True),
     "sampling.remask_t_on": (0, 1, False, False),
     "sampling.remask_t_off": (0, 1, False, False),
+    "sampling.remask_alpha_on": (0, 1, False, False),
     "sampling.events_per_call": (1, None, True, False),
 }
 
