@@ -97,7 +97,7 @@ def test_loop_schedule_matches_the_reference_formulas():
   sig_t, sig_s = sched.sigma_bar(t), sched.sigma_bar(s)
   held = remask.loop_held(t, s, r["t_on"], r["t_off"])
   log_rho = remask.log_remask_probs(sig_t, sig_s, "loop", r["eta"], held=held)
-  log_unmask = steps_lib.remask_unmask_log_prob(sig_t, sig_s, log_rho)
+  log_unmask, _ = steps_lib.absorbing_unmask_log_prob(sig_t, sig_s, log_rho)
   dt = (1 - r["eps"]) / r["steps"]
   ref = np.array([_reference_loop_step(float(x), dt, r["t_on"], r["t_off"],
                                        r["alpha_on"], r["eta"]) for x in np.asarray(t)])

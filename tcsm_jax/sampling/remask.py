@@ -2,7 +2,7 @@
 
 The remasking sampler is the absorbing process's analytic step in which an unmasked
 token is remasked with probability ``rho`` and a masked one unmasked with probability
-``(a_s - (1 - rho) a_t) / (1 - a_t)`` (``steps.remask_unmask_log_prob``), which keeps
+``(a_s - (1 - rho) a_t) / (1 - a_t)`` (``steps.absorbing_unmask_log_prob``), which keeps
 the forward marginal of unmasked tokens as long as ``rho <= rho_max = min(1, (1 - a_s)
 / a_t)``. The schedules choose ``rho`` per step:
 

@@ -44,9 +44,7 @@ import numpy as np
 from tcsm_jax import _checks
 from tcsm_jax.processes import Absorbing, Process
 from tcsm_jax.sampling import draws, first_hitting, remask
-from tcsm_jax.sampling.steps import (absorbing_step, absorbing_unmask_log_prob,
-                                     euler_log_probs, model_log_probs_fn,
-                                     remask_unmask_log_prob,
+from tcsm_jax.sampling.steps import (absorbing_step, euler_log_probs, model_log_probs_fn,
                                      reverse_transition_log_probs)
 from tcsm_jax.schedules import Schedule
 
@@ -163,8 +161,8 @@ def start_state(key, process: Process, schedule: Schedule, shape, start: str = "
   if start == "mask" and isinstance(process, Absorbing):
     return jnp.full(shape, process.mask_id, jnp.int32)
   prior = process.prior_log_probs(schedule.sigma_bar(1.0))
-  if draw == "gumbel32":        # the draw of older versions, bit for bit
-    return jax.random.categorical(key, prior, shape=shape).astype(jnp.int32)
+  # gumbel32: jax.random.categorical on the broadcast law, the same noise as older
+  # versions' categorical(key, prior, shape=shape), so the same draws bit for bit.
   return draws.categorical(key, jnp.broadcast_to(prior, tuple(shape) + prior.shape), draw)
 
 
@@ -240,8 +238,7 @@ def sample(key, denoise_fn: Callable, process: Process, schedule: Schedule, shap
                  or cache_buckets[-1] != b or cache_buckets[0] < 0):
     raise ValueError(f"cache_buckets must increase and end with the batch size {b}, "
                      f"got {cache_buckets}")
-  two_draws = isinstance(process, Absorbing) and sampler != "euler" and (
-      draw == "exact" or sampler == "remdm")
+  absorbing = isinstance(process, Absorbing) and sampler != "euler"
 
   def body(carry, k):
     x, lp, fresh, nfe, rows = carry
@@ -255,15 +252,13 @@ def sample(key, denoise_fn: Callable, process: Process, schedule: Schedule, shap
     else:
       lp, nfe, rows = model_log_probs(x, sig_t), nfe + 1, rows + b
     k_step = jax.random.fold_in(k_loop, k)
-    if two_draws:
+    if absorbing:    # the absorbing step law (steps.absorbing_step), with remasking
       log_remask = None
-      log_unmask, _ = absorbing_unmask_log_prob(sig_t, sig_s)
       if sampler == "remdm":
         log_remask = remask.log_remask_probs(sig_t, sig_s, remask_schedule, remask_eta,
                                              held=loop & remask.loop_held(
                                                  t, s, remask_t_on, remask_t_off))
-        log_unmask = remask_unmask_log_prob(sig_t, sig_s, log_remask)
-      new = absorbing_step(k_step, process, lp, x, log_unmask, log_remask, draw)
+      new = absorbing_step(k_step, process, lp, x, sig_t, sig_s, log_remask, draw)
     else:
       if sampler == "euler":
         logq = euler_log_probs(process, lp, x, sig_t, dsig_t, full(ts[k] - ts[k + 1]))

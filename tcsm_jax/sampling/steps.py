@@ -3,10 +3,12 @@
 * ``reverse_transition_log_probs``: the exact reverse transition ``t -> s`` of the
   factorized posterior (analytic / Tweedie step) for every process;
 * ``euler_log_probs``: first-order tau-leaping on the reverse rates;
-* ``absorbing_unmask_log_prob`` / ``absorbing_step``: the absorbing process's step as
-  two exact draws per position: a Bernoulli "unmask now" with its probability in log
-  space, then a clean token from the normalized denoiser; an unmasked position is kept,
-  or remasked with a given probability (ReMDM; probability 0 is the analytic step);
+* ``absorbing_step_log_probs``: the absorbing process's step law, written once
+  (``absorbing_unmask_log_prob`` gives its unmasking probability and complement, with
+  or without ReMDM remasking; ``log1m`` is the one ``log(1 - p)``), and
+  ``absorbing_step``, which draws it: two exact draws per position (a Bernoulli "unmask
+  now" or "remask now" with its probability in log space, then a clean token from the
+  normalized denoiser), or one float32 Gumbel-max draw over the law (``gumbel32``);
 * ``model_log_probs_fn``: the denoiser's log-probabilities as every sampler sees them:
   temperature, an optional additive log-tilt (guidance), nucleus filtering, support.
 
@@ -22,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from tcsm_jax import _checks, scores
-from tcsm_jax.processes import Absorbing, Process, Uniform, log1mexp
+from tcsm_jax.processes import Absorbing, Process, Uniform
 from tcsm_jax.sampling import draws
 
 
@@ -76,12 +78,8 @@ def reverse_transition_log_probs(process: Process, log_probs, x_t, sigma_t, sigm
   ss = _checks.expand_leading(sigma_s, log_probs.ndim)
   a_t, a_s = jnp.exp(-st), jnp.exp(-ss)
   if isinstance(process, Absorbing):
-    log_u, log_keep = absorbing_unmask_log_prob(st, ss)
-    data = log_probs + log_u
-    at_mask = jnp.concatenate([data, jnp.broadcast_to(log_keep, data.shape[:-1] + (1,))],
-                              -1)
-    stay = jnp.where(jax.nn.one_hot(x_t, process.num_states, dtype=bool), 0.0, -jnp.inf)
-    return jnp.where((x_t == process.mask_id)[..., None], at_mask, stay)
+    log_u, log_keep = absorbing_unmask_log_prob(st[..., 0], ss[..., 0])
+    return absorbing_step_log_probs(process, log_probs, x_t, log_u, log_keep)
   if isinstance(process, Uniform):
     v = process.vocab_size
     p = jnp.exp(log_probs)
@@ -116,13 +114,32 @@ def euler_log_probs(process, log_probs, x_t, sigma_t, dsigma_t, dt):
   return jnp.log(probs / probs.sum(-1, keepdims=True))
 
 
-def absorbing_unmask_log_prob(sigma_t, sigma_s):
+def log1m(p, one_minus_p=None):
+  """``log(1 - p)`` for ``p`` in ``[0, 1]``: the one formula every step law uses.
+
+  ``log1p(-p)`` below ``1/2``; above, ``log`` of the complement: ``1 - p`` (exact in
+  float32 there), or ``one_minus_p`` when the caller has it with its own relative
+  precision (``1 - p`` from a rounded ``p`` near 1 has only absolute precision).
+  """
+  p = jnp.asarray(p, jnp.float32)
+  c = 1.0 - p if one_minus_p is None else one_minus_p
+  return jnp.where(p < 0.5, jnp.log1p(-p), jnp.log(c))
+
+
+def absorbing_unmask_log_prob(sigma_t, sigma_s, log_remask=None):
   """``(log u, log(1 - u))``: a masked token's probability of being unmasked in ``t -> s``.
 
-  ``u = (a_s - a_t) / (1 - a_t) = a_s (1 - exp(-(sigma_t - sigma_s))) / (1 - a_t)`` with
-  both factors from ``expm1``: no cancellation of ``a_s - a_t`` when ``s -> t`` (many
-  steps) or of ``1 - a_t`` when ``t -> 0``. ``log(1 - u)`` is ``log1p(-u)`` while ``u``
-  is small, else ``log((1 - a_s) / (1 - a_t))``. Any shapes that broadcast.
+  Analytic step (``log_remask=None``): ``u = (a_s - a_t) / (1 - a_t) = a_s (1 -
+  exp(-(sigma_t - sigma_s))) / (1 - a_t)`` with both factors from ``expm1``: no
+  cancellation of ``a_s - a_t`` when ``s -> t`` (many steps) or of ``1 - a_t`` when
+  ``t -> 0``; ``1 - u = (1 - a_s) / (1 - a_t)``.
+
+  ReMDM (unmasked tokens remasked with probability ``rho = exp(log_remask)``):
+  ``u = (a_s - (1 - rho) a_t) / (1 - a_t) = u_0 + rho a_t / (1 - a_t)``, which keeps the
+  forward marginal ``a_s`` of unmasked tokens (``rho <= (1 - a_s) / a_t``);
+  ``1 - u = (1 - a_s - rho a_t) / (1 - a_t)``.
+
+  ``log(1 - u)`` is ``log1m(u, 1 - u)`` with that complement. Any shapes that broadcast.
   """
   st, ss = jnp.asarray(sigma_t, jnp.float32), jnp.asarray(sigma_s, jnp.float32)
   den = jnp.where(st > 0, -jnp.expm1(-st), 1.0)
@@ -131,53 +148,68 @@ def absorbing_unmask_log_prob(sigma_t, sigma_s):
   u = jnp.where(st > ss, jnp.exp(-ss) * -jnp.expm1(jnp.minimum(ss - st, 0.0)) / den, 0.0)
   u = jnp.minimum(u, 1.0)
   log_u = jnp.log(u)
-  log_keep = jnp.where(u < 0.5, jnp.log1p(-u), jnp.log(-jnp.expm1(-ss) / den))
-  return log_u, log_keep
+  keep = -jnp.expm1(-ss)                                     # 1 - a_s
+  if log_remask is not None:
+    log_extra = log_remask - st - jnp.log(-jnp.expm1(-st))   # rho a_t / (1 - a_t)
+    log_u = jnp.minimum(jnp.logaddexp(log_u, log_extra), 0.0)
+    u = jnp.exp(log_u)
+    keep = jnp.maximum(keep - jnp.exp(log_remask - st), 0.0)
+  return log_u, log1m(u, keep / den)
 
 
-def remask_unmask_log_prob(sigma_t, sigma_s, log_remask):
-  """ReMDM: ``log`` of a masked token's unmasking probability when unmasked tokens are
-  remasked with probability ``rho = exp(log_remask)``:
-  ``(a_s - (1 - rho) a_t) / (1 - a_t) = u + rho a_t / (1 - a_t)``, which keeps the
-  forward marginal ``a_s`` of unmasked tokens (``rho <= (1 - a_s) / a_t``)."""
-  st = jnp.asarray(sigma_t, jnp.float32)
-  log_u, _ = absorbing_unmask_log_prob(sigma_t, sigma_s)
-  log_extra = log_remask - st - jnp.log(-jnp.expm1(-st))
-  return jnp.minimum(jnp.logaddexp(log_u, log_extra), 0.0)
+def absorbing_step_log_probs(process: Absorbing, log_probs, x_t, log_unmask, log_keep,
+                             log_remask=None):
+  """``[..., S]``: the absorbing process's reverse-step law, the one every sampler uses.
+
+  A masked position unmasks with ``u = exp(log_unmask)`` to a token from ``log_probs``
+  or stays masked (``log_keep = log(1 - u)``); an unmasked one is remasked with
+  ``rho = exp(log_remask)`` or kept (``log1m(rho)``; ``None``: kept). ``log_unmask``,
+  ``log_keep``, ``log_remask`` broadcast against ``x_t [...]``; ``log_probs [..., V]``.
+  """
+  x_t = jnp.asarray(x_t)
+  shape = x_t.shape
+  lu = jnp.broadcast_to(_checks.expand_leading(log_unmask, len(shape)), shape)
+  lk = jnp.broadcast_to(_checks.expand_leading(log_keep, len(shape)), shape)
+  at_mask = jnp.concatenate([log_probs + lu[..., None], lk[..., None]], -1)
+  onehot = jax.nn.one_hot(x_t, process.num_states, dtype=bool)
+  if log_remask is None:
+    stay = jnp.where(onehot, 0.0, -jnp.inf)
+  else:
+    lr = jnp.broadcast_to(_checks.expand_leading(log_remask, len(shape)), shape)
+    stay = jnp.where(onehot, log1m(jnp.exp(lr))[..., None], -jnp.inf)
+    stay = stay.at[..., process.mask_id].set(lr)
+  return jnp.where((x_t == process.mask_id)[..., None], at_mask, stay)
 
 
-def absorbing_step(key, process: Absorbing, log_probs, x_t, log_unmask,
+def absorbing_step(key, process: Absorbing, log_probs, x_t, sigma_t, sigma_s,
                    log_remask=None, draw: str = "exact"):
-  """One reverse step of the absorbing process by two draws per position.
+  """One reverse step ``t -> s`` of the absorbing process (``absorbing_step_log_probs``).
 
   Args:
     key: PRNG key.
     log_probs: ``[b, l, V]`` normalized denoiser log-probabilities.
     x_t: ``[b, l]`` tokens (mask id ``process.mask_id``).
-    log_unmask: log-probability that a masked token is unmasked, broadcasting against
-      ``[b, l]`` (``absorbing_unmask_log_prob``, ``remask_unmask_log_prob``).
+    sigma_t, sigma_s: noise levels ``sigma_t >= sigma_s``, broadcasting against
+      ``[b, l]``.
     log_remask: log-probability that an unmasked token is remasked (``None``: never).
-    draw: ``exact`` (Bernoulli and token drawn exactly, ``draws``) or ``gumbel32``
-      (one ``jax.random.categorical`` over the ``V + 1`` outcomes, as older versions).
+    draw: ``exact``: two exact draws per position, a Bernoulli (unmask a masked token,
+      remask an unmasked one) and a token from ``log_probs`` (the same law, factorized;
+      ``draws``); ``gumbel32``: one ``jax.random.categorical`` over the law's ``V + 1``
+      outcomes, as older versions.
   Returns:
     ``[b, l]`` int32 tokens at time ``s``.
   """
+  log_unmask, log_keep = absorbing_unmask_log_prob(sigma_t, sigma_s, log_remask)
+  if draw == "gumbel32":
+    return draws.categorical(key, absorbing_step_log_probs(
+        process, log_probs, x_t, log_unmask, log_keep, log_remask), "gumbel32")
   masked = x_t == process.mask_id
   shape = x_t.shape
   lu = jnp.broadcast_to(_checks.expand_leading(log_unmask, len(shape)), shape)
   lr = (jnp.full(shape, -jnp.inf) if log_remask is None else
         jnp.broadcast_to(_checks.expand_leading(log_remask, len(shape)), shape))
-  if draw == "gumbel32":
-    at_mask = jnp.concatenate([log_probs + lu[..., None],
-                               log1mexp(lu)[..., None]], -1)
-    stay = jnp.where(jax.nn.one_hot(x_t, process.num_states, dtype=bool),
-                     log1mexp(lr)[..., None], -jnp.inf)
-    stay = stay.at[..., process.mask_id].set(lr)
-    logq = jnp.where(masked[..., None], at_mask, stay)
-    return draws.categorical(key, logq, "gumbel32")
   k_event, k_token = jax.random.split(key)
   fire = draws.bernoulli_log(k_event, jnp.where(masked, lu, lr))
   token = draws.categorical(k_token, log_probs, draw)
   return jnp.where(masked, jnp.where(fire, token, process.mask_id),
                    jnp.where(fire, process.mask_id, x_t)).astype(jnp.int32)
-
