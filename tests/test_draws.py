@@ -127,3 +127,66 @@ def test_start_state_at_the_default_schedule(start, ok):
   0.00609 against 0.00500, z = +7, with the prior start)."""
   frac, z = _rare_fraction(start, eps=1e-3, b=3200)
   assert (abs(z) < 4) == ok, (frac, z)
+
+
+@pytest.mark.parametrize("v", [27, 50257])
+def test_nan_and_all_minus_inf_rows_are_an_error(v):
+  """A row with a NaN, or without any finite log-probability, has no law. Before, a
+  NaN outcome was treated as -inf (at V = 50,257 its whole block of ~224 outcomes
+  became undrawable) and an all -inf row drew 0. Now such a row draws -1 (never an
+  index), and under ``checkify`` (``jit_sampler``, every binary) it is an error."""
+  from jax.experimental import checkify
+  good = jnp.zeros((v,), jnp.float32)
+  nan = good.at[v // 2].set(jnp.nan)
+  none = jnp.full((v,), -jnp.inf)
+  lp = jnp.stack([good, nan, none])                               # [3, V]
+  for draw in draws.DRAWS:
+    x = np.asarray(draws.categorical(jax.random.PRNGKey(0), lp, draw))
+    assert 0 <= x[0] < v and x[1] == -1 and x[2] == -1, (draw, x)
+  checked = jax.jit(checkify.checkify(lambda k, l: draws.categorical(k, l),
+                                      errors=checkify.user_checks))
+  err, _ = checked(jax.random.PRNGKey(0), lp)
+  with pytest.raises(checkify.JaxRuntimeError, match="NaN or no finite"):
+    err.throw()
+  err, _ = checked(jax.random.PRNGKey(0), lp[:1])                 # a good row: no error
+  err.throw()
+
+
+def test_a_sampler_on_nan_logits_raises():
+  """A denoiser that returns one NaN logit: ``jit_sampler`` raises one line instead of
+  returning samples in which that outcome was silently never drawn."""
+  from jax.experimental import checkify
+  v = 27
+  proc, sched = processes.Absorbing(v), schedules.get("log_linear")
+
+  def apply_fn(params, x, s):
+    logits = jnp.broadcast_to(params, x.shape + (v,))
+    return logits.at[:, 3, 5].set(jnp.nan)
+
+  fn = samplers.jit_sampler(apply_fn, proc, sched, (2, 8), steps=4)
+  with pytest.raises(checkify.JaxRuntimeError, match="NaN or no finite"):
+    fn(jnp.zeros((v,)), jax.random.PRNGKey(0))
+  x, _ = samplers.jit_sampler(lambda p, x, s: jnp.broadcast_to(p, x.shape + (v,)), proc,
+                              sched, (2, 8), steps=4)(jnp.zeros((v,)), jax.random.PRNGKey(0))
+  assert np.asarray(x).min() >= 0
+
+
+def test_two_level_race_at_gpt2_vocabulary():
+  """V = 50,257 (blocks of 225; the last one padded): 20,000 draws from one law with
+  known mass (Zipf s = 1.1 plus 5% on the very last outcome) against it by chi-square,
+  the law given once (``shape``: no [n, V] copy)."""
+  v, n = 50257, 20_000
+  logp = -1.1 * np.log(np.arange(1, v + 1, dtype=np.float64))
+  p = np.exp(logp - np.logaddexp.reduce(logp)) * 0.95
+  p[-1] += 0.05
+  lp = jnp.asarray(np.log(p), jnp.float32)
+  x = np.asarray(jax.jit(lambda k: draws.categorical(k, lp, shape=(n,)))(
+      jax.random.PRNGKey(5)))
+  obs = np.bincount(x, minlength=v)
+  assert exact.chisquare_pvalue(obs, p) > 1e-3
+  assert abs(obs[-1] / n - 0.05) < 5 * math.sqrt(0.05 * 0.95 / n)
+  # The check can fail: the law with the last block's mass moved elsewhere is rejected.
+  q = p.copy()
+  q[0] += q[-1]
+  q[-1] = 0.0
+  assert exact.chisquare_pvalue(obs, q) < 1e-6

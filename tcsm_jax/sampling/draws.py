@@ -31,6 +31,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import checkify
 
 DRAWS = ("exact", "gumbel32")
 WORDS = 4                                    # uint32 words per uniform variate
@@ -120,37 +121,58 @@ def categorical_from_bits(bits, log_probs):
   return _race(log_exponential_from_bits(bits), jnp.asarray(log_probs, jnp.float32))
 
 
-def _exact_categorical(key, log_probs):
-  log_probs = jnp.asarray(log_probs, jnp.float32)
+def _exact_categorical(key, log_probs, lead):
+  """``[*lead]`` draws from ``log_probs [..., V]`` (its leading axes broadcast to
+  ``lead``; a single law ``[V]`` is never copied ``len(lead)`` times)."""
   v = log_probs.shape[-1]
-  lead = log_probs.shape[:-1]
   if v <= BLOCK_MIN:
     bits = jax.random.bits(key, lead + (v, WORDS), jnp.uint32)
     return categorical_from_bits(bits, log_probs)
   size = int(math.ceil(math.sqrt(v)))
   nblocks = -(-v // size)
-  padded = jnp.pad(log_probs, [(0, 0)] * len(lead) + [(0, nblocks * size - v)],
+  own = log_probs.shape[:-1]
+  padded = jnp.pad(log_probs, [(0, 0)] * len(own) + [(0, nblocks * size - v)],
                    constant_values=-jnp.inf)
-  blocks = padded.reshape(lead + (nblocks, size))
+  blocks = padded.reshape(own + (nblocks, size))
   k_block, k_inner = jax.random.split(key)
   mass = jax.nn.logsumexp(blocks, axis=-1)                   # [..., nblocks]
   bits_b = jax.random.bits(k_block, lead + (nblocks, WORDS), jnp.uint32)
-  block = categorical_from_bits(bits_b, mass)                # [...]
-  inner_lp = jnp.take_along_axis(blocks, block[..., None, None], axis=-2)[..., 0, :]
+  block = categorical_from_bits(bits_b, mass)                # [*lead]
+  if not own:                                                # one law for every draw
+    inner_lp = blocks[block]                                 # [*lead, size]
+  else:
+    inner_lp = jnp.take_along_axis(jnp.broadcast_to(blocks, lead + blocks.shape[-2:]),
+                                   block[..., None, None], axis=-2)[..., 0, :]
   bits_i = jax.random.bits(k_inner, lead + (size, WORDS), jnp.uint32)
   inner = categorical_from_bits(bits_i, inner_lp)
   return block * size + inner
 
 
-def categorical(key, log_probs, draw: str = "exact"):
+NO_LAW = -1     # what a row without a law draws (see ``categorical``)
+
+
+def categorical(key, log_probs, draw: str = "exact", shape=None):
   """Draws an index from unnormalized ``log_probs [..., V]`` -> ``[...]`` int32.
 
   ``draw="exact"``: exact for outcomes down to ``2^-105`` of the largest (module
   docstring); ``"gumbel32"``: ``jax.random.categorical`` (cuts off outcomes about 20
-  nats below the largest). ``-inf`` entries are never drawn.
+  nats below the largest). ``-inf`` entries are never drawn. ``shape``: the output
+  shape, into which ``log_probs``'s leading axes broadcast (default: those axes).
+
+  A row with a NaN, or with no finite entry, has no law: it draws ``NO_LAW = -1``
+  (never an index), and ``checkify.checkify`` callers get an error saying so
+  (``jit_sampler`` does this for every sampler). A NaN is never read as ``-inf``.
   """
+  if draw not in DRAWS:
+    raise ValueError(f"unknown draw {draw!r}; choose one of {DRAWS}")
+  log_probs = jnp.asarray(log_probs, jnp.float32)
+  lead = log_probs.shape[:-1] if shape is None else tuple(shape)
   if draw == "exact":
-    return _exact_categorical(key, log_probs)
-  if draw == "gumbel32":
-    return jax.random.categorical(key, log_probs).astype(jnp.int32)
-  raise ValueError(f"unknown draw {draw!r}; choose one of {DRAWS}")
+    out = _exact_categorical(key, log_probs, lead)
+  else:
+    out = jax.random.categorical(key, log_probs, shape=lead).astype(jnp.int32)
+  bad = jnp.broadcast_to(jnp.any(jnp.isnan(log_probs), -1)
+                         | ~jnp.any(log_probs > -jnp.inf, -1), lead)
+  checkify.debug_check(~jnp.any(bad), "categorical draw: {n} row(s) of log-probabilities "
+                       "with a NaN or no finite entry", n=jnp.sum(bad))
+  return jnp.where(bad, NO_LAW, out).astype(jnp.int32)

@@ -40,6 +40,7 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 
 from tcsm_jax import _checks
 from tcsm_jax.processes import Absorbing, Process
@@ -310,8 +311,9 @@ def jit_sampler(apply_fn: Callable, process: Process, schedule: Schedule, shape,
   checkpoint, and avoids NaN results seen with jax 0.10.2 on multi-device CPU hosts
   when jitted closures captured parameters.
   """
-  return jax.jit(lambda params, key: sample(
-      key, lambda x, s: apply_fn(params, x, s), process, schedule, shape, **kwargs))
+  return _checked(jax.jit(checkify.checkify(lambda params, key: sample(
+      key, lambda x, s: apply_fn(params, x, s), process, schedule, shape, **kwargs),
+      errors=checkify.user_checks)))
 
 
 def jit_clamped_sampler(apply_fn: Callable, process: Process, schedule: Schedule, shape,
@@ -319,9 +321,38 @@ def jit_clamped_sampler(apply_fn: Callable, process: Process, schedule: Schedule
   """``fn(params, key, clamp_tokens, clamp_mask) -> (tokens, info)``: ``jit_sampler``
   with the clamp arrays ``[batch, length]`` as arguments too, so one compile serves every
   prompt (``long.generate`` runs it once per block)."""
-  return jax.jit(lambda params, key, tokens, mask: sample(
+  return _checked(jax.jit(checkify.checkify(lambda params, key, tokens, mask: sample(
       key, lambda x, s: apply_fn(params, x, s), process, schedule, shape,
-      clamp_tokens=tokens, clamp_mask=mask, **kwargs))
+      clamp_tokens=tokens, clamp_mask=mask, **kwargs), errors=checkify.user_checks)))
+
+
+class _checked:
+  """A checkified jitted sampler that raises its error on the host (one line: e.g. a
+  categorical draw from NaN log-probabilities, ``draws.categorical``) and otherwise
+  returns what the sampler returns; ``lower`` reaches the jitted function."""
+
+  def __init__(self, fn):
+    self._fn = fn
+
+  def __call__(self, *args):
+    err, out = self._fn(*args)
+    err.throw()
+    return out
+
+  def lower(self, *args):
+    return _CheckedLowered(self._fn.lower(*args))
+
+
+class _CheckedLowered:
+
+  def __init__(self, lowered):
+    self._lowered = lowered
+
+  def compile(self):
+    return _checked(self._lowered.compile())
+
+  def __getattr__(self, name):
+    return getattr(self._lowered, name)
 
 
 def clamp_from_template(template, vocab_size: int, hole: int = -1):
