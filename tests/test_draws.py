@@ -190,3 +190,26 @@ def test_two_level_race_at_gpt2_vocabulary():
   q[0] += q[-1]
   q[-1] = 0.0
   assert exact.chisquare_pvalue(obs, q) < 1e-6
+
+
+def test_log_uniform_precision_is_what_the_docs_say():
+  """draws.py and the README: float32 ``log U`` carries ``U`` to about 2^-23 relative
+  near 1 and about 2^-17 in the deepest buckets (not 2^-23 throughout), as
+  ``experiments/results/draws_precision_speed.md`` measured per bucket (the same
+  computation: float64 ``log U`` from the same words)."""
+  mant = np.random.default_rng(0).integers(0, 1 << 23, 4096).astype(np.uint64)
+  err = {}
+  for k in [0, 104]:
+    words = np.zeros((mant.size, 4), np.uint64)
+    words[:, 0] = mant << np.uint64(9)
+    if k == 0:
+      words[:, 0] |= np.uint64(1 << 8)
+      want = np.log1p(-(2.0 ** 23 - mant - 0.5) * 2.0 ** -24)
+    else:
+      w, b = divmod(k - 9, 32)
+      words[:, w + 1] = np.uint64(1 << (31 - b))
+      want = np.log1p((mant + 0.5) * 2.0 ** -23) - (k + 1) * math.log(2.0)
+    got = np.asarray(draws.log_uniform_from_bits(_bits(words)), np.float64)
+    err[k] = np.abs(got - want).max()            # |d log U| = relative error of U
+  assert 2.0 ** -24 < err[0] < 2.0 ** -22
+  assert 2.0 ** -18 < err[104] < 2.0 ** -16.5
