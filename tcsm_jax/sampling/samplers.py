@@ -309,9 +309,12 @@ def jit_sampler(apply_fn: Callable, process: Process, schedule: Schedule, shape,
   ``apply_fn(params, x_t, sigma_bar) -> logits``; ``kwargs`` go to ``sample``. Passing
   the parameters (instead of closing over them) lets one compile serve every
   checkpoint, and avoids NaN results seen with jax 0.10.2 on multi-device CPU hosts
-  when jitted closures captured parameters.
+  when jitted closures captured parameters. The sampler runs under ``checkify``: a
+  categorical draw from log-probabilities with a NaN or no finite entry (a NaN network,
+  ``draws.categorical``) raises ``checkify.JaxRuntimeError`` on the host, one line.
+  ``fn.lower(params, key).compile()`` gives the same callable, compiled.
   """
-  return _checked(jax.jit(checkify.checkify(lambda params, key: sample(
+  return _Checked(jax.jit(checkify.checkify(lambda params, key: sample(
       key, lambda x, s: apply_fn(params, x, s), process, schedule, shape, **kwargs),
       errors=checkify.user_checks)))
 
@@ -321,12 +324,12 @@ def jit_clamped_sampler(apply_fn: Callable, process: Process, schedule: Schedule
   """``fn(params, key, clamp_tokens, clamp_mask) -> (tokens, info)``: ``jit_sampler``
   with the clamp arrays ``[batch, length]`` as arguments too, so one compile serves every
   prompt (``long.generate`` runs it once per block)."""
-  return _checked(jax.jit(checkify.checkify(lambda params, key, tokens, mask: sample(
+  return _Checked(jax.jit(checkify.checkify(lambda params, key, tokens, mask: sample(
       key, lambda x, s: apply_fn(params, x, s), process, schedule, shape,
       clamp_tokens=tokens, clamp_mask=mask, **kwargs), errors=checkify.user_checks)))
 
 
-class _checked:
+class _Checked:
   """A checkified jitted sampler that raises its error on the host (one line: e.g. a
   categorical draw from NaN log-probabilities, ``draws.categorical``) and otherwise
   returns what the sampler returns; ``lower`` reaches the jitted function."""
@@ -349,7 +352,7 @@ class _CheckedLowered:
     self._lowered = lowered
 
   def compile(self):
-    return _checked(self._lowered.compile())
+    return _Checked(self._lowered.compile())
 
   def __getattr__(self, name):
     return getattr(self._lowered, name)
