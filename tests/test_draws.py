@@ -129,7 +129,7 @@ def test_start_state_at_the_default_schedule(start, ok):
   assert (abs(z) < 4) == ok, (frac, z)
 
 
-@pytest.mark.parametrize("v", [27, 50257])
+@pytest.mark.parametrize("v", [27, 64, 50257])     # one-level race, two-level, GPT-2
 def test_nan_and_all_minus_inf_rows_are_an_error(v):
   """A row with a NaN, or without any finite log-probability, has no law. Before, a
   NaN outcome was treated as -inf (at V = 50,257 its whole block of ~224 outcomes
