@@ -97,7 +97,12 @@ def guidance_tilt(cfg, exp, workdir):
     ft.finetune.token_weights = _GUIDE_W.value
     ft.finetune.classifier_dir = _GUIDE_DIR.value
     ft.finetune.reward_mode = "taylor"
-  _, deltas_fn = finetune_lib.make_reward(ft, exp.dataset, workdir)
+  try:
+    _, deltas_fn = finetune_lib.make_reward(ft, exp.dataset, workdir)
+  except errors.ConfigError as e:       # the reward's config keys are these flags here
+    given = (f"--guide_token_weights={_GUIDE_W.value}" if _GUIDE.value == "token" else
+             f"--guide={_GUIDE.value}")
+    raise errors.FlagError(f"{given}: {e}") from None
   return guidance.reward_tilt(deltas_fn, _GAMMA.value, exp.process.mask_id)
 
 
@@ -113,6 +118,8 @@ def main(_):
       finetune_lib.parse_token_weights(_GUIDE_W.value, "--guide_token_weights")
     except errors.ConfigError as e:
       raise errors.FlagError(str(e)) from None
+  if _GUIDE.value == "classifier" and _GUIDE_DIR.value:
+    common.require_output_dir(_GUIDE_DIR.value, "guide_classifier_dir")
   workdir = _WORKDIR.value
   common.require_run_dir(workdir, "workdir", config_given=_CONFIG.value is not None)
   if _JUDGE.value:

@@ -67,6 +67,8 @@ def summary(workdir: str, result, seconds: float, num_samples: int) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  common.at_least("summary_samples", _SUMMARY_SAMPLES.value, 0)
+  common.require_output_dir(_WORKDIR.value, "workdir")
   log_setup.quiet_libraries()
   distributed.initialize()
   t0 = time.time()
