@@ -34,7 +34,8 @@ from typing import Dict, List, Tuple
 
 BINARIES = ("experiments.sample", "experiments.evaluate", "experiments.frontier",
             "experiments.finetune", "experiments.distill", "experiments.prepare_data",
-            "experiments.study", "experiments.train")
+            "experiments.study", "experiments.train", "experiments.reward_sweep",
+            "experiments.compare_targets")
 
 # Valid values of the required flags (each row appends its own; the last value wins).
 BASE: Dict[str, List[str]] = {
@@ -55,11 +56,17 @@ BASE: Dict[str, List[str]] = {
     "experiments.study": ["--study=objectives", "--outdir={root}/study"],
     "experiments.train": ["--config=experiments/configs/kjv_tiny.py",
                           "--workdir={root}/train"],
+    "experiments.reward_sweep": ["--config=experiments/configs/kjv_reward.py",
+                                 "--outdir={root}/sweep",
+                                 "--config.finetune.ref_workdir={wd}"],
+    "experiments.compare_targets": ["--config=experiments/configs/kjv_tiny.py",
+                                    "--outdir={root}/compare", "--variants=data:"],
 }
 
 S, E, F = "experiments.sample", "experiments.evaluate", "experiments.frontier"
 FT, D, P = "experiments.finetune", "experiments.distill", "experiments.prepare_data"
 ST, T = "experiments.study", "experiments.train"
+RS, CT = "experiments.reward_sweep", "experiments.compare_targets"
 
 _ROWS: List[Tuple] = [
     # experiments.sample
@@ -189,6 +196,25 @@ _ROWS: List[Tuple] = [
     (T, "config", ["--config=no/such_config.py"], "cannot load config file"),
     (T, "workdir", ["--workdir={afile}"], None),
     (T, "summary_samples", ["--summary_samples=-1"], None),
+    # experiments.reward_sweep
+    (RS, "config", ["--config=no/such_config.py"], "cannot load config file"),
+    (RS, "outdir", ["--outdir={afile}"], "is a file, not a directory"),
+    (RS, "betas", ["--betas=0"], None),
+    (RS, "betas", ["--betas=1,inf"], None),
+    (RS, "betas", ["--betas=high"], None),
+    (RS, "betas", ["--betas="], None),
+    (RS, "judge_workdir", ["--judge_workdir={wd}"], "holds a diffusion model"),
+    (RS, "num_samples", ["--num_samples=0"], None),
+    (RS, "sample_steps", ["--sample_steps=0"], None),
+    # experiments.compare_targets
+    (CT, "config", ["--config=no/such_config.py"], "cannot load config file"),
+    (CT, "outdir", ["--outdir={afile}"], "is a file, not a directory"),
+    (CT, "variants", ["--variants=bad name:"], None),
+    (CT, "variants", ["--variants=a:loss.form"], None),
+    (CT, "variants", ["--variants=a:", "--variants=a:"], None),
+    (CT, "judge_workdir", ["--judge_workdir={wd}"], "holds a diffusion model"),
+    (CT, "num_samples", ["--num_samples=0"], None),
+    (CT, "sample_steps", ["--sample_steps=0"], None),
 ]
 # Flags every binary has (experiments/cli.py); study defines its own --compile_cache.
 for _b in BINARIES:
@@ -204,7 +230,8 @@ NO_BAD_VALUE: Dict[Tuple[str, str], str] = {}
 # One row per binary that the slow test also runs as a real ``python -m`` subprocess.
 SUBPROCESS_ROWS = [
     (S, "length"), (E, "num_t"), (F, "samplers"), (FT, "num_samples"), (D, "top_k"),
-    (P, "batch_docs"), (ST, "seeds"), (T, "summary_samples")]
+    (P, "batch_docs"), (ST, "seeds"), (T, "summary_samples"), (RS, "betas"),
+    (CT, "variants")]
 
 
 def fill(args: List[str], places: Dict[str, str]) -> List[str]:

@@ -196,9 +196,24 @@ def test_every_flag_of_every_binary_has_a_bad_value_row(results):
   unknown = [f"{b} --{f}" for b, f in rows if f not in defined[b]]
   assert not unknown, f"rows for flags the binary does not define: {unknown}"
   # Refused commands made none of their outputs.
-  made = [n for n in ("frontier", "finetune", "distill", "prepared", "study", "train")
+  made = [n for n in ("frontier", "finetune", "distill", "prepared", "study", "train",
+                      "sweep", "compare")
           if os.path.exists(os.path.join(results["root"], n))]
   assert not made, made
+
+
+def test_every_binary_is_in_the_flag_table():
+  """A new binary (a module ending in ``cli.run(main)``) needs its rows in
+  tests/flag_table.py."""
+  found = set()
+  for dirpath, _, files in os.walk(os.path.join(REPO, "experiments")):
+    for name in files:
+      path = os.path.join(dirpath, name)
+      if name.endswith(".py") and "cli.run(main)" in open(path).read():
+        mod = os.path.relpath(path, REPO)[:-3].replace(os.sep, ".")
+        found.add(mod[:-len(".__main__")] if mod.endswith(".__main__") else mod)
+  found.discard("experiments.cli")
+  assert found == set(flag_table.BINARIES), sorted(found ^ set(flag_table.BINARIES))
 
 
 @pytest.mark.parametrize("binary, flag", flag_table.SUBPROCESS_ROWS)
