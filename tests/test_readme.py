@@ -26,9 +26,8 @@ fails ``test_every_documented_command_is_covered``: the coordinator sees it at m
 
 import dataclasses
 import pathlib
-import re
 import sys
-from typing import Dict, Optional
+from typing import Dict
 
 import pytest
 
