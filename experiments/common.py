@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
 from typing import Any, Callable, List, Optional, Tuple
 
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import cli
-from tcsm_jax import errors, fs, likelihood
+from tcsm_jax import errors, fs, likelihood, strict_json
 from tcsm_jax.data import pipeline, prepared
 from tcsm_jax.training import config as config_lib
 from tcsm_jax.training import partition, restore
@@ -134,15 +135,77 @@ def provenance_line(verb: str = "Measured") -> str:
 
 
 def validate_sample_flags(num_samples: int, steps: int, top_p: float,
-                          temperature: float, batch_size: int, seq_len: int) -> None:
-  """Raises ``FlagError`` naming the first bad flag (before anything is loaded)."""
+                          temperature: float, batch_size: int, seq_len: int, *,
+                          length: int = 0, overlap: int = -1,
+                          events_per_call: Optional[int] = None,
+                          remask_eta: Optional[float] = None,
+                          guide_gamma: Optional[float] = None) -> None:
+  """Raises ``FlagError`` naming the first bad flag (before anything is loaded).
+
+  ``seq_len`` and ``length`` are ``--seq_len`` and its alias ``--length`` (0: unset);
+  ``None`` leaves an optional flag unchecked (not given).
+  """
   at_least("num_samples", num_samples, 1)
   at_least("steps", steps, 1)
   check_flag(0 < top_p <= 1, f"--top_p must be in (0, 1], got {top_p}")
   # The samplers divide the logits by the temperature; there is no greedy mode.
-  check_flag(temperature > 0, f"--temperature must be > 0, got {temperature}")
+  check_flag(temperature > 0 and math.isfinite(temperature),
+             f"--temperature must be > 0 and finite, got {temperature}")
   at_least("batch_size", batch_size, 1)
-  check_flag(seq_len >= 0, f"--seq_len must be >= 0 (0 = the config's), got {seq_len}")
+  for flag, value in (("seq_len", seq_len), ("length", length)):
+    check_flag(value >= 0, f"--{flag} must be >= 0 (0 = the config's data.seq_len), "
+               f"got {value}")
+  check_flag(not (seq_len and length and seq_len != length),
+             f"--length {length} and --seq_len {seq_len} disagree (--length is an alias "
+             "of --seq_len: give one)")
+  check_flag(overlap >= -1, f"--overlap must be >= 0 (or -1: data.seq_len // 4), got "
+             f"{overlap}")
+  if events_per_call is not None:
+    at_least("events_per_call", events_per_call, 1)
+  if remask_eta is not None:
+    check_flag(0 <= remask_eta <= 1, f"--remask_eta must lie in [0, 1], got {remask_eta}")
+  if guide_gamma is not None:
+    check_flag(0 <= guide_gamma < math.inf, "--guide_gamma must be >= 0 and finite, got "
+               f"{guide_gamma}")
+
+
+def require_causal_judge(workdir: str, flag: str = "judge_workdir") -> None:
+  """The run at ``workdir`` must be a causal model (a judge scores samples with its
+  exact likelihood); ``WorkdirError`` naming ``--flag`` otherwise. Reads only its
+  ``config.json``."""
+  require_run_dir(workdir, flag)
+  arch = load_config(workdir, flag=flag).model.arch
+  if arch != "causal":
+    raise errors.WorkdirError(
+        f"--{flag} {workdir!r} holds a diffusion model (model.arch {arch!r}); a judge "
+        "must be a causal model (train one with --config=experiments/configs/kjv_judge.py)")
+
+
+class removed_if_left_empty:  # pylint: disable=invalid-name
+  """``with removed_if_left_empty(workdir): ...`` removes ``workdir`` when the block
+  fails (a refused config or reference, Ctrl-C, SIGTERM) and it is an empty directory
+  that did not exist before: a refused run leaves nothing behind. Local paths only
+  (on a bucket an empty directory does not exist)."""
+
+  def __init__(self, path: str):
+    import os
+    self.path = path
+    self.local = bool(path) and "://" not in str(path)
+    self.existed = not self.local or os.path.lexists(path)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, exc_type, exc, tb):
+    import os
+    if exc_type is not None and not self.existed:
+      try:
+        if os.path.isdir(self.path) and not os.path.islink(self.path) and not os.listdir(
+            self.path):
+          os.rmdir(self.path)
+      except OSError:
+        pass
+    return False
 
 
 def _try_encode(encode: Callable, text: str) -> Optional[np.ndarray]:
@@ -361,7 +424,8 @@ def write_text(path, text: str) -> str:
 
 
 def write_json(path, obj: Any) -> str:
-  return write_text(path, json.dumps(obj, indent=2) + "\n")
+  """Strict JSON (``tcsm_jax.strict_json``: a non-finite float is written as null)."""
+  return write_text(path, strict_json.dumps(obj, indent=2) + "\n")
 
 
 _UNWRITTEN: List[str] = []     # reports a refusing disk kept out (finish_reports)
@@ -414,7 +478,7 @@ def read_jsonl(path) -> list:
   rows = {}
   for line in fs.read_text(path).splitlines():
     if line.strip():
-      r = json.loads(line)
+      r = strict_json.nan_for_null(json.loads(line))
       rows[(r["step"], tuple(sorted(r)))] = r
   return sorted(rows.values(), key=lambda r: r["step"])
 

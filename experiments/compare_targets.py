@@ -101,7 +101,7 @@ def main(_):
   outdir = _OUT.value
   common.require_output_dir(outdir, "outdir")
   if _JUDGE.value:
-    common.require_run_dir(_JUDGE.value, "judge_workdir")
+    common.require_causal_judge(_JUDGE.value)
   log_setup.quiet_libraries()
   fs.makedirs(outdir)
   rows, summary = [], {}

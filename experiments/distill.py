@@ -51,7 +51,8 @@ def main(_):
   common.require_run_dir(_TEACHER.value, "teacher_workdir")
   log_setup.quiet_libraries()
   distributed.initialize()
-  out = trainer.train_and_evaluate(cfg, _WORKDIR.value)
+  with common.removed_if_left_empty(_WORKDIR.value):     # a refused run leaves nothing
+    out = trainer.train_and_evaluate(cfg, _WORKDIR.value)
   cli.exit_if_stopped(out, _WORKDIR.value)     # Ctrl-C: 130; SIGTERM: 143
   logging.info("student NLL bound %.4f nats/token", out.get("eval/nll_bound", float("nan")))
   print(f"student NLL bound: {out.get('eval/nll_bound', float('nan')):.4f} nats/token")

@@ -49,7 +49,9 @@ def main(_):
   common.require_run_dir(cfg.finetune.ref_workdir, "config.finetune.ref_workdir")
   log_setup.quiet_libraries()
   distributed.initialize()
-  cli.exit_if_stopped(trainer.train_and_evaluate(cfg, _WORKDIR.value), _WORKDIR.value)
+  with common.removed_if_left_empty(_WORKDIR.value):     # a refused run leaves nothing
+    result = trainer.train_and_evaluate(cfg, _WORKDIR.value)
+  cli.exit_if_stopped(result, _WORKDIR.value)
   run = common.load_run(_WORKDIR.value)
   exp = run.experiment
   _, before = samples_and_reward(exp.ref, exp.ref_params, exp.reward_fn, _SAMPLES.value,

@@ -17,14 +17,13 @@ shared (compare them only within a quiet run); rerunning with the same ``--outdi
 """
 
 import io
-import json
 import sys
 
 import numpy as np
 from absl import flags
 
 from experiments import cli, common, generate
-from tcsm_jax import errors, fs, quality, sampling
+from tcsm_jax import errors, fs, quality, sampling, strict_json
 from tcsm_jax.training import log_setup
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Diffusion model's workdir.")
@@ -59,12 +58,19 @@ def _floats(name, values, lo, hi):
 
 def settings():
   """The sweep, validated: a list of option overrides."""
+  for name, flag in (("samplers", _SAMPLERS), ("steps", _STEPS), ("temperatures", _TEMPS),
+                     ("top_ps", _TOP_PS), ("draws", _DRAWS)):
+    common.check_flag(bool(flag.value), f"--{name} is empty: the sweep would have no "
+                      "setting (give at least one value)")
   for s in _SAMPLERS.value:
     common.check_flag(s in sampling.SAMPLERS, f"--samplers: unknown sampler {s!r}; "
                       f"choose from {sampling.SAMPLERS}")
   for d in _DRAWS.value:
     common.check_flag(d in sampling.draws.DRAWS, f"--draws: unknown draw {d!r}")
-  steps = [int(x) for x in _floats("steps", _STEPS.value, 0, 1e9)]
+  steps = _floats("steps", _STEPS.value, 0, 1e9)
+  common.check_flag(all(s == int(s) for s in steps), f"--steps must be whole numbers, "
+                    f"got {_STEPS.value}")
+  steps = [int(s) for s in steps]
   temps = _floats("temperatures", _TEMPS.value, 0, 1e9)
   top_ps = _floats("top_ps", _TOP_PS.value, 0, 1)
   common.check_flag(0 <= _ETA.value <= 1, "--remask_eta must lie in [0, 1]")
@@ -108,13 +114,16 @@ def main(_):
   common.at_least("batch_size", _BATCH.value, 1)
   sweep = settings()
   common.require_run_dir(_WORKDIR.value, "workdir")
-  common.require_run_dir(_JUDGE.value, "judge_workdir")
   common.require_output_dir(_OUT.value, "outdir")
+  common.require_causal_judge(_JUDGE.value)
   log_setup.quiet_libraries()
   cfg = common.with_model_dtype(common.load_config(_WORKDIR.value), _DTYPE.value)
   run = common.load_run(_WORKDIR.value, cfg)
   jr = common.load_run(_JUDGE.value, flag="judge_workdir")
   exp = run.experiment
+  if exp.causal:
+    raise errors.WorkdirError(f"--workdir {_WORKDIR.value!r} holds a causal model; the "
+                              "frontier samples diffusion models")
   length = exp.config.data.seq_len
   judge = (jr.experiment.model, jr.params)
   n_ref = min(_NUM.value, len(exp.dataset.validation) // length)
@@ -157,7 +166,7 @@ def main(_):
           "dtype": cfg.model.dtype,
           "judge_step": jr.step, "command": " ".join(["python -m experiments.frontier"] + sys.argv[1:])}
   common.write_json(f"{_OUT.value}/frontier.json", meta)
-  print(json.dumps(meta))
+  print(strict_json.dumps(meta))
 
 
 if __name__ == "__main__":

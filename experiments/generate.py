@@ -10,13 +10,14 @@ top-p.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any, Callable, Dict, Optional
 
 import jax
 import numpy as np
 
-from tcsm_jax import quality, sampling
+from tcsm_jax import quality, sampling, strict_json
 
 SAMPLE_KEYS = ("sampler", "steps", "draw", "start", "temperature", "top_p",
                "remask_schedule", "remask_eta", "remask_t_on", "remask_t_off",
@@ -53,6 +54,15 @@ def describe(opts: Dict[str, Any]) -> Dict[str, Any]:
   return out
 
 
+def report_name(settings: Dict[str, Any]) -> str:
+  """``<sampler>_<steps>steps_<hash>``: the file stem of a sample report. ``settings``
+  holds every setting that changes the samples (at least ``sampler`` and ``steps``);
+  ``<hash>`` is 8 hex digits of the sha256 of their sorted strict JSON, so two runs
+  share a name only when they draw the same samples."""
+  digest = hashlib.sha256(strict_json.dumps(settings, sort_keys=True).encode())
+  return f"{settings['sampler']}_{settings['steps']}steps_{digest.hexdigest()[:8]}"
+
+
 def draw(run, num: int, batch: int, length: int, opts: Dict[str, Any], seed: int = 0,
          template: Optional[np.ndarray] = None, overlap: Optional[int] = None,
          eos_id: Optional[int] = None, log_tilt_fn: Optional[Callable] = None,
@@ -78,8 +88,10 @@ def draw(run, num: int, batch: int, length: int, opts: Dict[str, Any], seed: int
   tokens, mask = sampling.clamp_from_template(np.tile(tmpl[None], (b, 1)),
                                               exp.dataset.vocab_size)
   tokens, mask = np.asarray(tokens), np.asarray(mask)
-  # Compile before the clock starts: samples/s is the sampler's, not XLA's.
-  fn = fn.lower(run.params, jax.random.PRNGKey(0), tokens, mask).compile()
+  # Compile before the clock starts: samples/s is the sampler's, not XLA's. The
+  # sampler sees one window ``[b, win]``; long generation hands it window slices.
+  fn = fn.lower(run.params, jax.random.PRNGKey(0), tokens[:, :win],
+                mask[:, :win]).compile()
   out, nfe, blocks, t0 = [], 0, 0, time.time()
   for i in range(0, num, b):
     key = jax.random.fold_in(jax.random.PRNGKey(seed), i)

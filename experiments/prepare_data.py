@@ -33,7 +33,7 @@ import json
 
 from absl import flags, logging
 
-from experiments import cli
+from experiments import cli, common
 from tcsm_jax import errors, fs
 from tcsm_jax.data import base, prepared, sources, tokenizer
 
@@ -86,12 +86,47 @@ def build_tokenizer(spec: str, source: sources.Source, out: str) -> tokenizer.To
   return tokenizer.from_spec(spec, _EOS.value, _PAD.value)
 
 
+def validate_flags() -> None:
+  """``FlagError`` naming the first bad flag, before anything is read or written."""
+  check = common.check_flag
+  common.require_output_dir(_OUT.value, "out")
+  if _VERIFY.value:
+    return
+  check(bool(_SOURCE.value) and bool(_TOKENIZER.value),
+        "--source and --tokenizer are required (or --verify)")
+  kind = _SOURCE.value.partition(":")[0]
+  check(0 <= _VAL_FRACTION.value <= 1, "--validation_fraction must lie in [0, 1], got "
+        f"{_VAL_FRACTION.value}")
+  check(0 <= _MAX_DROPPED.value <= 1, "--max_dropped_fraction must lie in [0, 1], got "
+        f"{_MAX_DROPPED.value}")
+  common.at_least("batch_docs", _BATCH_DOCS.value, 1)
+  common.at_least("validation_docs", _VAL_DOCS.value, 0)
+  common.at_least("max_train_docs", _MAX_TRAIN_DOCS.value, 0)
+  common.at_least("spm_vocab_size", _SPM_VOCAB.value, 2)
+  check(bool(_TEXT_KEY.value), "--text_key is empty (the text field of the records)")
+  check(not _TFDS_DIR.value or kind == "tfds", "--tfds_dir is only used with "
+        f"--source=tfds:NAME, not {_SOURCE.value!r}")
+  hf = _TOKENIZER.value.startswith("hf:")
+  for flag, value in (("eos_token", _EOS.value), ("pad_token", _PAD.value)):
+    check(value is None or hf, f"--{flag} names a token of an hf: tokenizer; "
+          f"--tokenizer={_TOKENIZER.value} has its own")
+  if _VAL_PATH.value:
+    check(kind in ("text", "jsonl"), "--validation_path is only used with text: and "
+          "jsonl: sources")
+    if not fs.exists(_VAL_PATH.value):
+      raise errors.DataError(f"--validation_path {_VAL_PATH.value!r} does not exist")
+
+
 def main(argv):
   if len(argv) > 1:
     raise errors.FlagError(f"unexpected arguments {argv[1:]}")
+  validate_flags()
   out = _OUT.value
   if _VERIFY.value:
-    report = prepared.verify(out, progress=_PROGRESS.value)
+    try:
+      report = prepared.verify(out, progress=_PROGRESS.value)
+    except errors.UserError as e:
+      raise type(e)(f"--out: {e}") from None
     print(json.dumps(report, indent=2))
     print(f"{out}: all {len(report)} shards match the manifest")
     return
@@ -99,15 +134,21 @@ def main(argv):
     raise errors.FlagError("--source and --tokenizer are required (or --verify)")
   if _LAYOUT.value == "padded" and _SEQ_LEN.value < 1:
     raise errors.FlagError("--layout=padded needs --seq_len (the row length)")
-  src = sources.source_from_spec(
-      _SOURCE.value, doc_sep=_DOC_SEP.value, text_key=_TEXT_KEY.value,
-      validation_fraction=_VAL_FRACTION.value, validation_path=_VAL_PATH.value,
-      tfds_dir=_TFDS_DIR.value, validation_docs=_VAL_DOCS.value,
-      max_train_docs=_MAX_TRAIN_DOCS.value)
+  try:
+    src = sources.source_from_spec(
+        _SOURCE.value, doc_sep=_DOC_SEP.value, text_key=_TEXT_KEY.value,
+        validation_fraction=_VAL_FRACTION.value, validation_path=_VAL_PATH.value,
+        tfds_dir=_TFDS_DIR.value, validation_docs=_VAL_DOCS.value,
+        max_train_docs=_MAX_TRAIN_DOCS.value)
+  except errors.UserError as e:
+    raise type(e)(f"--source={_SOURCE.value}: {e}") from None
   if fs.exists(fs.join(out, prepared.MANIFEST)) and not _OVERWRITE.value:
     raise errors.DataError(f"{out!r} already holds a prepared dataset; pass --overwrite "
                            "to replace it")
-  tok = build_tokenizer(_TOKENIZER.value, src, out)
+  try:
+    tok = build_tokenizer(_TOKENIZER.value, src, out)
+  except errors.UserError as e:
+    raise type(e)(f"--tokenizer={_TOKENIZER.value}: {e}") from None
   m = prepared.prepare(out, src, tok, layout=_LAYOUT.value, seq_len=_SEQ_LEN.value,
                        batch_docs=_BATCH_DOCS.value, overwrite=_OVERWRITE.value,
                        progress=_PROGRESS.value, max_dropped=_MAX_DROPPED.value)

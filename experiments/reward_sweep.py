@@ -56,7 +56,7 @@ def parse_betas(values):
       b = float(v)
     except ValueError:
       raise errors.FlagError(f"--betas: {v!r} is not a number") from None
-    common.check_flag(b > 0, f"--betas must all be > 0, got {v}")
+    common.check_flag(0 < b < float("inf"), f"--betas must all be > 0 and finite, got {v}")
     out.append(b)
   common.check_flag(bool(out), "--betas is empty")
   return out
@@ -79,7 +79,7 @@ def main(_):
   common.require_run_dir(_CONFIG.value.finetune.ref_workdir,
                          "config.finetune.ref_workdir")
   if _JUDGE.value:
-    common.require_run_dir(_JUDGE.value, "judge_workdir")
+    common.require_causal_judge(_JUDGE.value)
   log_setup.quiet_libraries()
   fs.makedirs(outdir)
   judge = None

@@ -18,13 +18,16 @@ token in the vocabulary, ``--stop_at_eos`` stops there. ``--guide`` tilts every 
 toward a reward (``tcsm_jax/posttrain/guidance.py``): ``token`` (per-character weights,
 exact) or ``classifier`` (the reward classifier of ``--guide_classifier_dir``, first
 order). Text the tokenizer cannot encode unchanged is refused with the characters named,
-unless ``--clean_prompt``. Writes ``DIR/samples/<sampler>_<steps>steps.txt`` and a JSON
-report (generative perplexity with a judge, always with the samples' entropy and the
-sampling settings); on a read-only workdir the results are printed and one line says
-what could not be written.
+unless ``--clean_prompt``. Writes ``DIR/samples/<sampler>_<steps>steps_<hash>.txt`` and
+a JSON report next to it (generative perplexity with a judge, always with the samples'
+entropy and the sampling settings); ``<hash>`` digests every setting that changes the
+samples (``settings`` in the report: sampler options, checkpoint step, dtype, length,
+overlap, prompts, guidance, seed, sample and batch counts), so runs with other settings
+never overwrite each other and the same command rewrites its own (identical) files. On
+a read-only workdir the results are printed and one line says what could not be
+written.
 """
 
-import json
 import sys
 
 import jax
@@ -33,7 +36,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from experiments import cli, common, generate
-from tcsm_jax import errors, fs, sampling
+from tcsm_jax import errors, fs, sampling, strict_json
 from tcsm_jax.posttrain import finetune as finetune_lib
 from tcsm_jax.posttrain import guidance
 from tcsm_jax.training import log_setup
@@ -94,18 +97,33 @@ def guidance_tilt(cfg, exp, workdir):
     ft.finetune.token_weights = _GUIDE_W.value
     ft.finetune.classifier_dir = _GUIDE_DIR.value
     ft.finetune.reward_mode = "taylor"
-  _, deltas_fn = finetune_lib.make_reward(ft, exp.dataset, workdir)
+  try:
+    _, deltas_fn = finetune_lib.make_reward(ft, exp.dataset, workdir)
+  except errors.ConfigError as e:       # the reward's config keys are these flags here
+    given = (f"--guide_token_weights={_GUIDE_W.value}" if _GUIDE.value == "token" else
+             f"--guide={_GUIDE.value}")
+    raise errors.FlagError(f"{given}: {e}") from None
   return guidance.reward_tilt(deltas_fn, _GAMMA.value, exp.process.mask_id)
 
 
 def main(_):
   length_flag = _LENGTH.value or _LEN.value
-  common.validate_sample_flags(_NUM.value, _STEPS.value or 1, _maybe(_TOP_P.value, 1.0),
-                               _maybe(_TEMP.value, 1.0), _BATCH.value, length_flag)
+  common.validate_sample_flags(_NUM.value, _maybe(_STEPS.value, 1),
+                               _maybe(_TOP_P.value, 1.0), _maybe(_TEMP.value, 1.0),
+                               _BATCH.value, _LEN.value, length=_LENGTH.value,
+                               overlap=_OVERLAP.value, events_per_call=_EVENTS.value,
+                               remask_eta=_ETA.value, guide_gamma=_GAMMA.value)
+  if _GUIDE.value == "token":
+    try:
+      finetune_lib.parse_token_weights(_GUIDE_W.value, "--guide_token_weights")
+    except errors.ConfigError as e:
+      raise errors.FlagError(str(e)) from None
+  if _GUIDE.value == "classifier" and _GUIDE_DIR.value:
+    common.require_output_dir(_GUIDE_DIR.value, "guide_classifier_dir")
   workdir = _WORKDIR.value
   common.require_run_dir(workdir, "workdir", config_given=_CONFIG.value is not None)
   if _JUDGE.value:
-    common.require_run_dir(_JUDGE.value, "judge_workdir")
+    common.require_causal_judge(_JUDGE.value)
   log_setup.quiet_libraries()
   cfg = common.load_config(workdir, _CONFIG.value)
   opts = generate.options(cfg.get("sampling"), sampler=_SAMPLER.value, steps=_STEPS.value,
@@ -152,11 +170,19 @@ def main(_):
                                 progress=progress if win_steps > 1 else None)
   bar.close()
   texts = exp.dataset.decode(samples)
-  stem = fs.join(workdir, "samples", f"{opts['sampler']}_{opts['steps']}steps")
+  settings = dict(opts, step=run.step, dtype=cfg.model.dtype, length=length,
+                  overlap=overlap if length > cfg.data.seq_len else None,
+                  stop_at_eos=eos is not None, num_samples=_NUM.value, batch_size=b,
+                  seed=_SEED.value, prompt=_PROMPT.value, suffix=_SUFFIX.value,
+                  template=_TEMPLATE.value, clean_prompt=_CLEAN.value, guide=_GUIDE.value)
+  if _GUIDE.value != "none":
+    settings.update(guide_gamma=_GAMMA.value, guide_token_weights=_GUIDE_W.value,
+                    guide_classifier_dir=_GUIDE_DIR.value)
+  stem = fs.join(workdir, "samples", generate.report_name(settings))
   for i, t in enumerate(texts):
     print(f"[{i}] {t}")
   rep = {"samples_per_sec": info["samples_per_sec"], "step": run.step, "length": length,
-         "nfe_per_batch": info["nfe"], "dtype": cfg.model.dtype}
+         "nfe_per_batch": info["nfe"], "dtype": cfg.model.dtype, "settings": settings}
   if _GUIDE.value != "none":
     rep.update(guide=_GUIDE.value, guide_gamma=_GAMMA.value)
   judge = None
@@ -172,7 +198,7 @@ def main(_):
   rep.update(generate.record(samples, opts, judge, ref))
   path = common.write_report_or_warn(f"{stem}.txt", "\n".join(texts) + "\n")
   common.write_report_or_warn(f"{stem}.json", rep)
-  print(json.dumps(rep, indent=2))
+  print(strict_json.dumps(rep, indent=2))
   if path:
     logging.info("wrote %s", path)
   common.finish_reports()

@@ -20,7 +20,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments import cli
+from experiments import cli, common
 from tcsm_jax import sampling
 from tcsm_jax.training import distributed, log_setup, restore, trainer
 
@@ -67,10 +67,13 @@ def summary(workdir: str, result, seconds: float, num_samples: int) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  common.at_least("summary_samples", _SUMMARY_SAMPLES.value, 0)
+  common.require_output_dir(_WORKDIR.value, "workdir")
   log_setup.quiet_libraries()
   distributed.initialize()
   t0 = time.time()
-  result = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  with common.removed_if_left_empty(_WORKDIR.value):     # a refused run leaves nothing
+    result = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   logging.debug("done: %s", result)
   cli.exit_if_stopped(result, _WORKDIR.value)    # Ctrl-C: 130; SIGTERM: 143
   if jax.process_count() == 1:   # the summary restores on this host's devices only

@@ -73,6 +73,7 @@ SLOW_BY_BUDGET = (
     "test_pins.py::test_reference_is_pinned_and_a_changed_one_refused",  # test_check_unchanged_...
     "test_steps.py::test_samplers_draw_what_they_drew_before_bit_for_bit",  # test_some_samplers_...
     "test_draws.py::test_nan_and_all_minus_inf_rows_are_an_error[50257]",  # [27], [64]
+    "test_cli.py::test_bad_flag_rows_as_real_commands",  # test_bad_flag_value_is_one_line_naming_the_flag (the same rows, in one process)
 )
 
 

@@ -21,9 +21,15 @@ chains work, each command adapted to take seconds:
   ``--config.data.path``/``--data``/``--source`` that neither the repository nor an
   earlier command provides).
 
-Only ``&&`` chains, ``\\`` line continuations, ``# comments`` and leading ``VAR=value``
-assignments are understood; any other shell syntax (pipes, redirections, ``;``) raises
-``ValueError`` so that a README block is never half-run.
+Only ``&&`` chains, ``\\`` line continuations, ``# comments``, leading ``VAR=value``
+assignments and ``cd DIR &&`` are understood; any other shell syntax (pipes,
+redirections, ``;``) raises ``ValueError`` so that a README block is never half-run.
+
+Blocks that are not marked runnable are synopses (``DIR``, ``[--optional]``,
+``a|b|c``) or need what a test machine lacks; ``written_commands`` lists every command
+of every shell block so that ``tests/test_readme.py`` can require each one to be run
+(``expand_synopsis`` makes a synopsis a command: placeholders filled, optional groups
+kept, one alternative of each ``a|b|c``) or listed with the reason it cannot run.
 
 ``python tests/docs_check.py [README.md]`` runs the check from the command line.
 """
@@ -114,6 +120,7 @@ class Command:
   # it is about to run, relative to the scratch directory (an earlier command may have
   # made it; repository paths are absolute by then).
   needs: List[str] = dataclasses.field(default_factory=list)
+  cwd: Optional[str] = None    # ``cd DIR &&`` before it (relative: to the scratch dir)
 
 
 def extract_blocks(markdown: str) -> List[Block]:
@@ -238,7 +245,11 @@ def prepare(command: str) -> List[Command]:
   segs = _segments(command)
   while segs and _is_pip(segs[0]):
     segs = segs[1:]
+  cwd = None
   for seg in segs:
+    if seg[0] == "cd" and len(seg) == 2:
+      cwd = _in_repo(seg[1]) or seg[1]
+      continue
     env = {}
     while seg and re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", seg[0]):
       k, _, v = seg.pop(0).partition("=")
@@ -264,7 +275,11 @@ def prepare(command: str) -> List[Command]:
     argv += list(BINARY_FLAGS.get(module, ()))
     needs = [_flag(a)[1] for a in argv if _flag(a)[0] in DATA_FLAGS]
     needs += [_flag(a)[1].partition(":")[2] for a in argv if _flag(a)[0] == "--source"]
-    out.append(Command(command, argv, env, skip, needs))
+    if cwd is not None:
+      # A script argument of the directory cd'ed into (``cd notebooks && python x.py``).
+      argv[1:] = [str(pathlib.Path(cwd) / a) if not a.startswith("-") and os.path.isabs(
+          cwd) and (pathlib.Path(cwd) / a).exists() else a for a in argv[1:]]
+    out.append(Command(command, argv, env, skip, needs, cwd))
   return out
 
 
@@ -295,7 +310,7 @@ def run_commands(commands: Iterable[Command], workdir: pathlib.Path,
       continue
     t0 = time.time()
     try:
-      p = subprocess.run(cmd.argv, cwd=workdir, env={**base, **cmd.env},
+      p = subprocess.run(cmd.argv, cwd=workdir / (cmd.cwd or "."), env={**base, **cmd.env},
                          capture_output=True, text=True, timeout=timeout)
       rc, output = p.returncode, p.stdout + p.stderr
     except subprocess.TimeoutExpired as e:
@@ -307,6 +322,56 @@ def run_commands(commands: Iterable[Command], workdir: pathlib.Path,
     if rc != 0 and stop_on_failure:
       break
   return results
+
+
+@dataclasses.dataclass
+class Written:
+  """A command as a doc writes it (continuations joined), with its block."""
+  line: int            # the block's opening fence
+  runnable: bool       # in a ``bash runnable`` block (run as written by the docs check)
+  command: str
+
+
+def _looks_like_commands(block: Block) -> bool:
+  first = next((l.strip() for l in block.text.splitlines() if l.strip()), "")
+  return first.startswith(("python -m ", "python ", "pip ", "$ ", "launch/"))
+
+
+def written_commands(markdown: str) -> List[Written]:
+  """Every command of every shell block (info ``bash``/``sh``/... or no info string
+  but starting like a command line), runnable or not, in order."""
+  out = []
+  for b in extract_blocks(markdown):
+    words = b.info.split()
+    shell = (words[0] in SHELL_LANGS) if words else _looks_like_commands(b)
+    if shell:
+      out += [Written(b.line, b.runnable, re.sub(r"\s+#.*$", "", " ".join(c.split())))
+              for c in split_commands(b.text)]
+  return out
+
+
+def expand_synopsis(command: str, places: Dict[str, str],
+                    choose: Optional[Dict[str, int]] = None, narrow: bool = False) -> str:
+  """A synopsis line as a command: ``[--flag=v]`` groups kept (a group holding ``...``
+  dropped), ``--flag=a|b|c`` the alternative ``choose[flag]`` (default the first),
+  ``=DIR``-style placeholders and ``<name>`` from ``places``; ``narrow`` cuts every
+  comma list (``--steps=16,64,256``) to its first value."""
+  choose = choose or {}
+  cmd = re.sub(r"\s*\[[^\[\]]*\.\.\.[^\[\]]*\]", "", command)
+  cmd = re.sub(r"\[([^\[\]]*)\]", r"\1", cmd)
+
+  def alternative(m):
+    options = m.group(2).split("|")
+    return m.group(1) + options[choose.get(m.group(1)[2:-1], 0)]
+  cmd = re.sub(r"(--[\w.]+=)([^\s\"|]+(?:\|[^\s\"|]+)+)", alternative, cmd)
+  if narrow:
+    cmd = re.sub(r"(--\w+=)([^\s\",]+)(?:,[^\s\",]+)+", r"\1\2", cmd)
+  for name, value in places.items():
+    if name.startswith("<"):
+      cmd = cmd.replace(name, value)
+    else:
+      cmd = re.sub(rf"(?<==){re.escape(name)}(?![\w/])", value, cmd)
+  return cmd
 
 
 def commands_of(markdown: str) -> List[Command]:

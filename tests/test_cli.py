@@ -3,12 +3,19 @@
 One tiny workdir is trained in-process per module; the binaries run against it as
 subprocesses, all started at once (each pays ~3-5 s of jax start-up). Flag rules,
 prompt encoding and the error classification are also checked in-process.
+
+Every flag of every binary with a bad value (``tests/flag_table.py``): the table runs
+in ONE extra process that imports jax once and runs the binaries one after the other
+through ``experiments.cli``'s own parser and guard (about 15 s for 130 rows on the
+2-core CPU, against ~4 s per row as separate processes); one row per binary also runs
+as a real ``python -m`` subprocess in the slow suite.
 """
 
 import dataclasses
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import types
@@ -22,6 +29,7 @@ from tcsm_jax import errors, fs
 from tcsm_jax.data import prepared, sources, text8, tokenizer
 from tcsm_jax.training import trainer
 
+import flag_table
 from helpers import small_dataset, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,7 +67,28 @@ def _cases(root):
                                "--prompt=☃☃☃!!!"],
                               "--prompt has characters the tokenizer cannot encode: "
                               "'☃' '!'"),
+      # A reference trained on other data (an in-memory slice): refused inside the
+      # trainer, after it made the new workdir (test_refused_run_leaves_no_workdir).
+      "run: refused finetune": (["experiments.finetune",
+                                 "--config=experiments/configs/kjv_reward.py",
+                                 f"--workdir={os.path.join(root, 'ft_new')}",
+                                 f"--config.finetune.ref_workdir={wd}"],
+                                "was trained on other data"),
   }
+
+
+def _places(root):
+  return dict(wd=os.path.join(root, "run"), root=root, afile=os.path.join(root, "a_file"),
+              missing=os.path.join(root, "missing"),
+              corpus=os.path.join(root, "corpus.txt"))
+
+
+# Long generation past the model's data.seq_len (32) from the command line.
+LONG = {
+    "long prompt": ["--num_samples=3", "--batch_size=2", "--steps=4", "--length=100",
+                    "--overlap=8", "--prompt=in the beginning"],
+    "long": ["--num_samples=2", "--steps=4", "--length=70", "--overlap=-1"],
+}
 
 
 def _start(args):
@@ -97,10 +126,23 @@ def results(tmp_path_factory):
   prepared.prepare(os.path.join(root, "heldout"), src, tokenizer.CharTokenizer(),
                    progress=False)
   procs.update({n: _start(a) for n, (a, _) in cases.items() if n.startswith("run:")})
+  for name, args in LONG.items():
+    cases[name] = (["experiments.sample", f"--workdir={wd}"] + args, None)
+    procs[name] = _start(cases[name][0])
+  with open(os.path.join(root, "corpus.txt"), "w") as f:
+    f.write("in the beginning god created the heaven and the earth\n\n" * 40)
+  rows = [(b, flag_table.argv_of(b, args, _places(root)))
+          for b, _, args, _ in flag_table.TABLE]
+  table = subprocess.Popen([sys.executable, os.path.join(REPO, "tests", "flag_table.py")],
+                           cwd=REPO, env=_env(), stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  table_out, table_err = table.communicate(json.dumps(rows), timeout=600)
   out = {"root": root}
   for name, p in procs.items():
     stdout, stderr = p.communicate(timeout=600)
     out[name] = (p.returncode, stdout, stderr, cases[name][1])
+  assert table.returncode == 0, table_err[-3000:]
+  out["flag table"] = json.loads(table_out.strip().splitlines()[-1])
   return out
 
 
@@ -117,6 +159,135 @@ def test_bad_input_is_one_line_and_status_2(results, name):
   assert "Traceback" not in stderr, stderr[-3000:]
   assert len(lines) == 1 and lines[0].startswith("error: "), stderr[-3000:]
   assert expected in lines[0], lines[0]
+
+
+def _one_error_line(stderr):
+  lines = [l for l in stderr.splitlines() if l.strip() and not _ABSL_LOG.match(l)]
+  return lines[0] if len(lines) == 1 and lines[0].startswith("error: ") else None
+
+
+def _row_id(row):
+  binary, flag, args, _ = row
+  return f"{binary.split('.')[-1]}:{' '.join(args)}"
+
+
+@pytest.mark.parametrize("index", range(len(flag_table.TABLE)),
+                         ids=[_row_id(r) for r in flag_table.TABLE])
+def test_bad_flag_value_is_one_line_naming_the_flag(results, index):
+  """``tests/flag_table.py``: every row ends in one ``error:`` line naming its flag,
+  status 2, no traceback."""
+  binary, flag, args, expected = flag_table.TABLE[index]
+  r = results["flag table"]["results"][index]
+  line = _one_error_line(r["stderr"])
+  assert r["status"] == 2 and line is not None, (r["status"], r["stderr"][-3000:])
+  assert "Traceback" not in r["stderr"], r["stderr"][-3000:]
+  assert expected in line, line
+
+
+def test_every_flag_of_every_binary_has_a_bad_value_row(results):
+  """A flag added to a binary without a row in ``tests/flag_table.py`` (or a reason in
+  ``NO_BAD_VALUE``) fails here; so does a row naming a flag the binary lacks."""
+  defined = results["flag table"]["flags"]
+  assert sorted(defined) == sorted(flag_table.BINARIES)
+  rows = {(b, f) for b, f, _, _ in flag_table.TABLE} | set(flag_table.NO_BAD_VALUE)
+  missing = [f"{b} --{f}" for b, names in defined.items() for f in names
+             if (b, f) not in rows]
+  assert not missing, f"flags without a bad-value row in tests/flag_table.py: {missing}"
+  unknown = [f"{b} --{f}" for b, f in rows if f not in defined[b]]
+  assert not unknown, f"rows for flags the binary does not define: {unknown}"
+  # Refused commands made none of their outputs.
+  made = [n for n in ("frontier", "finetune", "distill", "prepared", "study", "train",
+                      "sweep", "compare")
+          if os.path.exists(os.path.join(results["root"], n))]
+  assert not made, made
+
+
+def test_every_binary_is_in_the_flag_table():
+  """A new binary (a module ending in ``cli.run(main)``) needs its rows in
+  tests/flag_table.py."""
+  found = set()
+  for dirpath, _, files in os.walk(os.path.join(REPO, "experiments")):
+    for name in files:
+      path = os.path.join(dirpath, name)
+      if name.endswith(".py") and "cli.run(main)" in open(path).read():
+        mod = os.path.relpath(path, REPO)[:-3].replace(os.sep, ".")
+        found.add(mod[:-len(".__main__")] if mod.endswith(".__main__") else mod)
+  found.discard("experiments.cli")
+  assert found == set(flag_table.BINARIES), sorted(found ^ set(flag_table.BINARIES))
+
+
+@pytest.mark.parametrize("binary, flag", flag_table.SUBPROCESS_ROWS)
+def test_bad_flag_rows_as_real_commands(results, binary, flag):
+  """The in-process driver sees what a user sees: one row per binary as ``python -m``
+  (slow: ~4 s of imports each; the table above is the default test)."""
+  [(args, expected)] = [(a, e) for b, f, a, e in flag_table.TABLE[:]
+                        if (b, f) == (binary, flag)][:1]
+  p = subprocess.run([sys.executable, "-m", binary] + flag_table.argv_of(
+      binary, args, _places(results["root"])), cwd=REPO, env=_env(),
+      capture_output=True, text=True, timeout=300)
+  line = _one_error_line(p.stderr)
+  assert p.returncode == 2 and line is not None and expected in line, p.stderr[-3000:]
+
+
+def test_refused_run_leaves_no_workdir(results):
+  rc, _, stderr, _ = results["run: refused finetune"]
+  assert rc == 2, stderr[-3000:]
+  assert not os.path.exists(os.path.join(results["root"], "ft_new"))
+
+
+def _samples_of(workdir, length):
+  """``{stem: (lines, report)}`` of the sample reports of ``length``."""
+  out, d = {}, os.path.join(workdir, "samples")
+  for name in sorted(os.listdir(d)):
+    if name.endswith(".json"):
+      rep = json.loads(open(os.path.join(d, name)).read())
+      if rep["length"] == length:
+        lines = open(os.path.join(d, name[:-5] + ".txt")).read().splitlines()
+        out[name[:-5]] = (lines, rep)
+  return out
+
+
+@pytest.mark.parametrize("name, length, num, overlap, prompt", [
+    ("long prompt", 100, 3, 8, "in the beginning"), ("long", 70, 2, 8, "")])
+def test_sample_past_the_training_length(results, workdir, name, length, num, overlap,
+                                         prompt):
+  """``experiments.sample --length`` above data.seq_len (32), with and without a
+  prompt (``--overlap=-1``: seq_len // 4 = 8): every sample has the length, starts
+  with the prompt, and the report names its settings (the window law itself:
+  tests/test_long_generation.py::test_binary_draw_past_the_training_length)."""
+  rc, stdout, stderr, _ = results[name]
+  assert rc == 0, stderr[-3000:]
+  [(stem, (lines, rep))] = _samples_of(workdir, length).items()
+  assert stem.startswith("analytic_4steps_")
+  assert len(lines) == num and all(len(l) == length for l in lines), lines
+  assert all(l.startswith(prompt) for l in lines)
+  assert all(f"[{i}] {l}" in stdout for i, l in enumerate(lines))
+  s = rep["settings"]
+  assert (s["length"], s["overlap"], s["prompt"], s["num_samples"]) == (
+      length, overlap, prompt, num)
+  blocks = len(__import__("tcsm_jax.sampling.long", fromlist=["x"]).windows(
+      length, 32, overlap))
+  assert rep["nfe_per_batch"] >= blocks * 4          # every window sampled, 4 steps
+  if not prompt:            # free text: at least one token differs from the data's mode
+    assert len(set("".join(lines))) > 3
+
+
+def test_sigterm_during_imports_is_one_line_and_143():
+  """SIGTERM while ``python -m experiments.X`` still imports jax: status 143 and the
+  line ``terminated (SIGTERM)`` (experiments/__init__.py), not a silent kill. The
+  signal is sent as soon as ``-X importtime`` reports the package imported."""
+  p = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "experiments.sample",
+                        "--workdir=nowhere"], cwd=REPO, env=_env(),
+                       stderr=subprocess.PIPE, text=True)
+  for line in p.stderr:
+    if line.rstrip().endswith("| experiments"):
+      break
+  p.send_signal(signal.SIGTERM)
+  rest = p.stderr.read()
+  p.wait(timeout=60)
+  assert p.returncode == 143, rest[-2000:]
+  assert [l for l in rest.splitlines() if "import time" not in l] == [
+      "terminated (SIGTERM)"], rest[-2000:]
 
 
 def test_verbose_shows_the_traceback_of_a_user_error(results):
@@ -203,6 +374,48 @@ def test_prompts_refuse_what_the_tokenizer_changes_unless_cleaned():
     common.build_template(None, dec, 10, prompt="hello")
   tpl, _ = common.build_template(enc, dec, 8, prompt="ab", suffix=" z")
   assert list(tpl) == [1, 2, -1, -1, -1, -1, 0, 26]
+
+
+def _strict_loads(text):
+  def refuse(name):
+    raise ValueError(f"not JSON: {name}")
+  return json.loads(text, parse_constant=refuse)
+
+
+def test_reports_and_metrics_are_strict_json(tmp_path):
+  """A non-finite float is written as null (RFC 8259 has no NaN/Infinity): reports
+  (``common.write_json``) and ``metrics.jsonl``, which reads a null back as NaN."""
+  from tcsm_jax import strict_json
+  from tcsm_jax.training import metrics as metrics_lib
+  rep = {"a": float("inf"), "b": [np.float32("nan"), 1.5], "c": {"d": -np.inf},
+         "e": np.int64(3), "f": "x"}
+  path = common.write_json(str(tmp_path / "r.json"), rep)
+  assert _strict_loads(open(path).read()) == {"a": None, "b": [None, 1.5],
+                                              "c": {"d": None}, "e": 3, "f": "x"}
+  with pytest.raises(ValueError):
+    strict_json.json.dumps(float("nan"), allow_nan=False)   # the guard is on
+  writer = metrics_lib.MetricWriter(str(tmp_path), tensorboard=False)
+  writer.write(1, {"loss": float("nan"), "lr": 0.5})
+  writer.close()
+  text = open(tmp_path / "metrics.jsonl").read()
+  assert _strict_loads(text) == {"step": 1, "loss": None, "lr": 0.5}
+  [row] = metrics_lib.read_jsonl(str(tmp_path / "metrics.jsonl"))
+  assert np.isnan(row["loss"]) and row["lr"] == 0.5
+  [row] = common.read_jsonl(str(tmp_path / "metrics.jsonl"))
+  assert np.isnan(row["loss"])
+
+
+def test_sample_report_names_differ_by_every_setting():
+  """Two sample runs share a report name only when every setting that changes the
+  samples is the same (``generate.report_name``)."""
+  from experiments import generate
+  base = dict(generate.options(steps=8), step=4, length=32, seed=0, prompt="")
+  name = generate.report_name(base)
+  assert name.startswith("analytic_8steps_") and name == generate.report_name(dict(base))
+  others = [dict(base, temperature=0.9), dict(base, seed=1), dict(base, prompt="in"),
+            dict(base, length=64), dict(base, step=5), dict(base, top_p=0.9)]
+  names = {generate.report_name(o) for o in others}
+  assert len(names) == len(others) and name not in names
 
 
 def test_zero_shot_mismatch_is_a_data_error(workdir):

@@ -118,10 +118,12 @@ def test_binaries_train_evaluate_sample_and_refuse_empty_workdirs(tmp_path):
   r = _run(["experiments.sample", f"--workdir={wd}", "--num_samples=3", "--steps=8",
             "--prompt=in the beginning", "--suffix= amen", f"--judge_workdir={jd}"])
   assert r.returncode == 0, r.stderr[-3000:]
-  lines = open(os.path.join(wd, "samples", "analytic_8steps.txt")).read().splitlines()
+  [stem] = [n[:-4] for n in os.listdir(os.path.join(wd, "samples")) if n.endswith(".txt")]
+  assert stem.startswith("analytic_8steps_")       # + the hash of every setting
+  lines = open(os.path.join(wd, "samples", stem + ".txt")).read().splitlines()
   assert len(lines) == 3 and all(len(l) == 32 for l in lines)
   assert all(l.startswith("in the beginning") and l.endswith(" amen") for l in lines)
-  q = json.load(open(os.path.join(wd, "samples", "analytic_8steps.json")))
+  q = json.load(open(os.path.join(wd, "samples", stem + ".json")))
   assert q["gen_perplexity"] > 1 and q["unigram_entropy"] > 0
   for binary in ("experiments.evaluate", "experiments.sample"):
     r = _run([binary, f"--workdir={tmp_path / 'empty'}"])

@@ -81,3 +81,61 @@ def test_long_generation_with_the_real_sampler():
                             prompt.clip(0), prompt >= 0)
   assert out.shape == (b, 30) and out.max() < v and (out[:, :5] == 3).all()
   assert info["blocks"] == len(long.windows(30, block, overlap))
+
+
+def _toy_run(v, block):
+  """A loaded-run stand-in for ``experiments.generate.draw``: a table network over an
+  absorbing process on ``v`` symbols whose training length is ``block``."""
+  import types
+  from ml_collections import ConfigDict
+  proc, sched = processes.Absorbing(v), schedules.get("log_linear")
+  w = jax.random.normal(jax.random.PRNGKey(1), (proc.num_states, v))
+  exp = types.SimpleNamespace(
+      config=ConfigDict({"data": {"seq_len": block}}), process=proc, schedule=sched,
+      apply_fn=lambda params, x, s: params[x],
+      dataset=types.SimpleNamespace(vocab_size=v))
+  return types.SimpleNamespace(experiment=exp, params=w)
+
+
+@pytest.mark.parametrize("prompt_len", [0, 5])
+def test_binary_draw_past_the_training_length(monkeypatch, prompt_len):
+  """``experiments.generate.draw`` (what ``experiments.sample --length`` runs) compiles
+  the sampler for one window and feeds it the window clamps: each window's first
+  ``overlap`` positions are clamped to the previous window's tail, the sampler keeps
+  every clamp, and the samples are the windows stitched."""
+  from experiments import generate
+  v, block, overlap, length, num = 6, 12, 4, 30, 3
+  calls = []
+  real = long.generate
+
+  def spy(key, block_fn, *args, **kw):
+    def recorded(k, t, m):
+      x = np.asarray(block_fn(k, t, m))
+      calls.append((np.array(t), np.array(m), x))
+      return x
+    return real(key, recorded, *args, **kw)
+
+  monkeypatch.setattr(long, "generate", spy)
+  template = np.full((length,), -1, np.int32)
+  template[:prompt_len] = 3
+  opts = generate.options(steps=6)
+  x, info = generate.draw(_toy_run(v, block), num, 2, length, opts, template=template,
+                          overlap=overlap)
+  assert x.shape == (num, length) and x.dtype == np.int32 and 0 <= x.min() < v > x.max()
+  assert (x[:, :prompt_len] == 3).all()
+  ws = long.windows(length, block, overlap)
+  assert info["blocks"] == len(ws) and len(calls) == 2 * len(ws)   # two batches of 2
+  for batch in (calls[:len(ws)], calls[len(ws):]):
+    for k, ((w0, w1), (t, m, out)) in enumerate(zip(ws, batch)):
+      assert t.shape == m.shape == out.shape == (2, block)
+      assert (out[m] == t[m]).all()                   # the sampler keeps every clamp
+      if k:
+        p0, p1 = ws[k - 1]
+        prev = batch[k - 1][2]
+        shared = p1 - w0                              # >= overlap positions
+        assert shared >= overlap and m[:, :shared].all()
+        np.testing.assert_array_equal(t[:, :shared], prev[:, block - shared:])
+  stitched = np.concatenate([calls[0][2][:, :block]] + [
+      c[2][:, block - (w1 - p1):] for c, (p0, p1), (w0, w1)
+      in zip(calls[1:len(ws)], ws, ws[1:])], axis=1)
+  np.testing.assert_array_equal(x[:2], stitched)

@@ -1,14 +1,33 @@
-"""README docs check: every block marked ```` ```bash runnable ```` runs (tiny overrides).
+"""The docs' commands are tests: every command of README.md and notebooks/README.md.
 
 ``docs_check.py`` extracts the README's fenced blocks whose info string is
 ``bash runnable`` and runs their commands in order in one scratch directory (train ->
 evaluate -> sample chains), each with tiny config overrides; see its docstring for the
 rewriting rules. The checker itself is tested on a synthetic README first, so these
 tests mean something whatever the README holds.
+
+Every other command of a shell block must be listed in ``COVERAGE`` (exactly as
+written, continuations joined, comment dropped) with how it is tested:
+
+* ``Synopsis``: run here after the runnable blocks, in the same scratch directory, as
+  ``docs_check.expand_synopsis`` writes it (placeholders ``DIR`` ``JDIR`` ``OUT``
+  ``PREPARED_DIR`` ``<name>`` from ``PLACES``, every ``[--optional]`` flag given, the
+  first ``a|b|c`` alternative), scaled down only by the docs check's documented
+  overrides (steps, sizes, sample counts). The default run narrows comma-list sweeps to
+  their first value; the slow test runs the full sweep and every other alternative.
+* ``Elsewhere``: the same binary and flags run by the named test (scaled through a
+  documented override such as ``--quick``), with the cheaper default test that covers
+  it when that one is slow.
+* ``Skip``: cannot run on a test machine, with the reason.
+
+A command added to a doc without an entry (or an entry whose command left the docs)
+fails ``test_every_documented_command_is_covered``: the coordinator sees it at merge.
 """
 
+import dataclasses
 import pathlib
 import sys
+from typing import Dict
 
 import pytest
 
@@ -128,15 +147,216 @@ def test_runner_chains_in_one_directory_and_reports_failures(tmp_path):
   assert "exit 3" in msg and "boom" in msg and "sys.exit(3)" in msg
 
 
-def test_readme_runnable_blocks_run(tmp_path):
-  readme = (dc.REPO / "README.md").read_text()
-  commands = dc.commands_of(readme)
-  if not commands:
-    pytest.skip("README.md has no ```bash runnable block")
-  results = dc.run_commands(commands, tmp_path)
+def test_readme_runnable_blocks_run(readme_dir):
+  _, results = readme_dir           # the runnable blocks, then SETUP (fixture below)
+  assert len(results) > len(SETUP), "README.md has no ```bash runnable block"
+  _check(results)
+  assert any(r.returncode == 0 for r in results[:-len(SETUP)]), (
+      "every runnable command was skipped")
+
+
+# ------------------------------------------------------------- every command covered
+
+DOCS = ("README.md", "notebooks/README.md")
+# Synopsis placeholders: the main job's workdir, a tiny judge (SETUP), the prepared set
+# of the runnable prepare_data block.
+PLACES = {"DIR": "workdirs/kjv_tiny", "JDIR": "workdirs/judge", "OUT": "workdirs/frontier",
+          "PREPARED_DIR": "workdirs/kjv_prepared", "<name>": "kjv_tiny"}
+SETUP = ["python -m experiments.train --config=experiments/configs/kjv_judge.py "
+         "--workdir=workdirs/judge"]
+
+
+@dataclasses.dataclass
+class Synopsis:
+  slow_choices: tuple = ()         # extra runs (slow): {flag: alternative index}
+
+
+@dataclasses.dataclass
+class Elsewhere:
+  test: str                        # file.py::test_name (the same command)
+  how: str
+
+
+@dataclasses.dataclass
+class Skip:
+  reason: str
+
+
+_CLUSTER = "needs a SLURM cluster (the launcher is the same train binary: test_multihost)"
+_POD = "needs a TPU pod and gcloud"
+_DATA = "needs data not in the repository (runnable prepare/train/evaluate chain: README "
+_NB = ("rewrites the committed executed notebooks in the repository; "
+       "tests/test_notebooks.py runs the same notebooks")
+_STUDY = Elsewhere("test_study.py::test_quick_study_writes_sane_outputs",
+                   "--quick --seeds=2 (the README's smoke size), slow; default: the "
+                   "experiments.study rows of tests/flag_table.py and test_study's "
+                   "runner tests")
+
+COVERAGE: Dict[str, object] = {
+    # README.md
+    "pip install -r requirements.txt -e . && python -m pytest -q":
+        Skip("the test suite itself (CI runs it)"),
+    "python -m experiments.train --config=experiments/configs/<name>.py --workdir=DIR "
+    "[--config.x.y=v ...]": Synopsis(),
+    "python -m experiments.prepare_data --source=text:tcsm_jax/data/bundled/"
+    "kjv_text8.txt.xz --tokenizer=sentencepiece --spm_vocab_size=64 --out=/tmp/kjv_spm":
+        Elsewhere("test_reliability.py::test_prepare_data_sentencepiece_on_the_bundled_"
+                  "corpus", "the same flags (slow, ~15 s); default: test_reliability.py"
+                  "::test_sentencepiece_trains_on_a_one_line_corpus"),
+    "python -m experiments.evaluate --workdir=DIR [--num_t=8] [--num_batches=0] "
+    "[--data=PREPARED_DIR]": Synopsis(),
+    "python -m experiments.sample --workdir=DIR --num_samples=16 --steps=128 "
+    "[--sampler=analytic|ancestral|euler|remdm|first_hitting] [--draw=exact|gumbel32] "
+    "[--temperature=1] [--top_p=1] [--remask_schedule=cap|rescale|loop "
+    "--remask_eta=0.05] [--prompt=\"in the beginning\"] [--suffix=\"amen\"] "
+    "[--template=\"and god said ____ light\"] [--length=512 --overlap=16] "
+    "[--guide=token|classifier --guide_gamma=2] [--clean_prompt] [--judge_workdir=JDIR]":
+        Synopsis(slow_choices=(
+            {"sampler": 1}, {"sampler": 2}, {"sampler": 3}, {"sampler": 4},
+            {"draw": 1}, {"sampler": 3, "remask_schedule": 1},
+            {"sampler": 3, "remask_schedule": 2}, {"guide": 1})),
+    "python -m experiments.frontier --workdir=DIR --judge_workdir=JDIR --outdir=OUT "
+    "[--samplers=analytic,remdm,first_hitting] [--steps=16,64,256] "
+    "[--temperatures=0.9,1.0] [--top_ps=0.9,1.0] [--draws=exact]": Synopsis(),
+    "python -m experiments.prepare_data --source=text8:/data/text8.zip --tokenizer=char "
+    "--out=/data/text8_prep": Skip(_DATA + "'A small prepared set from a text file')"),
+    "python -m experiments.train --config=experiments/configs/text8.py "
+    "--workdir=/runs/text8 --config.data.path=/data/text8_prep":
+        Skip(_DATA + "'A small prepared set from a text file')"),
+    "python -m experiments.evaluate --workdir=/runs/text8":
+        Skip("evaluates the text8 run above (needs its data)"),
+    "python -m experiments.prepare_data --source=tfds:openwebtext --tfds_dir=/data/tfds "
+    "--tokenizer=hf:/data/gpt2/tokenizer.json --out=/data/owt_gpt2":
+        Skip("needs OpenWebText prepared by tfds and GPT-2's tokenizer.json (downloads)"),
+    "python -m experiments.train --config=experiments/configs/owt.py "
+    "--workdir=gs://BUCKET/owt --config.data.path=/data/owt_gpt2":
+        Skip("needs a bucket and OpenWebText"),
+    "python -m experiments.evaluate --workdir=gs://BUCKET/owt "
+    "--data=/data/wikitext103_gpt2": Skip("needs a bucket and WikiText-103"),
+    "launch/local.sh 2 2 -- --config=experiments/configs/kjv_tiny.py "
+    "--workdir=workdirs/mp":
+        Elsewhere("test_multihost.py::test_two_processes_match_one_and_their_checkpoint_"
+                  "restores_in_one", "launch/local.sh 2 2 -- with kjv_tiny at tiny sizes "
+                  "(slow); default: test_workdir_safety.py's 8 -> 1 device restore"),
+    "sbatch --nodes=4 launch/slurm.sbatch --config=experiments/configs/owt.py "
+    "--workdir=/shared/owt --config.data.path=/shared/owt_gpt2": Skip(_CLUSTER),
+    "launch/tpu_pod.sh create tcsm us-central2-b v4-32": Skip(_POD),
+    "launch/tpu_pod.sh install tcsm us-central2-b": Skip(_POD),
+    "launch/tpu_pod.sh run tcsm us-central2-b --config=experiments/configs/text8.py "
+    "--workdir=gs://BUCKET/text8 --config.data.path=/data/text8_prep": Skip(_POD),
+    "launch/tpu_pod.sh delete tcsm us-central2-b": Skip(_POD),
+    **{f"python -m experiments.study --study={s} --outdir=studies/{s}": _STUDY
+       for s in ("objectives", "teacher", "distill", "reward", "reward_bias", "ratio",
+                 "hamming")},
+    # notebooks/README.md
+    "jupyter lab notebooks/": Skip("starts a server"),
+    "jupytext --to notebook --execute notebooks/01_concrete_scores.py": Skip(
+        "writes notebooks/01_concrete_scores.ipynb over the committed executed copy; "
+        "tests/test_notebooks.py::test_notebook_quick executes the same notebook"),
+    "cd notebooks && MPLBACKEND=Agg python 01_concrete_scores.py": Synopsis(),
+    "python notebooks/build.py": Skip(_NB),
+    "python notebooks/build.py 02": Skip(_NB),
+}
+# Synopses that take more than a few seconds: slow, with the cheaper default run named.
+SLOW_SYNOPSES = {
+    "cd notebooks && MPLBACKEND=Agg python 01_concrete_scores.py":
+        "TCSM_NB_QUICK=1 (documented); default: test_notebooks.py::test_executed_"
+        "notebook_matches_its_source",
+}
+SYNOPSIS_ENV = {"cd notebooks && MPLBACKEND=Agg python 01_concrete_scores.py":
+                {"TCSM_NB_QUICK": "1"}}
+
+
+def _written():
+  return [(doc, w) for doc in DOCS
+          for w in dc.written_commands((dc.REPO / doc).read_text())]
+
+
+def test_every_documented_command_is_covered():
+  """Each command of a shell block is in a runnable block or in COVERAGE; each
+  COVERAGE entry is still in the docs; each named test exists."""
+  written = _written()
+  unlisted = [f"{doc}:{w.line}: {w.command}" for doc, w in written
+              if not w.runnable and w.command not in COVERAGE]
+  assert not unlisted, ("documented commands no test runs; run them (a `bash "
+                        "runnable` block) or list them in tests/test_readme.py "
+                        "COVERAGE:\n" + "\n".join(unlisted))
+  commands = {w.command for _, w in written}
+  stale = [c for c in COVERAGE if c not in commands]
+  assert not stale, f"COVERAGE entries no doc holds any more: {stale}"
+  for c, how in COVERAGE.items():
+    if isinstance(how, Elsewhere):
+      path, _, name = how.test.partition("::")
+      assert f"def {name}(" in (dc.REPO / "tests" / path).read_text(), how.test
+    if isinstance(how, Skip):
+      assert how.reason
+  assert set(SLOW_SYNOPSES) <= {c for c, h in COVERAGE.items() if isinstance(h, Synopsis)}
+
+
+def _synopsis_commands(slow: bool):
+  """``(label, [Command])`` of the synopses: the default (narrowed) runs, or (slow)
+  the full sweeps, the other alternatives and the slow synopses."""
+  out = []
+  for command, how in COVERAGE.items():
+    if not isinstance(how, Synopsis):
+      continue
+    env = SYNOPSIS_ENV.get(command, {})
+    runs = []
+    if command in SLOW_SYNOPSES:
+      runs = [({}, False)] if slow else []
+    elif slow:
+      runs = [({}, False)] * ("," in command) + [(c, False) for c in how.slow_choices]
+    else:
+      runs = [({}, True)]
+    for choose, narrow in runs:
+      text = dc.expand_synopsis(command, PLACES, choose, narrow)
+      cmds = dc.prepare(text)
+      for c in cmds:
+        c.env.update(env)
+      out.append((text, cmds))
+  return out
+
+
+@pytest.fixture(scope="module")
+def readme_dir(tmp_path_factory):
+  """The runnable blocks of README.md run in one scratch directory, then SETUP."""
+  tmp = tmp_path_factory.mktemp("readme")
+  commands = dc.commands_of((dc.REPO / "README.md").read_text())
+  commands += [c for line in SETUP for c in dc.prepare(line)]
+  return tmp, dc.run_commands(commands, tmp)
+
+
+def _check(results):
   for r in results:
     status = "skipped: " + r.output if r.returncode is None else f"exit {r.returncode}"
     print(f"{r.seconds:5.1f} s  {r.command.source}  [{status}]")
   failed = [r for r in results if r.returncode not in (0, None)]
   assert not failed, dc.describe_failure(failed[0])
-  assert any(r.returncode == 0 for r in results), "every runnable command was skipped"
+
+
+def test_readme_synopsis_commands_run(readme_dir):
+  """Each synopsis as a command (every optional flag, first alternative, sweeps cut to
+  one setting) on the workdirs the runnable blocks and SETUP made."""
+  tmp, setup = readme_dir
+  _check(setup)
+  runs = _synopsis_commands(slow=False)
+  assert runs
+  for text, cmds in runs:
+    results = dc.run_commands(cmds, tmp)
+    assert [r.returncode for r in results] == [0] * len(cmds), dc.describe_failure(
+        next(r for r in results if r.returncode != 0))
+  # The sample synopsis ran with --length=512 past the judge's data.seq_len 64.
+  assert list((tmp / "workdirs/kjv_tiny/samples").glob("analytic_4steps_*.txt"))
+  assert (tmp / "workdirs/frontier/frontier.csv").exists()
+
+
+@pytest.mark.slow
+def test_readme_synopsis_alternatives_run(readme_dir):
+  """The full sweeps, every other ``a|b|c`` alternative and the slow synopses (default:
+  test_readme_synopsis_commands_run, the same binaries and flags)."""
+  tmp, setup = readme_dir
+  _check(setup)
+  for text, cmds in _synopsis_commands(slow=True):
+    results = dc.run_commands(cmds, tmp, timeout=900)
+    bad = [r for r in results if r.returncode not in (0, None)]
+    assert not bad, dc.describe_failure(bad[0])

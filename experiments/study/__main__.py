@@ -138,8 +138,11 @@ def use_compile_cache(flag_value: str, outdir: str) -> str:
 
 def main(_):
   common.at_least("seeds", _SEEDS.value, 1)
-  common.check_flag(_BUDGET.value > 0, f"--budget must be > 0, got {_BUDGET.value}")
+  common.check_flag(0 < _BUDGET.value < float("inf"),
+                    f"--budget must be > 0 and finite, got {_BUDGET.value}")
   common.require_output_dir(_OUT.value, "outdir")
+  if _CACHE.value and _CACHE.value != "none":
+    common.require_output_dir(_CACHE.value, "compile_cache")
   use_compile_cache(_CACHE.value, _OUT.value)
   log_setup.quiet_libraries()
   ctx = Context(outdir=_OUT.value, seeds=list(range(_SEEDS.value)),

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 import os
 from typing import Any, Callable
 
@@ -178,10 +179,30 @@ class FinetuneExperiment(experiment_lib.Experiment):
     return train, eval_fn
 
 
+def parse_token_weights(spec: str, name: str = "finetune.token_weights"):
+  """``[(chars, weight)]`` of a token-reward spec ``'chars=weight,chars=weight'``; a
+  ``ConfigError`` naming ``name`` for an item without ``=``, without characters, or with
+  a weight that is not a finite number."""
+  out = []
+  for item in filter(None, spec.split(",")):
+    chars, eq, val = item.partition("=")
+    try:
+      weight = float(val)
+    except ValueError:
+      weight = None
+    if not eq or not chars or weight is None or not math.isfinite(weight):
+      raise errors.ConfigError(
+          f"{name}: {item!r} is not 'chars=weight' with a finite number as weight "
+          f"(the value is {spec!r}; e.g. 'aeiou=1,xyz=-0.5')")
+    out.append((chars, weight))
+  if not out:
+    raise errors.ConfigError(f"{name} is empty: give 'chars=weight,...' (e.g. 'aeiou=1')")
+  return out
+
+
 def _token_weights(spec: str, encode, vocab_size: int, decode=None) -> np.ndarray:
   w = np.zeros(vocab_size, np.float32)
-  for item in filter(None, spec.split(",")):
-    chars, _, val = item.partition("=")
+  for chars, val in parse_token_weights(spec):
     for ch in chars:
       ids = np.asarray(encode(ch))
       if len(ids) != 1:

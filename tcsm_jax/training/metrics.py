@@ -19,7 +19,7 @@ from typing import Dict, List
 import jax
 from absl import logging
 
-from tcsm_jax import fs
+from tcsm_jax import fs, strict_json
 
 
 class MetricWriter:
@@ -54,7 +54,7 @@ class MetricWriter:
       return
     row = {"step": int(step)}
     row.update({k: float(v) for k, v in scalars.items()})
-    line = json.dumps(row) + "\n"
+    line = strict_json.dumps(row) + "\n"     # a NaN loss is written as null
     if self._remote:
       self._pending.append(line)
     else:
@@ -88,6 +88,6 @@ def read_jsonl(path) -> List[Dict[str, float]]:
   rows = {}
   for line in fs.read_text(path).splitlines():
     if line.strip():
-      r = json.loads(line)
+      r = strict_json.nan_for_null(json.loads(line))
       rows[(r["step"], tuple(sorted(r)))] = r
   return sorted(rows.values(), key=lambda r: r["step"])

@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional
 
 from absl import logging
 
-from tcsm_jax import errors, fs
+from tcsm_jax import errors, fs, strict_json
 from tcsm_jax.data import base
 
 ROLES = {"reference": "fine-tuning reference", "teacher": "teacher",
@@ -124,5 +124,5 @@ def check_unchanged(saved: Optional[Dict[str, Any]], current: Dict[str, Any],
 
 def write_record(workdir: str, pins: Dict[str, Any], changes: List[Dict]) -> None:
   """``WORKDIR/references.json``: the pins and every allowed change, for readers."""
-  fs.write_text_atomic(fs.join(workdir, RECORD), json.dumps(
+  fs.write_text_atomic(fs.join(workdir, RECORD), strict_json.dumps(
       {"pins": pins, "changes": changes}, indent=2, sort_keys=True) + "\n")
