@@ -90,6 +90,9 @@ def main(argv):
   if len(argv) > 1:
     raise errors.FlagError(f"unexpected arguments {argv[1:]}")
   out = _OUT.value
+  if not out:
+    raise errors.FlagError("--out is empty")
+  fs.confine(out)                     # nothing written under --out leaves it
   if _VERIFY.value:
     report = prepared.verify(out, progress=_PROGRESS.value)
     print(json.dumps(report, indent=2))

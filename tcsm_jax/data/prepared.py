@@ -153,6 +153,7 @@ def prepare(out: str, source: sources.Source, tok: tok_lib.Tokenizer, *,
   if layout == "padded" and source.joined:
     raise errors.DataError(f"{source.name} is one continuous text; it has no documents "
                            "to pad one per row (use the packed layout)")
+  fs.confine(out)
   manifest_path = fs.join(out, MANIFEST)
   if fs.exists(manifest_path) and not overwrite:
     raise errors.DataError(f"{os.fspath(out)!r} already holds a prepared dataset; pass "
@@ -298,6 +299,15 @@ def read_manifest(path: str) -> Dict[str, object]:
   for key in ("tokenizer", "vocab_size", "dtype", "layout", "splits"):
     if key not in m:
       raise errors.DataError(f"{os.fspath(mpath)!r} has no {key!r} entry")
+  if not isinstance(m["tokenizer"], dict) or not isinstance(m["splits"], dict) or not all(
+      isinstance(e, dict) for e in m["splits"].values()):
+    raise errors.DataError(f"{os.fspath(mpath)!r}: 'tokenizer' and each split must be "
+                           "JSON objects")
+  # Every file it names is a plain name in its own directory (``fs.child``).
+  if m["tokenizer"].get("file") is not None:
+    fs.child(path, m["tokenizer"]["file"], f"tokenizer file named by {MANIFEST}")
+  for s, e in m["splits"].items():
+    fs.child(path, e.get("file"), f"shard of split {s!r} named by {MANIFEST}")
   return m
 
 
@@ -368,7 +378,7 @@ def _dtype(m, path) -> np.dtype:
 
 def _open_split(path, m, split: str, verify: str, marker: Dict, in_memory: bool):
   entry = m["splits"][split]
-  p = fs.join(path, entry["file"])
+  p = fs.child(path, entry["file"], "shard")
   dt = _dtype(m, path)
   n = int(entry["num_tokens"])
   if not fs.exists(p):
@@ -504,7 +514,8 @@ def copy_tokenizer(src: str, dest: str) -> None:
   m = read_manifest(src)
   f = m["tokenizer"].get("file")
   if f:
-    fs.write_bytes_atomic(fs.join(dest, f), fs.read_bytes(fs.join(src, f)))
+    fs.write_bytes_atomic(fs.child(dest, f, "tokenizer file"),
+                          fs.read_bytes(fs.child(src, f, "tokenizer file")))
   fs.write_text_atomic(fs.join(dest, MANIFEST), json.dumps(m, indent=2) + "\n")
 
 
@@ -552,7 +563,7 @@ def verify(path: str, progress: bool = True) -> Dict[str, Dict[str, object]]:
   dt = _dtype(m, path)
   out, fresh = {}, {}
   for split, entry in m["splits"].items():
-    p = fs.join(path, entry["file"])
+    p = fs.child(path, entry["file"], "shard")
     if not fs.exists(p):
       raise base.DataFileNotFound(f"shard {os.fspath(p)!r} does not exist")
     if progress:

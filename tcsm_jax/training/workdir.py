@@ -36,16 +36,25 @@ from tcsm_jax.training import config as config_lib
 
 CONFIG = "config.json"
 LOCK = "train.lock"
+# What runs and binaries write in a workdir: each is checked by ``check`` before
+# anything is written (a symlink among them leading out of the workdir is refused).
+LAYOUT = ("checkpoints", CONFIG, "metrics.jsonl", "tensorboard", "samples", "tokenizer",
+          "references.json", "profile", LOCK)
 
 
 def check(workdir: str, must_exist: bool = False) -> None:
-  """Raises ``WorkdirError`` if ``workdir`` is a file (or missing, if ``must_exist``)."""
+  """Raises ``WorkdirError`` if ``workdir`` is a file (or missing, if ``must_exist``);
+  confines later writes under it to it (``fs.confine``: no symlink leads a file of the
+  run out of the workdir)."""
   if not workdir:
     raise errors.WorkdirError("the workdir is empty: pass --workdir=DIR")
+  fs.confine(workdir)
   if fs.exists(workdir) and not fs.isdir(workdir):
     raise errors.WorkdirError(f"workdir {workdir!r} is a file, not a directory")
   if must_exist and not fs.exists(workdir):
     raise errors.WorkdirError(f"workdir {workdir!r} does not exist")
+  for name in LAYOUT:                       # refuse now, not after hours of training
+    fs.check_inside(fs.join(workdir, name))
 
 
 def has_config(workdir: str) -> bool:
