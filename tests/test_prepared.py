@@ -608,3 +608,21 @@ def test_training_on_a_rotted_shard_is_one_error_line(tmp_path):
   assert r.returncode == 2, r.stderr[-3000:]
   assert last.startswith("error: ") and "train.bin" in last and "65535" in last, last
   assert "Traceback" not in r.stderr
+
+
+def test_a_sentencepiece_vocabulary_the_text_cannot_fill_is_said_in_one_line(tmp_path):
+  """Issue 27 item 3: ``--spm_vocab_size=100000`` on a small text makes fewer pieces
+  (sentencepiece's size is an upper bound here); the binary says how many, in one
+  ``note:`` line, and the manifest holds that vocabulary."""
+  path = _doc_file(tmp_path, _docs(60))
+  out = tmp_path / "spm"
+  env = dict(os.environ, PYTHONPATH=REPO)
+  r = subprocess.run([sys.executable, "-m", "experiments.prepare_data",
+                      f"--source=text:{path}", "--tokenizer=sentencepiece",
+                      "--spm_vocab_size=100000", f"--out={out}", "--noprogress"],
+                     capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  vocab = prepared.read_manifest(str(out))["vocab_size"]
+  notes = [l for l in r.stdout.splitlines() if l.startswith("note: --spm_vocab_size")]
+  assert len(notes) == 1 and f"sentencepiece made {vocab:,}" in notes[0], r.stdout
+  assert vocab < 100_000
