@@ -71,6 +71,8 @@ SLOW_BY_BUDGET = (
     "test_prepared.py::test_training_on_a_rotted_shard_is_one_error_line",  # ..._bit_rot_...
     "test_pins.py::test_reference_on_other_data_or_vocabulary_is_refused",  # ..._names_what_differs
     "test_pins.py::test_reference_is_pinned_and_a_changed_one_refused",  # test_check_unchanged_...
+    "test_prepared.py::test_train_stops_on_rot_that_keeps_ids_in_range",  # test_block_checksums_catch_rot_that_keeps_ids_in_range
+    "test_prepared.py::test_train_and_evaluate_stop_on_rot_that_keeps_ids_in_range",  # the same
 )
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
@@ -626,3 +627,143 @@ def test_a_sentencepiece_vocabulary_the_text_cannot_fill_is_said_in_one_line(tmp
   notes = [l for l in r.stdout.splitlines() if l.startswith("note: --spm_vocab_size")]
   assert len(notes) == 1 and f"sentencepiece made {vocab:,}" in notes[0], r.stdout
   assert vocab < 100_000
+
+
+def _rot_in_range(shard, every=4099, offset=0):
+  """Changes ids of ``shard`` in place to other ids in the vocabulary (27), keeping
+  its size and mtime: only block checksums or a full hash can see it."""
+  st = os.stat(shard)
+  ids = np.fromfile(shard, np.uint16)
+  ids[offset::every] = (ids[offset::every] + 1) % 27
+  ids.tofile(shard)
+  os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))
+  assert os.stat(shard).st_size == st.st_size
+
+
+def test_block_checksums_catch_rot_that_keeps_ids_in_range(tmp_path):
+  """Issue 27 item 4: the manifest holds a CRC32 per 1 MiB block; the train sampler
+  and the eval batches check each block when the process first reads it, so bytes
+  that rot in place (ids still in the vocabulary, same size and mtime, the cached
+  sha256 record still fresh) are one error naming the shard and the block."""
+  tok = tokenizer.from_spec("char")
+  rng = np.random.default_rng(0)
+  out = tmp_path / "p"
+  n = 3 * (prepared.BLOCK_BYTES // 2) + 1000           # 3 full uint16 blocks + a tail
+  m = prepared.write_shards(str(out), {"train": rng.integers(0, 27, n),
+                                       "validation": rng.integers(0, 27, n)}, tok)
+  e = m["splits"]["train"]
+  data = (out / "train.bin").read_bytes()
+  assert e["block_bytes"] == 1 << 20 and e["crc32"] == [
+      zlib.crc32(data[i:i + (1 << 20)]) for i in range(0, len(data), 1 << 20)]
+  ds = prepared.load(str(out))                         # verified, recorded
+  sampler = base.ChunkSampler(ds.train, 512, 8, seed=0)
+  for step in range(40):
+    sampler.batch(step)
+  # Every block the chunks cover read once, fine (the tail past the last whole chunk
+  # is never read, so never checked).
+  assert ds.train.block_sums.checked.tolist() == [True, True, True, False]
+  assert sum(1 for _ in base.eval_batches(ds.validation, 512, 64)) > 0
+  del ds, sampler
+  half = prepared.BLOCK_BYTES // 2
+  _rot_in_range(out / "train.bin", every=n, offset=2 * half + 5)       # block 2
+  _rot_in_range(out / "validation.bin", every=n, offset=half + 7)      # block 1
+  ds = prepared.load(str(out))                         # the record says verified
+  sampler = base.ChunkSampler(ds.train, 512, 8, seed=0)
+  with pytest.raises(errors.DataError, match=r"train\.bin'?: block 2 \(bytes 2,097,152 "
+                     r"to 3,145,728\) has CRC32 .* the train batch of step \d+ reads it"):
+    for step in range(200):
+      sampler.batch(step)
+  with pytest.raises(errors.DataError, match=r"validation\.bin'?: block 1 \(bytes "
+                     r"1,048,576 to 2,097,152\).*eval batch \d+ reads it"):
+    for _ in base.eval_batches(ds.validation, 512, 64):
+      pass
+  # The per-batch id check still comes first, and the full hash still sees the rot.
+  with pytest.raises(errors.DataError, match="train.bin.*sha256.*corrupt"):
+    prepared.load(str(out), verify="always")
+
+
+def test_a_manifest_without_block_checksums_loads_and_verify_adds_them(tmp_path):
+  """Backward compatible: a manifest written before block checksums (no ``crc32``)
+  loads and trains (guarded by the sha256 and the id check only); ``prepare_data
+  --verify`` adds them once every sha256 matches."""
+  tok = tokenizer.from_spec("char")
+  rng = np.random.default_rng(1)
+  out = tmp_path / "old"
+  prepared.write_shards(str(out), {"train": rng.integers(0, 27, 600_000),
+                                   "validation": rng.integers(0, 27, 1000)}, tok)
+  mpath = out / prepared.MANIFEST
+  m = json.loads(mpath.read_text())
+  for e in m["splits"].values():
+    del e["block_bytes"], e["crc32"]
+  mpath.write_text(json.dumps(m))
+  ds = prepared.load(str(out))
+  assert getattr(ds.train, "block_sums", None) is None
+  base.ChunkSampler(ds.train, 256, 8).batch(0)
+  report = prepared.verify(str(out), progress=False)
+  assert report["train"]["block_checksums"] == "added"
+  assert len(prepared.read_manifest(str(out))["splits"]["train"]["crc32"]) == 2
+  ds = prepared.load(str(out))
+  assert ds.train.block_sums is not None
+  # A manifest whose checksums do not fit its shard is refused, naming the file.
+  m = json.loads(mpath.read_text())
+  m["splits"]["train"]["crc32"] = m["splits"]["train"]["crc32"][:1]
+  mpath.write_text(json.dumps(m))
+  with pytest.raises(errors.DataError, match="train.bin.*block checksums do not"):
+    prepared.load(str(out))
+
+
+def _tiny_train(workdir, data, steps):
+  return [sys.executable, "-m", "experiments.train",
+          "--config=experiments/configs/kjv_tiny.py", f"--workdir={workdir}",
+          "--summary_samples=0", "--config.data.name=prepared",
+          f"--config.data.path={data}", "--config.data.seq_len=32",
+          "--config.model.num_layers=1", "--config.model.width=32",
+          "--config.model.num_heads=2", "--config.model.cond_width=32",
+          "--config.train.batch_size=8", f"--config.train.num_steps={steps}",
+          "--config.train.eval_every=100000", "--config.train.eval_batches=1"]
+
+
+def _rotted_run(tmp_path, train_first):
+  tok = tokenizer.from_spec("char")
+  rng = np.random.default_rng(0)
+  out = tmp_path / "p"
+  prepared.write_shards(str(out), {"train": rng.integers(0, 27, 20_000),
+                                   "validation": rng.integers(0, 27, 4096)}, tok)
+  prepared.load(str(out))                         # verified once, recorded
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             JAX_PLATFORMS="cpu")
+  env.pop("TCSM_TRACEBACK", None)
+  wd = tmp_path / "run"
+  if train_first:
+    r = subprocess.run(_tiny_train(wd, out, 2), cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+  for split in ("train", "validation"):
+    _rot_in_range(out / f"{split}.bin", every=97)
+  return out, wd, env
+
+
+def _refused_for_block(cmd, env, shard):
+  r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  last = r.stderr.strip().splitlines()[-1]
+  assert r.returncode == 2, r.stderr[-3000:]
+  assert last.startswith("error: ") and shard in last and "block 0" in last, last
+  assert "CRC32" in last and "Traceback" not in r.stderr, r.stderr[-3000:]
+
+
+def test_train_stops_on_rot_that_keeps_ids_in_range(tmp_path):
+  """The probe's case through the binary: a shard corrupted in place with its mtime
+  kept (every id still in the vocabulary, the sha256 record still fresh) -> train
+  exits 2 with one line naming the shard and the block."""
+  out, wd, env = _rotted_run(tmp_path, train_first=False)
+  _refused_for_block(_tiny_train(wd, out, 2), env, "train.bin")
+
+
+def test_train_and_evaluate_stop_on_rot_that_keeps_ids_in_range(tmp_path):
+  """Slow (a run is trained first): a resumed train and evaluate on a workdir whose
+  data rotted in range both exit 2 with the one line (cheaper default:
+  test_train_stops_on_rot_that_keeps_ids_in_range)."""
+  out, wd, env = _rotted_run(tmp_path, train_first=True)
+  _refused_for_block(_tiny_train(wd, out, 4), env, "train.bin")
+  _refused_for_block([sys.executable, "-m", "experiments.evaluate", f"--workdir={wd}",
+                      "--num_t=1", "--num_batches=1"], env, "validation.bin")

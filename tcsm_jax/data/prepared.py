@@ -21,7 +21,8 @@ writes into ``out``:
      "dtype": "uint16"|"uint32", "layout": "packed"|"padded",
      "seq_len": <row length of the padded layout; null when packed>,
      "splits": {"train": {"file": "train.bin", "num_tokens": ..., "num_real_tokens": ...,
-                          "num_documents": ..., "bytes": ..., "sha256": ...},
+                          "num_documents": ..., "bytes": ..., "sha256": ...,
+                          "block_bytes": 1048576, "crc32": [<CRC32 of each block>]},
                 "validation": {...}, ["test": {...}]}}
 
 ``load(path)`` returns a ``base.TokenDataset`` whose ``train``/``validation`` are
@@ -50,6 +51,17 @@ every batch cut from a memmapped shard is checked on the host against the vocabu
 (same size and mtime) are a ``DataError`` naming the shard and the batch, never an
 out-of-range id in a model.
 
+**Blocks.** The manifest also holds the CRC32 of every 1 MiB block of each shard
+(``block_bytes``, ``crc32``). A memmapped shard carries them (``base.BlockSums``), and
+the loader checks each block the first time the process reads it (the train sampler
+and the eval batches, ``base.check_blocks``): bytes that rot with their ids still in
+the vocabulary, after the sha256 was recorded (same size and mtime), are a
+``DataError`` naming the shard and the block, status 2 in the binaries. A manifest
+written before block checksums existed (no ``crc32`` entry) still loads: its shards are
+then guarded only by the sha256 (``verify``) and the per-batch id check, and
+``python -m experiments.prepare_data --verify --out=DIR`` adds the block checksums to
+it once every shard's sha256 matches.
+
 **Buckets.** ``np.memmap`` needs a local file. A prepared directory on a bucket is read
 fully into memory (and always hashed) when the splits loaded total at most
 ``REMOTE_IN_MEMORY_LIMIT`` (256 MiB: evaluation sets, small corpora); a bigger one is a
@@ -62,6 +74,7 @@ import datetime
 import hashlib
 import json
 import os
+import zlib
 from typing import Dict, Iterable, List, Optional
 
 import ml_collections
@@ -77,6 +90,7 @@ MARKER = ".verified.json"
 VERIFY_MODES = ("once", "always", "size")
 REMOTE_IN_MEMORY_LIMIT = 256 << 20
 _HASH_CHUNK = 1 << 20
+BLOCK_BYTES = 1 << 20       # one CRC32 per block of a shard (module docstring)
 _WRITE_TOKENS = 1 << 22
 
 
@@ -97,6 +111,28 @@ def special_ids(tok: tok_lib.Tokenizer, layout: str):
 # ----------------------------------------------------------------------------- writing
 
 
+class BlockCRC:
+  """CRC32 of each ``BLOCK_BYTES`` block of a byte stream fed in pieces of any size."""
+
+  def __init__(self):
+    self.crcs: List[int] = []
+    self._crc, self._fill = 0, 0
+
+  def update(self, data) -> None:
+    view, pos = memoryview(data).cast("B"), 0
+    while pos < len(view):
+      take = min(BLOCK_BYTES - self._fill, len(view) - pos)
+      self._crc = zlib.crc32(view[pos:pos + take], self._crc)
+      self._fill += take
+      pos += take
+      if self._fill == BLOCK_BYTES:
+        self.crcs.append(self._crc)
+        self._crc, self._fill = 0, 0
+
+  def digest(self) -> List[int]:
+    return self.crcs + ([self._crc] if self._fill else [])
+
+
 class _ShardWriter:
   """Streams ids into one shard (temporary name, renamed on success for local files),
   hashing as it goes."""
@@ -107,12 +143,14 @@ class _ShardWriter:
         f".{fs.path(path).name}.tmp")
     self.f = fs.open_file(self.tmp, "wb")
     self.sha = hashlib.sha256()
+    self.blocks = BlockCRC()
     self.num_tokens = 0
 
   def write(self, ids: np.ndarray) -> None:
     data = np.ascontiguousarray(ids, dtype=self.dtype).tobytes()
     self.f.write(data)
     self.sha.update(data)
+    self.blocks.update(data)
     self.num_tokens += int(ids.size)
 
   def close(self) -> Dict[str, object]:
@@ -120,7 +158,8 @@ class _ShardWriter:
     if self.tmp != self.path:
       fs.path(self.tmp).replace(fs.path(self.path))
     return {"file": fs.path(self.path).name, "num_tokens": self.num_tokens,
-            "bytes": self.num_tokens * self.dtype.itemsize, "sha256": self.sha.hexdigest()}
+            "bytes": self.num_tokens * self.dtype.itemsize, "sha256": self.sha.hexdigest(),
+            "block_bytes": BLOCK_BYTES, "crc32": self.blocks.digest()}
 
   def abort(self) -> None:
     try:
@@ -334,9 +373,9 @@ def _write_marker(path, entries: Dict[str, Dict[str, object]]) -> None:
                     "hashed again at the next load", os.fspath(path), e)
 
 
-def _hash_file(p, dtype, vocab_size: int):
+def _hash_file(p, dtype, vocab_size: int, blocks: Optional[BlockCRC] = None):
   """``(sha256, max id, bytes)`` of a shard, read in 1 MiB pieces into one reused
-  buffer (flat memory)."""
+  buffer (flat memory); ``blocks`` also gets every byte (block CRC32s)."""
   del vocab_size
   sha, top, nbytes = hashlib.sha256(), -1, 0
   buf = bytearray(_HASH_CHUNK)
@@ -347,6 +386,8 @@ def _hash_file(p, dtype, vocab_size: int):
       if not n:
         break
       sha.update(view[:n])
+      if blocks is not None:
+        blocks.update(view[:n])
       nbytes += n
       whole = n // dtype.itemsize * dtype.itemsize
       if whole:
@@ -412,8 +453,26 @@ def _open_split(path, m, split: str, verify: str, marker: Dict, in_memory: bool)
     return np.zeros((0,), dt), new_marker
   arr = np.memmap(local, dtype=dt, mode="r", shape=(n,))
   arr.id_bound = int(m["vocab_size"])       # every batch is checked (base.check_ids)
+  sums = _block_sums(p, local, entry, size)
+  if sums is not None:
+    arr.block_sums = sums                   # each block checked when first read
   base.advise_random(arr)
   return arr, new_marker
+
+
+def _block_sums(p, local: str, entry, size: int) -> Optional[base.BlockSums]:
+  """The manifest's block checksums of a shard (None for a manifest without them)."""
+  crcs, block = entry.get("crc32"), entry.get("block_bytes")
+  if crcs is None:
+    return None
+  if (not isinstance(block, int) or block < 1 or not isinstance(crcs, list)
+      or len(crcs) != -(-size // block)
+      or not all(isinstance(c, int) and 0 <= c < 1 << 32 for c in crcs)):
+    raise errors.DataError(f"{os.fspath(p)!r}: the manifest's block checksums do not "
+                           f"describe its {size:,} bytes (block_bytes {block!r}, "
+                           f"{len(crcs) if isinstance(crcs, list) else crcs!r} CRC32s); "
+                           "prepare the data again")
+  return base.BlockSums(local, block, crcs)
 
 
 def _size_error(p, size, n, dt):
@@ -561,20 +620,27 @@ def verify(path: str, progress: bool = True) -> Dict[str, Dict[str, object]]:
     raise errors.DataError(f"{os.fspath(fs.join(path, MANIFEST))!r} says vocab_size "
                            f"{m['vocab_size']}, its tokenizer gives {vocab}")
   dt = _dtype(m, path)
-  out, fresh = {}, {}
+  out, fresh, added = {}, {}, False
   for split, entry in m["splits"].items():
     p = fs.child(path, entry["file"], "shard")
     if not fs.exists(p):
       raise base.DataFileNotFound(f"shard {os.fspath(p)!r} does not exist")
     if progress:
       print(f"verifying {os.fspath(p)}", flush=True)
-    sha, top, size = _hash_file(p, dt, vocab)
+    blocks = BlockCRC()
+    sha, top, size = _hash_file(p, dt, vocab, blocks)
     if size != int(entry["num_tokens"]) * dt.itemsize:
       raise _size_error(p, size, int(entry["num_tokens"]), dt)
     _check_hash(p, entry, sha, top, vocab)
     out[split] = {"file": entry["file"], "bytes": size, "sha256": sha, "ok": True}
+    if "crc32" not in entry:             # an older manifest: add them (sha256 matched)
+      entry.update(block_bytes=BLOCK_BYTES, crc32=blocks.digest())
+      added = True
+      out[split]["block_checksums"] = "added"
     if not fs.is_remote(p):
       fresh[entry["file"]] = _marker_entry(p, sha)
+  if added:
+    fs.write_text_atomic(fs.join(path, MANIFEST), json.dumps(m, indent=2) + "\n")
   if fresh:
     _write_marker(path, fresh)
   return out
