@@ -648,34 +648,35 @@ def test_block_checksums_catch_rot_that_keeps_ids_in_range(tmp_path):
   tok = tokenizer.from_spec("char")
   rng = np.random.default_rng(0)
   out = tmp_path / "p"
-  n = 3 * (prepared.BLOCK_BYTES // 2) + 1000           # 3 full uint16 blocks + a tail
+  n = 3 * (prepared.BLOCK_BYTES // 2) + 30             # 3 full uint16 blocks + a tail
   m = prepared.write_shards(str(out), {"train": rng.integers(0, 27, n),
                                        "validation": rng.integers(0, 27, n)}, tok)
-  e = m["splits"]["train"]
+  e, blk = m["splits"]["train"], prepared.BLOCK_BYTES
   data = (out / "train.bin").read_bytes()
-  assert e["block_bytes"] == 1 << 20 and e["crc32"] == [
-      zlib.crc32(data[i:i + (1 << 20)]) for i in range(0, len(data), 1 << 20)]
+  assert e["block_bytes"] == blk == 1 << 16 and e["crc32"] == "".join(
+      f"{zlib.crc32(data[i:i + blk]):08x}" for i in range(0, len(data), blk))
   ds = prepared.load(str(out))                         # verified, recorded
-  sampler = base.ChunkSampler(ds.train, 512, 8, seed=0)
-  for step in range(40):
+  sampler = base.ChunkSampler(ds.train, 64, 8, seed=0)
+  for step in range(80):
     sampler.batch(step)
   # Every block the chunks cover read once, fine (the tail past the last whole chunk
   # is never read, so never checked).
   assert ds.train.block_sums.checked.tolist() == [True, True, True, False]
-  assert sum(1 for _ in base.eval_batches(ds.validation, 512, 64)) > 0
+  assert sum(1 for _ in base.eval_batches(ds.validation, 64, 16)) > 0
   del ds, sampler
   half = prepared.BLOCK_BYTES // 2
   _rot_in_range(out / "train.bin", every=n, offset=2 * half + 5)       # block 2
   _rot_in_range(out / "validation.bin", every=n, offset=half + 7)      # block 1
   ds = prepared.load(str(out))                         # the record says verified
-  sampler = base.ChunkSampler(ds.train, 512, 8, seed=0)
-  with pytest.raises(errors.DataError, match=r"train\.bin'?: block 2 \(bytes 2,097,152 "
-                     r"to 3,145,728\) has CRC32 .* the train batch of step \d+ reads it"):
+  sampler = base.ChunkSampler(ds.train, 64, 8, seed=0)
+  with pytest.raises(errors.DataError, match=rf"train\.bin'?: block 2 \(bytes "
+                     rf"{2 * blk:,} to {3 * blk:,}\) has CRC32 .* the train batch of "
+                     r"step \d+ reads it"):
     for step in range(200):
       sampler.batch(step)
-  with pytest.raises(errors.DataError, match=r"validation\.bin'?: block 1 \(bytes "
-                     r"1,048,576 to 2,097,152\).*eval batch \d+ reads it"):
-    for _ in base.eval_batches(ds.validation, 512, 64):
+  with pytest.raises(errors.DataError, match=rf"validation\.bin'?: block 1 \(bytes "
+                     rf"{blk:,} to {2 * blk:,}\).*eval batch \d+ reads it"):
+    for _ in base.eval_batches(ds.validation, 64, 16):
       pass
   # The per-batch id check still comes first, and the full hash still sees the rot.
   with pytest.raises(errors.DataError, match="train.bin.*sha256.*corrupt"):
@@ -689,7 +690,7 @@ def test_a_manifest_without_block_checksums_loads_and_verify_adds_them(tmp_path)
   tok = tokenizer.from_spec("char")
   rng = np.random.default_rng(1)
   out = tmp_path / "old"
-  prepared.write_shards(str(out), {"train": rng.integers(0, 27, 600_000),
+  prepared.write_shards(str(out), {"train": rng.integers(0, 27, 40_000),
                                    "validation": rng.integers(0, 27, 1000)}, tok)
   mpath = out / prepared.MANIFEST
   m = json.loads(mpath.read_text())
@@ -701,12 +702,12 @@ def test_a_manifest_without_block_checksums_loads_and_verify_adds_them(tmp_path)
   base.ChunkSampler(ds.train, 256, 8).batch(0)
   report = prepared.verify(str(out), progress=False)
   assert report["train"]["block_checksums"] == "added"
-  assert len(prepared.read_manifest(str(out))["splits"]["train"]["crc32"]) == 2
+  assert len(prepared.read_manifest(str(out))["splits"]["train"]["crc32"]) == 2 * 8
   ds = prepared.load(str(out))
   assert ds.train.block_sums is not None
   # A manifest whose checksums do not fit its shard is refused, naming the file.
   m = json.loads(mpath.read_text())
-  m["splits"]["train"]["crc32"] = m["splits"]["train"]["crc32"][:1]
+  m["splits"]["train"]["crc32"] = m["splits"]["train"]["crc32"][:8]
   mpath.write_text(json.dumps(m))
   with pytest.raises(errors.DataError, match="train.bin.*block checksums do not"):
     prepared.load(str(out))

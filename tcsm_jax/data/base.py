@@ -36,7 +36,7 @@ whose bytes rotted after its checksum was recorded (same size and mtime, so the 
 verification passes) never hands an out-of-range id to a model.
 
 **Blocks are checked when first read.** A loader may also set ``block_sums`` (a
-``BlockSums``: the CRC32 of each 1 MiB block of the shard file, from the manifest) on a
+``BlockSums``: the CRC32 of each 64 KiB block of the shard file, from the manifest) on a
 memmapped shard. ``ChunkSampler.batch`` and ``eval_batches`` then check, after the ids,
 every block their rows touch that this process has not checked yet (``check_blocks``):
 the block is read from the file and its CRC32 compared, once per block and process
