@@ -174,15 +174,93 @@ class _ShardWriter:
       fs.remove(self.tmp)
 
 
+_BATCH_CHARS = 1 << 22   # a batch of documents holds at most about this many characters
+CUT_CHARS = 1 << 20      # a long document is tokenized this many characters at a time
+
+
 def _batches(docs: Iterable[str], n: int):
+  """Lists of ``n`` documents (or pieces), fewer when they hold ``_BATCH_CHARS``."""
   buf: List[str] = []
+  chars = 0
   for d in docs:
     buf.append(d)
-    if len(buf) >= n:
+    chars += len(d)
+    if len(buf) >= n or chars >= _BATCH_CHARS:
       yield buf
-      buf = []
+      buf, chars = [], 0
   if buf:
     yield buf
+
+
+class _Encoder:
+  """The ids of a split's documents, in order: ``add(batch)`` returns what to write
+  (packed ids, or whole padded rows). A long document (``sources.Piece``s) is
+  tokenized ``CUT_CHARS`` characters at a time, cut where ``tok.safe_cut`` says, so
+  memory stays bounded and the ids are those of the whole document."""
+
+  def __init__(self, tok: tok_lib.Tokenizer, layout: str, seq_len: int, pad, sep):
+    self.tok, self.layout, self.seq_len, self.pad = tok, layout, seq_len, pad
+    self.sep = np.asarray(list(sep), np.int32)
+    self.real = self.docs = 0
+    self.carry: Optional[str] = None    # a long document's text not yet tokenized
+    self.long_n = 0                     # ids of the long document so far
+    self.rest = np.zeros((0,), np.int32)  # padded: its ids not yet in whole rows
+
+  def add(self, batch: List[str]) -> np.ndarray:
+    out, plain = [], []
+    for d in batch:
+      if isinstance(d, sources.Piece):
+        if plain:
+          out.append(self._plain(plain))
+          plain = []
+        out.extend(self._piece(d))
+      else:
+        plain.append(d)
+    if plain:
+      out.append(self._plain(plain))
+    return np.concatenate(out) if out else np.zeros((0,), np.int32)
+
+  def _plain(self, docs: List[str]) -> np.ndarray:
+    self.docs += len(docs)
+    encoded = [e for e in self.tok.encode_batch(docs) if e.size]
+    if self.layout == "packed":
+      ids = base.pack(encoded, self.sep)
+      self.real += ids.size
+      return ids
+    self.real += sum(e.size + self.sep.size for e in encoded)
+    return base.pad_rows(encoded, self.seq_len, self.pad, self.sep).reshape(-1)
+
+  def _piece(self, piece: "sources.Piece") -> List[np.ndarray]:
+    self.carry = (self.carry or "") + str(piece)
+    out = []
+    margin = 2 * tok_lib.Tokenizer.SAFE_WINDOW     # the text right of a cut is known
+    while len(self.carry) > CUT_CHARS + margin:
+      cut = self.tok.safe_cut(self.carry, CUT_CHARS)
+      out.append(self._long(self.tok.encode(self.carry[:cut]), False))
+      self.carry = self.carry[cut:]
+    if piece.last:
+      out.append(self._long(self.tok.encode(self.carry), True))
+      self.carry = None
+      self.docs += 1
+    return out
+
+  def _long(self, ids: np.ndarray, last: bool) -> np.ndarray:
+    ids = np.asarray(ids, np.int32)
+    self.long_n += ids.size
+    if last and self.long_n:
+      ids = np.concatenate([ids, self.sep])
+      self.real += self.long_n + self.sep.size
+    n, self.long_n = self.long_n, (0 if last else self.long_n)
+    if self.layout == "packed":
+      return ids
+    self.rest = np.concatenate([self.rest, ids])
+    if last and n:
+      rows = -(-self.rest.size // self.seq_len)
+      self.rest = np.concatenate([self.rest, np.full(
+          (rows * self.seq_len - self.rest.size,), self.pad, np.int32)])
+    whole = self.rest.size // self.seq_len * self.seq_len
+    done, self.rest = self.rest[:whole], self.rest[whole:]
+    return done
 
 
 def prepare(out: str, source: sources.Source, tok: tok_lib.Tokenizer, *,
@@ -217,7 +295,7 @@ def prepare(out: str, source: sources.Source, tok: tok_lib.Tokenizer, *,
   for split, docs_fn in source.splits.items():
     writer = _ShardWriter(fs.join(out, f"{split}.bin"), dtype)
     stats = sources.TextStats()
-    n_docs = real = 0
+    enc = _Encoder(tok, layout, seq_len, pad, sep)
     try:
       bar = _progress(source.num_docs.get(split), f"{split}", progress)
       for batch in _batches(docs_fn(), batch_docs):
@@ -226,21 +304,15 @@ def prepare(out: str, source: sources.Source, tok: tok_lib.Tokenizer, *,
             stats.add(d, count_dropped)
           if stats.chars > 1 << 20 or stats.invalid > 1000:
             stats.check(source.check_path)           # fail fast on binary junk
-        encoded = [e for e in tok.encode_batch(batch) if e.size]
-        if layout == "packed":
-          ids = base.pack(encoded, sep)
-          real += ids.size
-        else:
-          rows = base.pad_rows(encoded, seq_len, pad, sep)
-          ids = rows.reshape(-1)
-          real += sum(e.size + len(sep) for e in encoded)
+        done = enc.docs
+        ids = enc.add(batch)
         if ids.size and (ids.min() < 0 or ids.max() >= vocab):
           raise errors.DataError(f"tokenizer {tok!r} produced id {int(ids.max())} outside "
                                  f"its vocabulary of {vocab}")
         writer.write(ids)
-        n_docs += len(batch)
-        bar.update(len(batch))
+        bar.update(enc.docs - done)
       bar.close()
+      n_docs, real = enc.docs, enc.real
       if source.check_path:
         stats.check(source.check_path, max_dropped if count_dropped else None)
     except BaseException:
