@@ -24,6 +24,8 @@ in training (crossing epochs: a new epoch's permutation is part of the cost):
   checking all the blocks its rows touch (as at the start of a run on a shard much
   bigger than the batches read so far); the line under the table gives the one-time
   cost of checking every block of the shard;
+* ``batch, no block checks``: ``batch`` without the block checks (the manifest's
+  checksums detached), measured right after it: the steady cost of the checks;
 * ``batch + to_global``: plus ``partition.to_global`` onto the CPU device (what the
   trainer puts on the devices; a GPU adds a PCIe copy of 128 KiB per step);
 * ``batch, cold cache``: the shard's pages dropped from the page cache first
@@ -167,6 +169,10 @@ def loader_rows(path: str, batch: int, seq_len: int, seconds: float):
       return sampler.batch(step)
 
     rows.append(("batch, blocks unchecked", shape) + _rate(unchecked, seconds, 0, stride))
+    tokens.block_sums = None           # the same path without the block checks: A/B
+    rows.append(("batch, no block checks", shape) + _rate(sampler.batch, seconds, 0,
+                                                           stride))
+    tokens.block_sums = sums
     sums.checked[:] = False
     t = time.perf_counter()
     sums.check(np.arange(len(sums.crc32), dtype=np.int64) * sums.block_bytes, 1, "x")

@@ -172,28 +172,40 @@ def _line_parts(f, size: int) -> Iterator[tuple]:
       start = i + 1
 
 
-def _one_document(segments: Iterable[str], limit: int) -> Iterator[str]:
-  """One document from its text in ``segments``, stripped: a string, or ``Piece``s
-  when longer than ``limit`` (a piece holds back its trailing blanks, which the end
-  of the document would strip)."""
-  doc: List[str] = []
-  size, streamed = 0, False
-  for text in segments:
-    doc.append(text)
-    size += len(text)
-    if size > limit:
-      joined = "".join(doc)
-      body = joined.rstrip() if streamed else joined.strip()
-      tail = joined[len(joined.rstrip()):]
-      if body:
-        yield _piece(body, False)
-        streamed = True
-      doc, size = ([tail], len(tail)) if tail else ([], 0)
+def _spill(doc: List[str], streamed: bool):
+  """``(piece or None, kept)``: the text of a long document gathered so far as a
+  ``Piece`` (stripped at the left if it is the first), its trailing blanks ``kept``
+  (the end of the document would strip them)."""
+  joined = "".join(doc)
+  body = joined.rstrip() if streamed else joined.strip()
+  tail = joined[len(joined.rstrip()):]
+  return (_piece(body, False) if body else None), ([tail] if tail else [])
+
+
+def _finish(doc: List[str], streamed: bool) -> Optional[str]:
+  """The end of a document: its last ``Piece`` if pieces were yielded, else the
+  stripped document (None when empty)."""
   text = "".join(doc)
   if streamed:
-    yield _piece(text.rstrip(), True)
-  elif text.strip():
-    yield text.strip()
+    return _piece(text.rstrip(), True)
+  return text.strip() or None
+
+
+def _one_document(segments: Iterable[str], limit: int) -> Iterator[str]:
+  """One document from its text in ``segments``, stripped: a string, or ``Piece``s
+  when longer than ``limit``."""
+  doc: List[str] = []
+  streamed = False
+  for text in segments:
+    doc.append(text)
+    if sum(map(len, doc)) > limit:
+      piece, doc = _spill(doc, streamed)
+      if piece is not None:
+        yield piece
+        streamed = True
+  last = _finish(doc, streamed)
+  if last is not None:
+    yield last
 
 
 def text_documents(path: str, doc_sep: str = "blank",
@@ -215,12 +227,9 @@ def text_documents(path: str, doc_sep: str = "blank",
 
       def end():
         nonlocal doc, size, streamed
-        text, was = "".join(doc), streamed
+        out = _finish(doc, streamed)
         doc, size, streamed = [], 0, False
-        if was:
-          return _piece(text.rstrip(), True)
-        text = text.strip()
-        return text or None
+        return out
 
       for text, ends in _line_parts(f, limit):
         if not has_text:
@@ -245,14 +254,12 @@ def text_documents(path: str, doc_sep: str = "blank",
             if out is not None:
               yield out
             continue
-        if size > limit:           # long: yield what is there, its trailing blanks kept
-          joined = "".join(doc)
-          body = joined.rstrip() if streamed else joined.strip()
-          tail = joined[len(joined.rstrip()):]
-          if body:
-            yield _piece(body, False)
+        if size > limit:           # long: yield what is there
+          piece, doc = _spill(doc, streamed)
+          size = sum(map(len, doc))
+          if piece is not None:
+            yield piece
             streamed = True
-          doc, size = ([tail], len(tail)) if tail else ([], 0)
       if doc or streamed:
         out = end()
         if out is not None:
