@@ -198,6 +198,11 @@ class BlockSums:
     self._buf: Optional[bytearray] = None
     self._lock = threading.Lock()     # the prefetch thread and the main one
 
+  def forget(self) -> None:
+    """Marks every block unchecked again (the loader benchmark's worst case)."""
+    self.checked[:] = False
+    self.remaining = len(self.crc32)
+
   def check(self, byte_starts: np.ndarray, nbytes: int, where: str) -> None:
     """Checks the unchecked blocks under ``[s, s + nbytes)`` for ``s`` in
     ``byte_starts``. Raises ``errors.DataError`` naming the shard and the block."""
