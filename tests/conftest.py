@@ -74,6 +74,8 @@ SLOW_BY_BUDGET = (
     "test_prepared.py::test_train_stops_on_rot_that_keeps_ids_in_range",  # test_block_checksums_catch_rot_that_keeps_ids_in_range
     "test_prepared.py::test_train_and_evaluate_stop_on_rot_that_keeps_ids_in_range",  # the same
     "test_prepared.py::test_prepare_reads_a_file_without_newlines_in_bounded_memory",  # test_long_documents_are_tokenized_in_pieces_to_the_same_ids
+    "test_path_safety.py::test_train_refuses_a_workdir_whose_files_link_outside[config.json]",  # [metrics.jsonl], test_writes_do_not_follow_symlinks_out_of_a_confined_directory
+    "test_path_safety.py::test_train_refuses_a_workdir_whose_files_link_outside[samples]",
 )
 
 
