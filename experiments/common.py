@@ -23,6 +23,7 @@ from tcsm_jax import errors, fs, likelihood, strict_json
 from tcsm_jax.data import pipeline, prepared
 from tcsm_jax.training import config as config_lib
 from tcsm_jax.training import partition, restore
+from tcsm_jax.training import workdir as workdir_lib
 
 
 def check_flag(ok: bool, message: str) -> None:
@@ -36,8 +37,10 @@ def at_least(flag: str, value, minimum) -> None:
 
 
 def require_dir(path: str, flag: str = "workdir", _why: str = "") -> None:
-  """The directory ``path`` given by ``--flag`` must exist (local or bucket)."""
+  """The directory ``path`` given by ``--flag`` must exist (local or bucket); writes
+  under it stay in it (``fs.confine``)."""
   check_flag(bool(path), f"--{flag} is empty")
+  fs.confine(path)
   if not fs.exists(path):
     raise errors.WorkdirError(f"--{flag} {path!r} does not exist{_why}")
   if not fs.isdir(path):
@@ -45,8 +48,10 @@ def require_dir(path: str, flag: str = "workdir", _why: str = "") -> None:
 
 
 def require_output_dir(path: str, flag: str = "outdir") -> None:
-  """``path`` may not exist yet, but must not be a file."""
+  """``path`` may not exist yet, but must not be a file; writes under it stay in it
+  (``fs.confine``)."""
   check_flag(bool(path), f"--{flag} is empty")
+  fs.confine(path)
   if fs.exists(path) and not fs.isdir(path):
     raise errors.WorkdirError(f"--{flag} {path!r} is a file, not a directory")
 
@@ -55,6 +60,7 @@ def require_run_dir(path: str, flag: str = "workdir", config_given: bool = False
   """A training workdir: a directory holding ``config.json`` (or ``--config`` given)."""
   require_dir(path, flag, " (no config.json or checkpoint there; train first with "
               "experiments.train)")
+  workdir_lib.check(path)      # no symlink among its files leads out of it
   if not config_given and not fs.exists(fs.join(path, "config.json")):
     raise errors.WorkdirError(
         f"--{flag} {path!r} has no config.json: not a training workdir (train first "

@@ -82,7 +82,15 @@ def build_tokenizer(spec: str, source: sources.Source, out: str) -> tokenizer.To
     logging.info("training a %d-piece sentencepiece model on the train documents",
                  _SPM_VOCAB.value)
     tokenizer.SentencePiece.train(source.splits["train"](), _SPM_VOCAB.value, path)
-    return tokenizer.SentencePiece.from_file(path)
+    tok = tokenizer.SentencePiece.from_file(path)
+    if tok.vocab_size < _SPM_VOCAB.value:
+      # The trainer runs with hard_vocab_limit=false: the size is an upper bound (a
+      # unigram vocabulary holds only pieces its text supports), so say what it made.
+      print(f"note: --spm_vocab_size={_SPM_VOCAB.value:,} is more pieces than the "
+            f"training text supports; sentencepiece made {tok.vocab_size:,} (the size "
+            "is an upper bound; use more text, or a size at most this for an exact "
+            "vocabulary)", flush=True)
+    return tok
   return tokenizer.from_spec(spec, _EOS.value, _PAD.value)
 
 
@@ -122,6 +130,9 @@ def main(argv):
     raise errors.FlagError(f"unexpected arguments {argv[1:]}")
   validate_flags()
   out = _OUT.value
+  if not out:
+    raise errors.FlagError("--out is empty")
+  fs.confine(out)                     # nothing written under --out leaves it
   if _VERIFY.value:
     try:
       report = prepared.verify(out, progress=_PROGRESS.value)

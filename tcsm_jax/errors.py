@@ -29,3 +29,9 @@ class WorkdirError(UserError, ValueError):
 
 class DiskError(UserError, OSError):
   """A disk or bucket that refuses a write: read-only, full, or no permission."""
+
+
+class PathEscapeError(UserError, ValueError):
+  """A path that would lead out of the directory it belongs to: a name read from a
+  manifest that holds ``..``, a separator or is absolute, or a write that follows a
+  symlink out of a workdir (``tcsm_jax.fs.confine``)."""

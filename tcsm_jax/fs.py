@@ -14,6 +14,19 @@ A disk that says no -- read-only (``EROFS``), full (``ENOSPC``, ``EDQUOT``, or
 tensorstore's ``RESOURCE_EXHAUSTED`` under orbax) or forbidden (``EACCES``, ``EPERM``) --
 is not a bug: ``refusal(exc)`` names it and the path in one line, and the binaries print
 it as ``error: ...`` with status 2 (``errors.DiskError``).
+
+**Nothing leaves its directory.** A file name read from a file the project wrote (a
+prepared set's manifest names its shards and tokenizer copy) is taken through
+``child(directory, name)``: one plain name (no separator, no ``..``, not absolute), or
+``errors.PathEscapeError`` in one line. A directory the binaries write into (a workdir,
+an output directory: ``confine(root)``, called by ``training.workdir.check`` and
+``experiments.common``'s directory checks) confines every later local write under it:
+``write_bytes_atomic``, ``append_text``, ``makedirs``, ``open_file`` for writing,
+``remove``, and ``check_inside`` (what orbax and TensorBoard are handed) refuse a path
+whose real location (symlinks resolved) is outside the real ``root``: a symlinked
+``samples/``, ``metrics.jsonl``, ``config.json`` or ``checkpoints/`` pointing elsewhere
+is one ``error:`` line and nothing is written there. The root itself may be a symlink
+(a workdir on another disk); links inside it may point anywhere inside it.
 """
 
 from __future__ import annotations
@@ -70,6 +83,57 @@ def join(p: PathLike, *parts: str) -> epath.Path:
   return path(p).joinpath(*parts)
 
 
+def child(directory: PathLike, name, what: str = "file") -> epath.Path:
+  """``directory/name`` for a ``name`` read from a file (a manifest): one plain file
+  name, else ``errors.PathEscapeError`` naming it and ``what`` (module docstring)."""
+  ok = (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name
+        and "\\" not in name and "\0" not in name and "://" not in name
+        and not os.path.isabs(name))
+  if not ok:
+    raise errors.PathEscapeError(
+        f"{os.fspath(directory)!r}: the {what} {name!r} is not a plain file name in "
+        "that directory (a path with '..', '/' or a drive leads out of it); refusing to "
+        "read or write it")
+  return join(directory, name)
+
+
+# ------------------------------------------------- writes stay inside their directory
+
+_confined: tuple = ()      # absolute (not resolved) roots given to ``confine``
+
+
+def confine(root: PathLike) -> None:
+  """Confines every later local write under ``root`` to ``root`` (module docstring).
+  Process-wide (a binary confines the directories its flags name); bucket URLs have no
+  symlinks and are not tracked."""
+  global _confined
+  if not root or is_remote(root):
+    return
+  r = os.path.abspath(os.fspath(root))
+  if r not in _confined:
+    _confined = _confined + (r,)
+
+
+def _under(p: str, root: str) -> bool:
+  return p == root or p.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def check_inside(p: PathLike) -> None:
+  """``errors.PathEscapeError`` if writing ``p`` would follow a symlink out of a
+  confined root it lies in (``confine``); a no-op for bucket URLs and other paths."""
+  if is_remote(p):
+    return
+  a = os.path.abspath(os.fspath(p))
+  for root in _confined:
+    if not _under(a, root):
+      continue
+    real_root, real = os.path.realpath(root), os.path.realpath(a)
+    if not _under(real, real_root):
+      raise errors.PathEscapeError(
+          f"refusing to write {a!r}: a symlink leads it out of {root!r} to {real!r} "
+          "(files a run writes stay in its directory; remove the link)")
+
+
 @contextlib.contextmanager
 def _backend_errors(p: PathLike) -> Iterator[None]:
   try:
@@ -96,6 +160,7 @@ def isdir(p: PathLike) -> bool:
 
 
 def makedirs(p: PathLike) -> epath.Path:
+  check_inside(p)
   with _backend_errors(p):
     q = path(p)
     q.mkdir(parents=True, exist_ok=True)
@@ -108,6 +173,12 @@ def listdir(p: PathLike) -> List[str]:
 
 
 def remove(p: PathLike) -> None:
+  """Removes a file or a directory tree; a symlink is unlinked, never followed."""
+  if not is_remote(p) and os.path.islink(os.fspath(p)):
+    check_inside(os.path.dirname(os.path.abspath(os.fspath(p))))
+    os.unlink(os.fspath(p))
+    return
+  check_inside(p)
   with _backend_errors(p):
     q = path(p)
     if q.is_dir():
@@ -117,7 +188,9 @@ def remove(p: PathLike) -> None:
 
 
 def open_file(p: PathLike, mode: str = "r") -> IO:
-  """Opens ``p`` (local or bucket) like the builtin ``open``."""
+  """Opens ``p`` (local or bucket) like the builtin ``open`` (writes: ``check_inside``)."""
+  if any(c in mode for c in "wax+"):
+    check_inside(p)
   with _backend_errors(p):
     return path(p).open(mode)
 
@@ -134,6 +207,7 @@ def read_bytes(p: PathLike) -> bytes:
 
 def write_bytes_atomic(p: PathLike, data: bytes) -> None:
   """Writes the whole file or nothing: a reader never sees a partial file."""
+  check_inside(p)
   with _backend_errors(p):
     q = path(p)
     q.parent.mkdir(parents=True, exist_ok=True)
@@ -159,6 +233,7 @@ def write_text_atomic(p: PathLike, text: str) -> None:
 
 def append_text(p: PathLike, text: str) -> None:
   """Appends ``text``; on object stores (no append) the object is rewritten."""
+  check_inside(p)
   with _backend_errors(p):
     q = path(p)
     if is_remote(q):

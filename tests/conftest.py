@@ -74,6 +74,11 @@ SLOW_BY_BUDGET = (
     "test_steps.py::test_samplers_draw_what_they_drew_before_bit_for_bit",  # test_some_samplers_...
     "test_draws.py::test_nan_and_all_minus_inf_rows_are_an_error[50257]",  # [27], [64]
     "test_cli.py::test_bad_flag_rows_as_real_commands",  # test_bad_flag_value_is_one_line_naming_the_flag (the same rows, in one process)
+    "test_prepared.py::test_train_stops_on_rot_that_keeps_ids_in_range",  # test_block_checksums_catch_rot_that_keeps_ids_in_range
+    "test_prepared.py::test_train_and_evaluate_stop_on_rot_that_keeps_ids_in_range",  # the same
+    "test_prepared.py::test_prepare_reads_a_file_without_newlines_in_bounded_memory",  # test_long_documents_are_tokenized_in_pieces_to_the_same_ids
+    "test_path_safety.py::test_train_refuses_a_workdir_whose_files_link_outside[config.json]",  # [metrics.jsonl], test_writes_do_not_follow_symlinks_out_of_a_confined_directory
+    "test_path_safety.py::test_train_refuses_a_workdir_whose_files_link_outside[samples]",
 )
 
 

@@ -7,6 +7,7 @@ with the file to delete; only one's own lock is released; a bucket workdir goes
 through ``tcsm_jax.fs``. Slow: two real ``experiments.train`` on one workdir.
 """
 
+import errno
 import json
 import os
 import re
@@ -107,6 +108,50 @@ def test_two_starts_that_find_a_stale_lock_do_not_both_win(tmp_path):
     second.acquire()                # (same pid here, but a live one: refused)
   first.release()
   assert os.listdir(wd) == []
+
+
+class _FullDisk:
+  """A file object whose writes fail as on a full disk (the fixtures' ENOSPC)."""
+
+  def __init__(self, f):
+    self.f = f
+
+  def write(self, _):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.f.close()
+
+
+def test_a_start_on_a_full_disk_leaves_no_lock_that_blocks(tmp_path, monkeypatch,
+                                                           caplog):
+  """Issue 27 item 3: a start whose lock write fails for space is one line and leaves
+  no lock; an empty or garbled lock that a failed start of an older version left is
+  taken over (with a warning), not refused until deleted by hand."""
+  wd = str(tmp_path / "run")
+  real_fdopen = os.fdopen
+  monkeypatch.setattr(os, "fdopen", lambda *a, **k: _FullDisk(real_fdopen(*a, **k)))
+  with pytest.raises(errors.DiskError, match=r"no space left on device \(ENOSPC\)"):
+    workdir_lib.WorkdirLock(wd).acquire()
+  monkeypatch.setattr(os, "fdopen", real_fdopen)       # space freed
+  assert os.listdir(wd) == []
+  with workdir_lib.lock(wd):
+    assert _holder(wd)["pid"] == os.getpid()
+  lock = os.path.join(wd, workdir_lib.LOCK)
+  for left in (b"", b'{"host": "h', b"\x00\x00\x00"):
+    with open(lock, "wb") as f:
+      f.write(left)
+    old = time.time() - 60
+    os.utime(lock, (old, old))
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+      with workdir_lib.lock(wd):
+        assert _holder(wd)["pid"] == os.getpid()
+    assert any("empty or unreadable" in r.getMessage() for r in caplog.records)
+    assert os.listdir(wd) == []
 
 
 def test_a_bucket_workdir_is_locked_through_fs():

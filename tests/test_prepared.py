@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
@@ -608,3 +609,264 @@ def test_training_on_a_rotted_shard_is_one_error_line(tmp_path):
   assert r.returncode == 2, r.stderr[-3000:]
   assert last.startswith("error: ") and "train.bin" in last and "65535" in last, last
   assert "Traceback" not in r.stderr
+
+
+def test_a_sentencepiece_vocabulary_the_text_cannot_fill_is_said_in_one_line(tmp_path):
+  """Issue 27 item 3: ``--spm_vocab_size=100000`` on a small text makes fewer pieces
+  (sentencepiece's size is an upper bound here); the binary says how many, in one
+  ``note:`` line, and the manifest holds that vocabulary."""
+  path = _doc_file(tmp_path, _docs(60))
+  out = tmp_path / "spm"
+  env = dict(os.environ, PYTHONPATH=REPO)
+  r = subprocess.run([sys.executable, "-m", "experiments.prepare_data",
+                      f"--source=text:{path}", "--tokenizer=sentencepiece",
+                      "--spm_vocab_size=100000", f"--out={out}", "--noprogress"],
+                     capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  vocab = prepared.read_manifest(str(out))["vocab_size"]
+  notes = [l for l in r.stdout.splitlines() if l.startswith("note: --spm_vocab_size")]
+  assert len(notes) == 1 and f"sentencepiece made {vocab:,}" in notes[0], r.stdout
+  assert vocab < 100_000
+
+
+def _rot_in_range(shard, every=4099, offset=0):
+  """Changes ids of ``shard`` in place to other ids in the vocabulary (27), keeping
+  its size and mtime: only block checksums or a full hash can see it."""
+  st = os.stat(shard)
+  ids = np.fromfile(shard, np.uint16)
+  ids[offset::every] = (ids[offset::every] + 1) % 27
+  ids.tofile(shard)
+  os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))
+  assert os.stat(shard).st_size == st.st_size
+
+
+def test_block_checksums_catch_rot_that_keeps_ids_in_range(tmp_path):
+  """Issue 27 item 4: the manifest holds a CRC32 per 1 MiB block; the train sampler
+  and the eval batches check each block when the process first reads it, so bytes
+  that rot in place (ids still in the vocabulary, same size and mtime, the cached
+  sha256 record still fresh) are one error naming the shard and the block."""
+  tok = tokenizer.from_spec("char")
+  rng = np.random.default_rng(0)
+  out = tmp_path / "p"
+  n = 3 * (prepared.BLOCK_BYTES // 2) + 30             # 3 full uint16 blocks + a tail
+  m = prepared.write_shards(str(out), {"train": rng.integers(0, 27, n),
+                                       "validation": rng.integers(0, 27, n)}, tok)
+  e, blk = m["splits"]["train"], prepared.BLOCK_BYTES
+  data = (out / "train.bin").read_bytes()
+  assert e["block_bytes"] == blk == 1 << 16 and e["crc32"] == "".join(
+      f"{zlib.crc32(data[i:i + blk]):08x}" for i in range(0, len(data), blk))
+  ds = prepared.load(str(out))                         # verified, recorded
+  sampler = base.ChunkSampler(ds.train, 64, 8, seed=0)
+  for step in range(80):
+    sampler.batch(step)
+  # Every block the chunks cover read once, fine (the tail past the last whole chunk
+  # is never read, so never checked).
+  assert ds.train.block_sums.checked.tolist() == [True, True, True, False]
+  assert sum(1 for _ in base.eval_batches(ds.validation, 64, 16)) > 0
+  del ds, sampler
+  half = prepared.BLOCK_BYTES // 2
+  _rot_in_range(out / "train.bin", every=n, offset=2 * half + 5)       # block 2
+  _rot_in_range(out / "validation.bin", every=n, offset=half + 7)      # block 1
+  ds = prepared.load(str(out))                         # the record says verified
+  sampler = base.ChunkSampler(ds.train, 64, 8, seed=0)
+  with pytest.raises(errors.DataError, match=rf"train\.bin'?: block 2 \(bytes "
+                     rf"{2 * blk:,} to {3 * blk:,}\) has CRC32 .* the train batch of "
+                     r"step \d+ reads it"):
+    for step in range(200):
+      sampler.batch(step)
+  with pytest.raises(errors.DataError, match=rf"validation\.bin'?: block 1 \(bytes "
+                     rf"{blk:,} to {2 * blk:,}\).*eval batch \d+ reads it"):
+    for _ in base.eval_batches(ds.validation, 64, 16):
+      pass
+  # The per-batch id check still comes first, and the full hash still sees the rot.
+  with pytest.raises(errors.DataError, match="train.bin.*sha256.*corrupt"):
+    prepared.load(str(out), verify="always")
+
+
+def test_a_manifest_without_block_checksums_loads_and_verify_adds_them(tmp_path):
+  """Backward compatible: a manifest written before block checksums (no ``crc32``)
+  loads and trains (guarded by the sha256 and the id check only); ``prepare_data
+  --verify`` adds them once every sha256 matches."""
+  tok = tokenizer.from_spec("char")
+  rng = np.random.default_rng(1)
+  out = tmp_path / "old"
+  prepared.write_shards(str(out), {"train": rng.integers(0, 27, 40_000),
+                                   "validation": rng.integers(0, 27, 1000)}, tok)
+  mpath = out / prepared.MANIFEST
+  m = json.loads(mpath.read_text())
+  for e in m["splits"].values():
+    del e["block_bytes"], e["crc32"]
+  mpath.write_text(json.dumps(m))
+  ds = prepared.load(str(out))
+  assert getattr(ds.train, "block_sums", None) is None
+  base.ChunkSampler(ds.train, 256, 8).batch(0)
+  report = prepared.verify(str(out), progress=False)
+  assert report["train"]["block_checksums"] == "added"
+  assert len(prepared.read_manifest(str(out))["splits"]["train"]["crc32"]) == 2 * 8
+  ds = prepared.load(str(out))
+  assert ds.train.block_sums is not None
+  # A manifest whose checksums do not fit its shard is refused, naming the file.
+  m = json.loads(mpath.read_text())
+  m["splits"]["train"]["crc32"] = m["splits"]["train"]["crc32"][:8]
+  mpath.write_text(json.dumps(m))
+  with pytest.raises(errors.DataError, match="train.bin.*block checksums do not"):
+    prepared.load(str(out))
+
+
+def _tiny_train(workdir, data, steps):
+  return [sys.executable, "-m", "experiments.train",
+          "--config=experiments/configs/kjv_tiny.py", f"--workdir={workdir}",
+          "--summary_samples=0", "--config.data.name=prepared",
+          f"--config.data.path={data}", "--config.data.seq_len=32",
+          "--config.model.num_layers=1", "--config.model.width=32",
+          "--config.model.num_heads=2", "--config.model.cond_width=32",
+          "--config.train.batch_size=8", f"--config.train.num_steps={steps}",
+          "--config.train.eval_every=100000", "--config.train.eval_batches=1"]
+
+
+def _rotted_run(tmp_path, train_first):
+  tok = tokenizer.from_spec("char")
+  rng = np.random.default_rng(0)
+  out = tmp_path / "p"
+  prepared.write_shards(str(out), {"train": rng.integers(0, 27, 20_000),
+                                   "validation": rng.integers(0, 27, 4096)}, tok)
+  prepared.load(str(out))                         # verified once, recorded
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             JAX_PLATFORMS="cpu")
+  env.pop("TCSM_TRACEBACK", None)
+  wd = tmp_path / "run"
+  if train_first:
+    r = subprocess.run(_tiny_train(wd, out, 2), cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+  for split in ("train", "validation"):
+    _rot_in_range(out / f"{split}.bin", every=97)
+  return out, wd, env
+
+
+def _refused_for_block(cmd, env, shard):
+  r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  last = r.stderr.strip().splitlines()[-1]
+  assert r.returncode == 2, r.stderr[-3000:]
+  assert last.startswith("error: ") and shard in last and "block 0" in last, last
+  assert "CRC32" in last and "Traceback" not in r.stderr, r.stderr[-3000:]
+
+
+def test_train_stops_on_rot_that_keeps_ids_in_range(tmp_path):
+  """The probe's case through the binary: a shard corrupted in place with its mtime
+  kept (every id still in the vocabulary, the sha256 record still fresh) -> train
+  exits 2 with one line naming the shard and the block."""
+  out, wd, env = _rotted_run(tmp_path, train_first=False)
+  _refused_for_block(_tiny_train(wd, out, 2), env, "train.bin")
+
+
+def test_train_and_evaluate_stop_on_rot_that_keeps_ids_in_range(tmp_path):
+  """Slow (a run is trained first): a resumed train and evaluate on a workdir whose
+  data rotted in range both exit 2 with the one line (cheaper default:
+  test_train_stops_on_rot_that_keeps_ids_in_range)."""
+  out, wd, env = _rotted_run(tmp_path, train_first=True)
+  _refused_for_block(_tiny_train(wd, out, 4), env, "train.bin")
+  _refused_for_block([sys.executable, "-m", "experiments.evaluate", f"--workdir={wd}",
+                      "--num_t=1", "--num_batches=1"], env, "validation.bin")
+
+
+# ------------------------------------------- long documents: bounded memory, same ids
+
+
+def _long_text(n_chars):
+  """Corpus text without any newline (punctuation, digits and double spaces kept)."""
+  text = corpus_slice(200_000).replace("\n", " ")
+  text = (text + "  ") * (n_chars // (len(text) + 2) + 1)
+  return text[:n_chars]
+
+
+@pytest.fixture
+def small_pieces(monkeypatch):
+  """Pieces of 20k characters, tokenized 10k at a time: many cuts in a small file."""
+  monkeypatch.setattr(sources, "LONG_DOC_CHARS", 20_000)
+  monkeypatch.setattr(prepared, "CUT_CHARS", 10_000)
+
+
+def _tokenizers(tmp_path, bpe):
+  from test_tokenizers import train_wordpiece
+  spm = tokenizer.SentencePiece.train(_docs(60), 300, str(tmp_path / "sp.model"))
+  return {"char": tokenizer.from_spec("char"), "bpe": tokenizer.from_spec(f"hf:{bpe}"),
+          "wordpiece": tokenizer.from_spec(f"hf:{train_wordpiece(tmp_path / 'wp.json')}"),
+          "sentencepiece": tokenizer.from_spec(f"sentencepiece:{spm}")}
+
+
+def test_long_documents_are_tokenized_in_pieces_to_the_same_ids(tmp_path, bpe,
+                                                                 small_pieces):
+  """Issue 27 item 3 (cheap): a file without newlines, and a long document among short
+  ones, read in 20k-character pieces and tokenized 10k at a time at safe cuts, give
+  the ids of tokenizing each whole document, for every tokenizer kind, packed and
+  padded; the one-document validation split is the whole-text rule's."""
+  long_doc = _long_text(150_000)
+  one_line = tmp_path / "one_line.txt"
+  one_line.write_text("  " + long_doc + "  \n")
+  short = _docs(4, 300)
+  mixed = tmp_path / "mixed.txt"
+  mixed.write_text(f"{short[0]}\n\n{short[1]}\n{long_doc[:61_000]}\n\n  \n{short[2]}"
+                   f"\r\n\r\n{short[3]}\n")
+  docs_mixed = [short[0], f"{short[1]}\n{long_doc[:61_000]}", short[2], short[3]]
+  items = list(sources.text_documents(str(mixed)))
+  assert sum(isinstance(d, sources.Piece) for d in items) >= 3
+  assert list(sources.whole_documents(items)) == docs_mixed
+  assert sources.document_count(items) == 4
+  for name, tok in _tokenizers(tmp_path, bpe).items():
+    sep = tok.separator
+    # One document without newlines, validation_fraction 0.1: cut at the last space.
+    whole = long_doc.strip()
+    cut = int(len(whole) * 0.9)
+    cut = whole.rfind(" ", 0, cut)
+    want = {"train": tok.encode(whole[:cut].strip()),
+            "validation": tok.encode(whole[cut:].strip())}
+    src = sources.documents_source(str(one_line), "text", validation_fraction=0.1)
+    m = prepared.prepare(str(tmp_path / f"one_{name}"), src, tok, progress=False,
+                         max_dropped=1.0)
+    for split, ids in want.items():
+      got = np.fromfile(tmp_path / f"one_{name}" / f"{split}.bin", m["dtype"])
+      np.testing.assert_array_equal(got, np.concatenate([ids, sep]), err_msg=name)
+    # A long document among short ones, packed and padded.
+    encoded = [tok.encode(d) for d in docs_mixed]
+    src = sources.documents_source(str(mixed), "text", validation_fraction=0.25)
+    for layout in ("packed", "padded"):
+      out = tmp_path / f"mixed_{name}_{layout}"
+      m = prepared.prepare(str(out), src, tok, layout=layout, seq_len=48,
+                           progress=False, max_dropped=1.0)
+      want = (base.pack(encoded[:3], sep) if layout == "packed" else base.pad_rows(
+          encoded[:3], 48, m["special_tokens"]["pad"], sep).reshape(-1))
+      got = np.fromfile(out / "train.bin", m["dtype"])
+      np.testing.assert_array_equal(got, want, err_msg=f"{name} {layout}")
+      assert m["splits"]["train"]["num_documents"] == 3
+
+
+def test_prepare_reads_a_file_without_newlines_in_bounded_memory(tmp_path):
+  """Issue 27 item 3: a 100 MiB text without a single newline (one document, split
+  into train and validation by characters) is read and tokenized in pieces: the peak
+  of the memory Python and numpy allocate while preparing it (tracemalloc) stays under
+  96 MiB, whatever the file's size (the whole-file reader took 653 MiB for a 40 MiB
+  file: 16x; cheaper default test:
+  test_long_documents_are_tokenized_in_pieces_to_the_same_ids)."""
+  import tracemalloc
+  words = np.array(corpus_slice(200_000).lower().split())
+  rng = np.random.default_rng(0)
+  path = tmp_path / "huge.txt"
+  block = " ".join(rng.choice(words, 200_000)) + " "
+  with open(path, "w") as f:
+    for i in range(100 * 2**20 // len(block) + 1):   # ~1 MB blocks, no newline anywhere
+      f.write(block[i % 997:] + block[:i % 997])
+  del block
+  size = os.path.getsize(path)
+  assert size > 100 * 2**20
+  src = sources.documents_source(str(path), "text")
+  tracemalloc.start()
+  try:
+    m = prepared.prepare(str(tmp_path / "p"), src, tokenizer.from_spec("char"),
+                         progress=False)
+    _, peak = tracemalloc.get_traced_memory()
+  finally:
+    tracemalloc.stop()
+  assert sum(e["num_tokens"] for e in m["splits"].values()) > 0.95 * size
+  print(f"file {size / 2**20:.0f} MiB, traced peak {peak / 2**20:.0f} MiB")
+  assert peak < 96 * 2**20, peak

@@ -108,3 +108,73 @@ def test_the_phrase_rule(line, bad):
 def test_the_hash_pattern():
   assert HASH.findall("at commit ae8a9e4 with: cmd") == ["ae8a9e4"]
   assert HASH.findall("1,400,229 tokens/s; 2026-11-26; decaffeinated") == []
+
+
+# ------------------------------------------- every result indexed, no machine's paths
+
+# An absolute path of one machine: a user's home, root's, or a checkout under /work.
+MACHINE_PATH = re.compile(r"(?<![\w.~-])/(?:work|home|root|Users)/")
+INDEX_NAMES = ("README.md", "REPORT.md")
+
+
+def unindexed(root):
+  """Entries under ``root`` that its ``README.md`` does not index: a top-level file or
+  directory must be named in backticks there (`name` or `name/`); a file inside a
+  directory must be named in its directory's README.md/REPORT*.md or in the index."""
+  index = (root / "README.md").read_text()
+  missing = []
+  for path in sorted(root.rglob("*")):
+    rel = path.relative_to(root)
+    if SKIPPED_DIRS.intersection(rel.parts) or rel.as_posix() == "README.md":
+      continue
+    if len(rel.parts) == 1:
+      if not re.search(rf"`{re.escape(rel.name)}/?`", index):
+        missing.append(rel.as_posix())
+    elif path.is_file() and not (path.name in INDEX_NAMES or
+                                 path.name.startswith("REPORT")):
+      texts = [index] + [p.read_text(errors="replace") for p in sorted(path.parent.glob(
+          "*.md")) if p.name in INDEX_NAMES or p.name.startswith("REPORT")]
+      if not any(path.name in t for t in texts):
+        missing.append(rel.as_posix())
+  return missing
+
+
+def machine_paths(root):
+  """``file:line`` of every absolute path of one machine in a file under ``root``."""
+  bad = []
+  for path in sorted(root.rglob("*")):
+    rel = path.relative_to(root)
+    if SKIPPED_DIRS.intersection(rel.parts) or not path.is_file() or (
+        path.suffix in (".png", ".jpg", ".pdf", ".npz")):
+      continue
+    for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+      if MACHINE_PATH.search(line):
+        bad.append(f"{rel.as_posix()}:{n}")
+  return bad
+
+
+def test_every_result_is_indexed_in_the_readme():
+  missing = unindexed(RESULTS)
+  assert not missing, ("experiments/results/README.md does not index these (add a row "
+                       "with command, date, machine, commit):\n" + "\n".join(missing))
+
+
+def test_no_result_cites_an_absolute_path_of_one_machine():
+  bad = machine_paths(RESULTS)
+  assert not bad, ("these results cite an absolute path of one machine (write it "
+                   "relative to the repository, e.g. workdirs/kjv_tiny):\n" +
+                   "\n".join(bad))
+
+
+def test_the_index_and_path_rules_can_fail(tmp_path):
+  (tmp_path / "README.md").write_text("| `a.txt` | cmd |\n| `d/` | (`x.csv`) |\n")
+  (tmp_path / "a.txt").write_text("Measured at abc1234 with --workdir=workdirs/run\n")
+  (tmp_path / "d").mkdir()
+  (tmp_path / "d" / "x.csv").write_text("1\n")
+  (tmp_path / "d" / "REPORT.md").write_text("see plot.png\n")
+  (tmp_path / "d" / "plot.png").write_bytes(b"\x89PNG")
+  assert unindexed(tmp_path) == [] and machine_paths(tmp_path) == []
+  (tmp_path / "b.txt").write_text("cmd --out=/home/me/run\n")
+  (tmp_path / "d" / "y.json").write_text('{"workdir": "/work/main/w"}\n')
+  assert unindexed(tmp_path) == ["b.txt", "d/y.json"]
+  assert machine_paths(tmp_path) == ["b.txt:1", "d/y.json:1"]

@@ -12,12 +12,20 @@ GPT-2-sized vocabulary (50,257 ids, ``uint16`` shard) and a 100,000-id one
 loaded the way the trainer loads it (``prepared.load_from_config``: memmapped,
 verified once) and its train batches are cut by the trainer's ``ChunkSampler.batch``
 (epoch permutation, this host's rows, ``release_pages``, the per-batch id check
-``base.check_ids``, int32) for ``--seconds`` each, at consecutive steps from 0 as in
-training (crossing epochs: a new epoch's permutation is part of the cost):
+``base.check_ids``, the first-read check of each 1 MiB block's CRC32
+``base.check_blocks``, int32) for ``--seconds`` each, at consecutive steps from 0 as
+in training (crossing epochs: a new epoch's permutation is part of the cost):
 
 * ``batch``: ``ChunkSampler.batch`` with the shard in the page cache (read once
-  first); a whole memmapped shard's rows are read with one ``preadv`` each
+  first), from a fresh load (every block checked when first read, within the row);
+  a whole memmapped shard's rows are read with one ``preadv`` each
   (``base.read_rows``);
+* ``batch, blocks unchecked``: the worst case of the block checks, every batch
+  checking all the blocks its rows touch (as at the start of a run on a shard much
+  bigger than the batches read so far); the line under the table gives the one-time
+  cost of checking every block of the shard;
+* ``batch, no block checks``: ``batch`` without the block checks (the manifest's
+  checksums detached), measured right after it: the steady cost of the checks;
 * ``batch + to_global``: plus ``partition.to_global`` onto the CPU device (what the
   trainer puts on the devices; a GPU adds a PCIe copy of 128 KiB per step);
 * ``batch, cold cache``: the shard's pages dropped from the page cache first
@@ -153,12 +161,28 @@ def loader_rows(path: str, batch: int, seq_len: int, seconds: float):
 
   _warm(tokens.filename if getattr(tokens, "filename", None) else None)
   rows.append(("batch", shape) + _rate(sampler.batch, seconds, 0, stride))
+  sums = getattr(tokens, "block_sums", None)
+  once = None
+  if sums is not None:
+    def unchecked(step):
+      sums.forget()
+      return sampler.batch(step)
+
+    rows.append(("batch, blocks unchecked", shape) + _rate(unchecked, seconds, 0, stride))
+    tokens.block_sums = None           # the same path without the block checks: A/B
+    rows.append(("batch, no block checks", shape) + _rate(sampler.batch, seconds, 0,
+                                                           stride))
+    tokens.block_sums = sums
+    sums.forget()
+    t = time.perf_counter()
+    sums.check(np.arange(len(sums.crc32), dtype=np.int64) * sums.block_bytes, 1, "x")
+    once = (time.perf_counter() - t, len(tokens) * tokens.dtype.itemsize)
   rows.append(("batch + to_global", shape) + _rate(put, seconds, 0, stride))
   rows.append(("before: per-token gather", shape) + _rate(gather, seconds, 0, stride))
   if hasattr(os, "posix_fadvise") and getattr(tokens, "filename", None):
     _drop_cache(tokens.filename)
     rows.append(("batch, cold cache", shape) + _rate(sampler.batch, seconds, 0, stride))
-  return rows, len(tokens)
+  return rows, len(tokens), once
 
 
 # ----------------------------------------------------------------------------- prefetch
@@ -299,11 +323,23 @@ def main(argv):
     emit("")
     emit("| path | train tokens | batch (per host) | tokens/s | batches/s | x 6M tok/s |")
     emit("| --- | ---: | --- | ---: | ---: | ---: |")
+    checks = []
     for path in sets:
-      rows, n = loader_rows(path, _BATCH.value, _SEQ.value, _SECONDS.value)
+      rows, n, once = loader_rows(path, _BATCH.value, _SEQ.value, _SECONDS.value)
       for name, shape, tps, bps in rows:
         emit(f"| {name} | {n / 1e6:.0f}M | {shape} | {tps / 1e6:.1f}M | {bps:,.0f} | "
              f"{tps / TARGET:.1f}x |")
+      if once is not None:
+        checks.append(f"- {os.path.basename(path)}: {once[1] / 2**20:,.0f} MiB in "
+                      f"{once[0] * 1e3:,.0f} ms ({once[1] / once[0] / 1e9:.1f} GB/s)")
+    if checks:
+      emit("")
+      from tcsm_jax.data import prepared
+      emit(f"One-time cost of the block checks: every {prepared.BLOCK_BYTES >> 10} KiB "
+           "block of the train shard read and its CRC32 compared (page cache), once per "
+           "process:")
+      for c in checks:
+        emit(c)
     if _DEMO.value:
       emit("")
       emit("Prefetch: trainer steps of a 2 x 128 model (batch 16 x 128, bundled "

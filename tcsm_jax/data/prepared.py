@@ -21,7 +21,8 @@ writes into ``out``:
      "dtype": "uint16"|"uint32", "layout": "packed"|"padded",
      "seq_len": <row length of the padded layout; null when packed>,
      "splits": {"train": {"file": "train.bin", "num_tokens": ..., "num_real_tokens": ...,
-                          "num_documents": ..., "bytes": ..., "sha256": ...},
+                          "num_documents": ..., "bytes": ..., "sha256": ...,
+                          "block_bytes": 65536, "crc32": <hex: 8 digits per block>},
                 "validation": {...}, ["test": {...}]}}
 
 ``load(path)`` returns a ``base.TokenDataset`` whose ``train``/``validation`` are
@@ -50,6 +51,21 @@ every batch cut from a memmapped shard is checked on the host against the vocabu
 (same size and mtime) are a ``DataError`` naming the shard and the batch, never an
 out-of-range id in a model.
 
+**Blocks.** The manifest also holds the CRC32 of every 64 KiB block of each shard
+(``block_bytes``; ``crc32``: the big-endian CRCs as one hex string, 8 digits per block,
+e.g. 2.2 MB of manifest for OpenWebText's 18 GB). 64 KiB, not 1 MiB: a 2 KiB row
+costs at most two blocks of checking, so even the first pass over a shard far bigger
+than the batches read so far cuts batches at >= 10x what an H200 step consumes
+(``experiments/results/loader.txt``, ``batch, blocks unchecked``). A memmapped shard carries them (``base.BlockSums``), and
+the loader checks each block the first time the process reads it (the train sampler
+and the eval batches, ``base.check_blocks``): bytes that rot with their ids still in
+the vocabulary, after the sha256 was recorded (same size and mtime), are a
+``DataError`` naming the shard and the block, status 2 in the binaries. A manifest
+written before block checksums existed (no ``crc32`` entry) still loads: its shards are
+then guarded only by the sha256 (``verify``) and the per-batch id check, and
+``python -m experiments.prepare_data --verify --out=DIR`` adds the block checksums to
+it once every shard's sha256 matches.
+
 **Buckets.** ``np.memmap`` needs a local file. A prepared directory on a bucket is read
 fully into memory (and always hashed) when the splits loaded total at most
 ``REMOTE_IN_MEMORY_LIMIT`` (256 MiB: evaluation sets, small corpora); a bigger one is a
@@ -62,6 +78,7 @@ import datetime
 import hashlib
 import json
 import os
+import zlib
 from typing import Dict, Iterable, List, Optional
 
 import ml_collections
@@ -77,6 +94,7 @@ MARKER = ".verified.json"
 VERIFY_MODES = ("once", "always", "size")
 REMOTE_IN_MEMORY_LIMIT = 256 << 20
 _HASH_CHUNK = 1 << 20
+BLOCK_BYTES = 1 << 16       # one CRC32 per block of a shard (module docstring)
 _WRITE_TOKENS = 1 << 22
 
 
@@ -97,6 +115,30 @@ def special_ids(tok: tok_lib.Tokenizer, layout: str):
 # ----------------------------------------------------------------------------- writing
 
 
+class BlockCRC:
+  """CRC32 of each ``BLOCK_BYTES`` block of a byte stream fed in pieces of any size."""
+
+  def __init__(self):
+    self.crcs: List[int] = []
+    self._crc, self._fill = 0, 0
+
+  def update(self, data) -> None:
+    view, pos = memoryview(data).cast("B"), 0
+    while pos < len(view):
+      take = min(BLOCK_BYTES - self._fill, len(view) - pos)
+      self._crc = zlib.crc32(view[pos:pos + take], self._crc)
+      self._fill += take
+      pos += take
+      if self._fill == BLOCK_BYTES:
+        self.crcs.append(self._crc)
+        self._crc, self._fill = 0, 0
+
+  def digest(self) -> str:
+    """The CRCs as the manifest holds them: big-endian, 8 hex digits per block."""
+    crcs = self.crcs + ([self._crc] if self._fill else [])
+    return np.asarray(crcs, ">u4").tobytes().hex()
+
+
 class _ShardWriter:
   """Streams ids into one shard (temporary name, renamed on success for local files),
   hashing as it goes."""
@@ -107,12 +149,14 @@ class _ShardWriter:
         f".{fs.path(path).name}.tmp")
     self.f = fs.open_file(self.tmp, "wb")
     self.sha = hashlib.sha256()
+    self.blocks = BlockCRC()
     self.num_tokens = 0
 
   def write(self, ids: np.ndarray) -> None:
     data = np.ascontiguousarray(ids, dtype=self.dtype).tobytes()
     self.f.write(data)
     self.sha.update(data)
+    self.blocks.update(data)
     self.num_tokens += int(ids.size)
 
   def close(self) -> Dict[str, object]:
@@ -120,7 +164,8 @@ class _ShardWriter:
     if self.tmp != self.path:
       fs.path(self.tmp).replace(fs.path(self.path))
     return {"file": fs.path(self.path).name, "num_tokens": self.num_tokens,
-            "bytes": self.num_tokens * self.dtype.itemsize, "sha256": self.sha.hexdigest()}
+            "bytes": self.num_tokens * self.dtype.itemsize, "sha256": self.sha.hexdigest(),
+            "block_bytes": BLOCK_BYTES, "crc32": self.blocks.digest()}
 
   def abort(self) -> None:
     try:
@@ -129,15 +174,93 @@ class _ShardWriter:
       fs.remove(self.tmp)
 
 
+_BATCH_CHARS = 1 << 22   # a batch of documents holds at most about this many characters
+CUT_CHARS = 1 << 20      # a long document is tokenized this many characters at a time
+
+
 def _batches(docs: Iterable[str], n: int):
+  """Lists of ``n`` documents (or pieces), fewer when they hold ``_BATCH_CHARS``."""
   buf: List[str] = []
+  chars = 0
   for d in docs:
     buf.append(d)
-    if len(buf) >= n:
+    chars += len(d)
+    if len(buf) >= n or chars >= _BATCH_CHARS:
       yield buf
-      buf = []
+      buf, chars = [], 0
   if buf:
     yield buf
+
+
+class _Encoder:
+  """The ids of a split's documents, in order: ``add(batch)`` returns what to write
+  (packed ids, or whole padded rows). A long document (``sources.Piece``s) is
+  tokenized ``CUT_CHARS`` characters at a time, cut where ``tok.safe_cut`` says, so
+  memory stays bounded and the ids are those of the whole document."""
+
+  def __init__(self, tok: tok_lib.Tokenizer, layout: str, seq_len: int, pad, sep):
+    self.tok, self.layout, self.seq_len, self.pad = tok, layout, seq_len, pad
+    self.sep = np.asarray(list(sep), np.int32)
+    self.real = self.docs = 0
+    self.carry: Optional[str] = None    # a long document's text not yet tokenized
+    self.long_n = 0                     # ids of the long document so far
+    self.rest = np.zeros((0,), np.int32)  # padded: its ids not yet in whole rows
+
+  def add(self, batch: List[str]) -> np.ndarray:
+    out, plain = [], []
+    for d in batch:
+      if isinstance(d, sources.Piece):
+        if plain:
+          out.append(self._plain(plain))
+          plain = []
+        out.extend(self._piece(d))
+      else:
+        plain.append(d)
+    if plain:
+      out.append(self._plain(plain))
+    return np.concatenate(out) if out else np.zeros((0,), np.int32)
+
+  def _plain(self, docs: List[str]) -> np.ndarray:
+    self.docs += len(docs)
+    encoded = [e for e in self.tok.encode_batch(docs) if e.size]
+    if self.layout == "packed":
+      ids = base.pack(encoded, self.sep)
+      self.real += ids.size
+      return ids
+    self.real += sum(e.size + self.sep.size for e in encoded)
+    return base.pad_rows(encoded, self.seq_len, self.pad, self.sep).reshape(-1)
+
+  def _piece(self, piece: "sources.Piece") -> List[np.ndarray]:
+    self.carry = (self.carry or "") + str(piece)
+    out = []
+    margin = 2 * tok_lib.Tokenizer.SAFE_WINDOW     # the text right of a cut is known
+    while len(self.carry) > CUT_CHARS + margin:
+      cut = self.tok.safe_cut(self.carry, CUT_CHARS)
+      out.append(self._long(self.tok.encode(self.carry[:cut]), False))
+      self.carry = self.carry[cut:]
+    if piece.last:
+      out.append(self._long(self.tok.encode(self.carry), True))
+      self.carry = None
+      self.docs += 1
+    return out
+
+  def _long(self, ids: np.ndarray, last: bool) -> np.ndarray:
+    ids = np.asarray(ids, np.int32)
+    self.long_n += ids.size
+    if last and self.long_n:
+      ids = np.concatenate([ids, self.sep])
+      self.real += self.long_n + self.sep.size
+    n, self.long_n = self.long_n, (0 if last else self.long_n)
+    if self.layout == "packed":
+      return ids
+    self.rest = np.concatenate([self.rest, ids])
+    if last and n:
+      rows = -(-self.rest.size // self.seq_len)
+      self.rest = np.concatenate([self.rest, np.full(
+          (rows * self.seq_len - self.rest.size,), self.pad, np.int32)])
+    whole = self.rest.size // self.seq_len * self.seq_len
+    done, self.rest = self.rest[:whole], self.rest[whole:]
+    return done
 
 
 def prepare(out: str, source: sources.Source, tok: tok_lib.Tokenizer, *,
@@ -153,6 +276,7 @@ def prepare(out: str, source: sources.Source, tok: tok_lib.Tokenizer, *,
   if layout == "padded" and source.joined:
     raise errors.DataError(f"{source.name} is one continuous text; it has no documents "
                            "to pad one per row (use the packed layout)")
+  fs.confine(out)
   manifest_path = fs.join(out, MANIFEST)
   if fs.exists(manifest_path) and not overwrite:
     raise errors.DataError(f"{os.fspath(out)!r} already holds a prepared dataset; pass "
@@ -171,7 +295,7 @@ def prepare(out: str, source: sources.Source, tok: tok_lib.Tokenizer, *,
   for split, docs_fn in source.splits.items():
     writer = _ShardWriter(fs.join(out, f"{split}.bin"), dtype)
     stats = sources.TextStats()
-    n_docs = real = 0
+    enc = _Encoder(tok, layout, seq_len, pad, sep)
     try:
       bar = _progress(source.num_docs.get(split), f"{split}", progress)
       for batch in _batches(docs_fn(), batch_docs):
@@ -180,21 +304,15 @@ def prepare(out: str, source: sources.Source, tok: tok_lib.Tokenizer, *,
             stats.add(d, count_dropped)
           if stats.chars > 1 << 20 or stats.invalid > 1000:
             stats.check(source.check_path)           # fail fast on binary junk
-        encoded = [e for e in tok.encode_batch(batch) if e.size]
-        if layout == "packed":
-          ids = base.pack(encoded, sep)
-          real += ids.size
-        else:
-          rows = base.pad_rows(encoded, seq_len, pad, sep)
-          ids = rows.reshape(-1)
-          real += sum(e.size + len(sep) for e in encoded)
+        done = enc.docs
+        ids = enc.add(batch)
         if ids.size and (ids.min() < 0 or ids.max() >= vocab):
           raise errors.DataError(f"tokenizer {tok!r} produced id {int(ids.max())} outside "
                                  f"its vocabulary of {vocab}")
         writer.write(ids)
-        n_docs += len(batch)
-        bar.update(len(batch))
+        bar.update(enc.docs - done)
       bar.close()
+      n_docs, real = enc.docs, enc.real
       if source.check_path:
         stats.check(source.check_path, max_dropped if count_dropped else None)
     except BaseException:
@@ -298,6 +416,15 @@ def read_manifest(path: str) -> Dict[str, object]:
   for key in ("tokenizer", "vocab_size", "dtype", "layout", "splits"):
     if key not in m:
       raise errors.DataError(f"{os.fspath(mpath)!r} has no {key!r} entry")
+  if not isinstance(m["tokenizer"], dict) or not isinstance(m["splits"], dict) or not all(
+      isinstance(e, dict) for e in m["splits"].values()):
+    raise errors.DataError(f"{os.fspath(mpath)!r}: 'tokenizer' and each split must be "
+                           "JSON objects")
+  # Every file it names is a plain name in its own directory (``fs.child``).
+  if m["tokenizer"].get("file") is not None:
+    fs.child(path, m["tokenizer"]["file"], f"tokenizer file named by {MANIFEST}")
+  for s, e in m["splits"].items():
+    fs.child(path, e.get("file"), f"shard of split {s!r} named by {MANIFEST}")
   return m
 
 
@@ -324,9 +451,9 @@ def _write_marker(path, entries: Dict[str, Dict[str, object]]) -> None:
                     "hashed again at the next load", os.fspath(path), e)
 
 
-def _hash_file(p, dtype, vocab_size: int):
+def _hash_file(p, dtype, vocab_size: int, blocks: Optional[BlockCRC] = None):
   """``(sha256, max id, bytes)`` of a shard, read in 1 MiB pieces into one reused
-  buffer (flat memory)."""
+  buffer (flat memory); ``blocks`` also gets every byte (block CRC32s)."""
   del vocab_size
   sha, top, nbytes = hashlib.sha256(), -1, 0
   buf = bytearray(_HASH_CHUNK)
@@ -337,6 +464,8 @@ def _hash_file(p, dtype, vocab_size: int):
       if not n:
         break
       sha.update(view[:n])
+      if blocks is not None:
+        blocks.update(view[:n])
       nbytes += n
       whole = n // dtype.itemsize * dtype.itemsize
       if whole:
@@ -368,7 +497,7 @@ def _dtype(m, path) -> np.dtype:
 
 def _open_split(path, m, split: str, verify: str, marker: Dict, in_memory: bool):
   entry = m["splits"][split]
-  p = fs.join(path, entry["file"])
+  p = fs.child(path, entry["file"], "shard")
   dt = _dtype(m, path)
   n = int(entry["num_tokens"])
   if not fs.exists(p):
@@ -402,8 +531,31 @@ def _open_split(path, m, split: str, verify: str, marker: Dict, in_memory: bool)
     return np.zeros((0,), dt), new_marker
   arr = np.memmap(local, dtype=dt, mode="r", shape=(n,))
   arr.id_bound = int(m["vocab_size"])       # every batch is checked (base.check_ids)
+  sums = _block_sums(p, local, entry, size)
+  if sums is not None:
+    arr.block_sums = sums                   # each block checked when first read
   base.advise_random(arr)
   return arr, new_marker
+
+
+def _block_sums(p, local: str, entry, size: int) -> Optional[base.BlockSums]:
+  """The manifest's block checksums of a shard (None for a manifest without them)."""
+  text, block = entry.get("crc32"), entry.get("block_bytes")
+  if text is None:
+    return None
+  crcs = None
+  if isinstance(block, int) and block > 0 and isinstance(text, str) and (
+      len(text) == 8 * -(-size // block)):
+    try:
+      crcs = np.frombuffer(bytes.fromhex(text), ">u4")
+    except ValueError:
+      crcs = None
+  if crcs is None:
+    raise errors.DataError(f"{os.fspath(p)!r}: the manifest's block checksums do not "
+                           f"describe its {size:,} bytes (block_bytes {block!r}, "
+                           f"{len(text) if isinstance(text, str) else 0} hex digits); "
+                           "prepare the data again")
+  return base.BlockSums(local, block, crcs)
 
 
 def _size_error(p, size, n, dt):
@@ -504,7 +656,8 @@ def copy_tokenizer(src: str, dest: str) -> None:
   m = read_manifest(src)
   f = m["tokenizer"].get("file")
   if f:
-    fs.write_bytes_atomic(fs.join(dest, f), fs.read_bytes(fs.join(src, f)))
+    fs.write_bytes_atomic(fs.child(dest, f, "tokenizer file"),
+                          fs.read_bytes(fs.child(src, f, "tokenizer file")))
   fs.write_text_atomic(fs.join(dest, MANIFEST), json.dumps(m, indent=2) + "\n")
 
 
@@ -550,20 +703,27 @@ def verify(path: str, progress: bool = True) -> Dict[str, Dict[str, object]]:
     raise errors.DataError(f"{os.fspath(fs.join(path, MANIFEST))!r} says vocab_size "
                            f"{m['vocab_size']}, its tokenizer gives {vocab}")
   dt = _dtype(m, path)
-  out, fresh = {}, {}
+  out, fresh, added = {}, {}, False
   for split, entry in m["splits"].items():
-    p = fs.join(path, entry["file"])
+    p = fs.child(path, entry["file"], "shard")
     if not fs.exists(p):
       raise base.DataFileNotFound(f"shard {os.fspath(p)!r} does not exist")
     if progress:
       print(f"verifying {os.fspath(p)}", flush=True)
-    sha, top, size = _hash_file(p, dt, vocab)
+    blocks = BlockCRC()
+    sha, top, size = _hash_file(p, dt, vocab, blocks)
     if size != int(entry["num_tokens"]) * dt.itemsize:
       raise _size_error(p, size, int(entry["num_tokens"]), dt)
     _check_hash(p, entry, sha, top, vocab)
     out[split] = {"file": entry["file"], "bytes": size, "sha256": sha, "ok": True}
+    if "crc32" not in entry:             # an older manifest: add them (sha256 matched)
+      entry.update(block_bytes=BLOCK_BYTES, crc32=blocks.digest())
+      added = True
+      out[split]["block_checksums"] = "added"
     if not fs.is_remote(p):
       fresh[entry["file"]] = _marker_entry(p, sha)
+  if added:
+    fs.write_text_atomic(fs.join(path, MANIFEST), json.dumps(m, indent=2) + "\n")
   if fresh:
     _write_marker(path, fresh)
   return out

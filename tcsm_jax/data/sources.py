@@ -16,6 +16,15 @@ file):
   markup or of binary junk drops far more. ``data.max_dropped_fraction`` (or the
   ``max_dropped`` argument) raises the limit for a corpus where that is intended.
 
+**Long documents in bounded memory.** A text file is read in pieces of
+``LONG_DOC_CHARS`` characters, never a whole line or document at once: a document
+longer than that (a 2 GB file without blank lines, or without any newline) is yielded
+as consecutive ``Piece`` strings (``piece.last`` marks the one that ends it), which
+``prepared.prepare`` tokenizes one safe cut at a time (``tokenizer.Tokenizer.safe_cut``)
+into the same ids as the whole document (tested for every tokenizer kind). Shorter
+documents are plain strings, as before. ``whole_documents`` joins the pieces again for
+the few readers that need whole documents in memory.
+
 ``Source``: the splits of a corpus as re-iterable document streams, plus a
 description for manifests. ``joined`` sources (text8) are one text cut into pieces:
 their pieces are concatenated without a separator and cannot be padded per document.
@@ -32,11 +41,12 @@ import lzma
 import os
 import re
 import zlib
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterable, Iterator, List, Optional
 
 from tcsm_jax import errors, fs
 from tcsm_jax.data import base, text8
 
+LONG_DOC_CHARS = 1 << 20     # documents longer than this come as Pieces
 MAX_INVALID_FRACTION = 0.001
 MAX_DROPPED_FRACTION = 0.2
 _CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f\ufffd]")
@@ -114,28 +124,146 @@ def read_text(path: str) -> str:
     raise errors.DataError(f"{os.fspath(path)!r} is corrupt or truncated: {e}") from e
 
 
-def text_documents(path: str, doc_sep: str = "blank") -> Iterator[str]:
+class Piece(str):
+  """Part of a document longer than ``LONG_DOC_CHARS`` (module docstring): the
+  document is the concatenation of its pieces; ``last`` is True on its final one."""
+
+  last: bool = False
+
+
+def _piece(text: str, last: bool) -> Piece:
+  p = Piece(text)
+  p.last = last
+  return p
+
+
+def document_count(items: Iterable[str]) -> int:
+  """Documents in a stream of documents and pieces (a long document counts once)."""
+  return sum(1 for d in items if not isinstance(d, Piece) or d.last)
+
+
+def whole_documents(items: Iterable[str]) -> Iterator[str]:
+  """The documents of a stream, long ones joined from their pieces (in memory)."""
+  parts: List[str] = []
+  for d in items:
+    if isinstance(d, Piece):
+      parts.append(str(d))
+      if d.last:
+        yield "".join(parts)
+        parts = []
+    else:
+      yield d
+
+
+def _line_parts(f, size: int) -> Iterator[tuple]:
+  """``(text, ends_line)`` parts of the lines of ``f``, read ``size`` characters at a
+  time (never a whole line: a file without newlines is one long line)."""
+  while True:
+    s = f.read(size)
+    if not s:
+      return
+    start = 0
+    while start < len(s):
+      i = s.find("\n", start)
+      if i < 0:
+        yield s[start:], False
+        break
+      yield s[start:i + 1], True
+      start = i + 1
+
+
+def _spill(doc: List[str], streamed: bool):
+  """``(piece or None, kept)``: the text of a long document gathered so far as a
+  ``Piece`` (stripped at the left if it is the first), its trailing blanks ``kept``
+  (the end of the document would strip them)."""
+  joined = "".join(doc)
+  body = joined.rstrip() if streamed else joined.strip()
+  tail = joined[len(joined.rstrip()):]
+  return (_piece(body, False) if body else None), ([tail] if tail else [])
+
+
+def _finish(doc: List[str], streamed: bool) -> Optional[str]:
+  """The end of a document: its last ``Piece`` if pieces were yielded, else the
+  stripped document (None when empty)."""
+  text = "".join(doc)
+  if streamed:
+    return _piece(text.rstrip(), True)
+  return text.strip() or None
+
+
+def _one_document(segments: Iterable[str], limit: int) -> Iterator[str]:
+  """One document from its text in ``segments``, stripped: a string, or ``Piece``s
+  when longer than ``limit``."""
+  doc: List[str] = []
+  streamed = False
+  for text in segments:
+    doc.append(text)
+    if sum(map(len, doc)) > limit:
+      piece, doc = _spill(doc, streamed)
+      if piece is not None:
+        yield piece
+        streamed = True
+  last = _finish(doc, streamed)
+  if last is not None:
+    yield last
+
+
+def text_documents(path: str, doc_sep: str = "blank",
+                   limit: Optional[int] = None) -> Iterator[str]:
   """Documents of a text file: one per line (``line``) or blank-line separated
-  (``blank``); stripped, empty ones skipped."""
+  (``blank``); stripped, empty ones skipped. A document longer than ``limit``
+  characters (``LONG_DOC_CHARS``) comes as ``Piece`` strings (module docstring):
+  memory stays bounded by ``limit`` whatever the file's lines and documents."""
   if doc_sep not in ("line", "blank"):
     raise errors.DataError(f"document separator must be 'line' or 'blank', got "
                            f"{doc_sep!r}")
+  limit = limit or LONG_DOC_CHARS
   try:
     with open_text(path) as f:
-      if doc_sep == "line":
-        for line in f:
-          if line.strip():
-            yield line.strip()
-        return
-      buf: List[str] = []
-      for line in f:
-        if line.strip():
-          buf.append(line)
-        elif buf:
-          yield "".join(buf).strip()
-          buf = []
-      if buf:
-        yield "".join(buf).strip()
+      doc: List[str] = []          # the current document's text not yet yielded
+      size, streamed = 0, False    # len of doc; whether pieces of it were yielded
+      blank: List[str] = []        # the current line while it is whitespace only
+      has_text = False             # the current line holds text
+
+      def end():
+        nonlocal doc, size, streamed
+        out = _finish(doc, streamed)
+        doc, size, streamed = [], 0, False
+        return out
+
+      for text, ends in _line_parts(f, limit):
+        if not has_text:
+          if not text.strip():
+            if sum(map(len, blank)) < limit:   # (a longer blank run is dropped)
+              blank.append(text)
+            if ends:
+              blank = []
+              if doc_sep == "blank" and (doc or streamed):
+                out = end()
+                if out is not None:
+                  yield out
+            continue
+          has_text = True
+          text, blank = "".join(blank) + text, []
+        doc.append(text)
+        size += len(text)
+        if ends:
+          has_text = False
+          if doc_sep == "line":
+            out = end()
+            if out is not None:
+              yield out
+            continue
+        if size > limit:           # long: yield what is there
+          piece, doc = _spill(doc, streamed)
+          size = sum(map(len, doc))
+          if piece is not None:
+            yield piece
+            streamed = True
+      if doc or streamed:
+        out = end()
+        if out is not None:
+          yield out
   except _DECOMPRESS_ERRORS as e:
     if isinstance(e, FileNotFoundError):
       raise
@@ -259,19 +387,46 @@ def documents_source(path: str, fmt: str = "text", doc_sep: str = "blank",
     return Source(name, {"train": docs(path), "validation": docs(validation_path)},
                   desc, {"train": None, "validation": None},
                   check_path=path if fmt == "text" else "")
-  n = sum(1 for _ in docs(path)())
+  n, length = 0, 0                  # documents; characters of the first one
+  for d in docs(path)():
+    if n == 0:
+      length += len(d)
+    if not isinstance(d, Piece) or d.last:
+      n += 1
   if n == 0:
     raise errors.DataError(f"{os.fspath(path)!r} holds no documents")
   if n == 1 and 0.0 < validation_fraction < 1.0:
     # One document (a book, a cleaned corpus on one line): its last characters are
-    # the validation split, cut at a space, as data.name=text_file does.
+    # the validation split, cut at the last space before the cut, as data.name=
+    # text_file does; read in pieces (a long document is never whole in memory).
+    at = {}
+
+    def cut_at():
+      if "cut" not in at:
+        cut, pos, space = int(length * (1 - validation_fraction)), 0, -1
+        for d in docs(path)():
+          if pos >= cut:
+            break
+          i = d.rfind(" ", 0, cut - pos)
+          space = pos + i if i >= 0 else space
+          pos += len(d)
+        at["cut"] = space if space > 0 else cut
+      return at["cut"]
+
     def part(i):
       def it():
-        doc = next(iter(docs(path)()))
-        cut = int(len(doc) * (1 - validation_fraction))
-        space = doc.rfind(" ", 0, cut)
-        cut = space if space > 0 else cut
-        yield (doc[:cut], doc[cut:])[i].strip()
+        cut = cut_at()
+
+        def segments():
+          pos = 0
+          for d in docs(path)():
+            lo, hi = (0, cut - pos) if i == 0 else (max(0, cut - pos), len(d))
+            if lo < hi and (i == 0 or pos + len(d) > cut):
+              yield str(d)[lo:hi]
+            pos += len(d)
+            if i == 0 and pos >= cut:
+              return
+        yield from _one_document(segments(), LONG_DOC_CHARS)
       return it
     desc.update(validation_fraction=validation_fraction, split="characters of the one "
                 "document")
@@ -285,9 +440,12 @@ def documents_source(path: str, fmt: str = "text", doc_sep: str = "blank",
 
   def take(lo, hi):
     def it():
-      for i, d in enumerate(docs(path)()):
+      i = 0
+      for d in docs(path)():
         if lo <= i < hi:
           yield d
+        if not isinstance(d, Piece) or d.last:
+          i += 1
     return it
 
   splits = {}

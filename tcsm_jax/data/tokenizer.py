@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
@@ -41,6 +42,23 @@ PAD_TOKENS = ("[PAD]", "<pad>", "<|pad|>", "<|padding|>")
 
 def sha256_bytes(data: bytes) -> str:
   return hashlib.sha256(data).hexdigest()
+
+
+_WORD_GAP = re.compile(r"[A-Za-z0-9](?= [A-Za-z0-9])")
+_ANY_GAP = re.compile(r"\S(?=\s\S)")
+
+
+def _matches(pattern, text: str, lo: int, near: int) -> Iterator[int]:
+  """Ends ``e`` of ``pattern``'s matches with ``lo <= e <= near``, latest first,
+  searching backwards from ``near`` in growing windows (the first is 4 KiB)."""
+  end, span = near, 4096
+  while end >= lo:
+    start = max(lo - 1, end - span, 0)
+    ends = [m.end() for m in pattern.finditer(text, start, min(len(text), end + 2))]
+    yield from (e for e in reversed(ends) if lo <= e <= end)
+    if start <= lo - 1 or start == 0:
+      return
+    end, span = start, span * 4
 
 
 class Tokenizer:
@@ -82,6 +100,42 @@ class Tokenizer:
   def file_bytes(self) -> Optional[bytes]:
     """The model file's bytes (copied next to prepared shards); None for ``char``."""
     return None
+
+  SAFE_WINDOW = 1024       # characters on each side of a cut that ``safe_cut`` checks
+
+  def safe_cut(self, text: str, near: int) -> int:
+    """A position ``0 < cut <= near`` where ``text`` can be cut for tokenizing in
+    pieces: ``encode(text[:cut]) + encode(text[cut:])`` gives the ids of
+    ``encode(text)`` (a long document, read in bounded memory).
+
+    Candidates, latest first: before a space between two ASCII letters or digits
+    (``x y``: every tokenizer here, char, sentencepiece, byte-level BPE and WordPiece,
+    ends a token there and starts the next with the space), then before any single
+    whitespace between two non-blanks, then any position. Each is accepted only if
+    the ``SAFE_WINDOW`` characters on each side tokenize the same cut and whole.
+
+    Raises:
+      errors.DataError: no such position in the last half of ``text[:near]``.
+    """
+    lo = max(1, near // 2)
+    for cands in (_matches(_WORD_GAP, text, lo, near), _matches(_ANY_GAP, text, lo, near),
+                  range(near, lo - 1, -1)):
+      for tried, cut in enumerate(cands):
+        if tried >= 32:
+          break
+        if self._cuts_cleanly(text, cut):
+          return cut
+    raise errors.DataError(
+        f"a document of more than {near:,} characters has no position near there where "
+        f"{self!r} tokenizes the same in pieces and whole; split the document (blank "
+        "lines, or one document per line with --doc_sep=line)")
+
+  def _cuts_cleanly(self, text: str, cut: int) -> bool:
+    w = self.SAFE_WINDOW
+    left, right = text[max(0, cut - w):cut], text[cut:cut + w]
+    whole = self.encode(left + right)
+    parts = np.concatenate([self.encode(left), self.encode(right)])
+    return whole.shape == parts.shape and bool((whole == parts).all())
 
   def describe(self) -> Dict[str, object]:
     return {"kind": self.kind, "path": self.path, "sha256": self.sha256,

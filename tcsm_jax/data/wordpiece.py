@@ -30,7 +30,7 @@ tfds_documents = sources.tfds_documents
 
 
 def _text_documents(path: str) -> List[str]:
-  docs = list(sources.text_documents(path, "blank"))
+  docs = list(sources.whole_documents(sources.text_documents(path, "blank")))
   if not docs:
     raise errors.DataError(f"{os.fspath(path)!r} holds no documents")
   return docs

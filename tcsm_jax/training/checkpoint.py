@@ -392,6 +392,7 @@ class Checkpointer:
                clean_tmp: bool = False):
     d = os.fspath(directory)
     self.directory = d if fs.is_remote(d) else os.path.abspath(d)
+    fs.check_inside(self.directory)     # orbax writes here, not through fs
     self.max_to_keep = max_to_keep
     self.async_save = async_save
     self.max_metric_ratio = max_metric_ratio

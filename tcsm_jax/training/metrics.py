@@ -47,6 +47,7 @@ class MetricWriter:
                      "flush", self._tb_local, self._tb_remote)
         self._tb = SummaryWriter(self._tb_local)
       else:
+        fs.check_inside(self._tb_remote)    # tensorboardX writes here, not through fs
         self._tb = SummaryWriter(os.fspath(self._tb_remote))
 
   def write(self, step: int, scalars: Dict[str, float]) -> None:

@@ -302,6 +302,8 @@ class _Profiler:
     self.local = (tempfile.mkdtemp(prefix="tcsm_profile_") if fs.is_remote(workdir)
                   else os.fspath(self.remote))
     self.active = False
+    if self.first >= 0:
+      fs.check_inside(self.remote)        # the profiler writes here, not through fs
 
   def at(self, step: int) -> None:
     if step == self.first and not self.active:

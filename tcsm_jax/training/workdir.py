@@ -11,8 +11,13 @@ trainer on the same workdir refuses at once in one line naming the holder. A loc
 whose holder is dead (same host, no such process, or the pid now belongs to a process
 started later) is stale and taken over; one held on another host cannot be checked
 and is refused, saying which file to delete if that run is dead. Locally the lock is
-created atomically (``O_CREAT | O_EXCL``) and a takeover is serialized by a second
-such file, so two starts never both win. A bucket has no atomic create-if-absent
+created atomically and whole: its content is written to a temporary file first and
+then hard-linked to ``train.lock`` (``link`` fails if the lock exists; filesystems
+without hard links fall back to ``O_CREAT | O_EXCL``), so a start that fails half way
+(a full disk) leaves no lock at all. A lock that is empty or not JSON (left by a
+failed start of an older version, or a garbled disk) and older than
+``GARBLED_GRACE_S`` is stale and taken over with a warning. A takeover is serialized
+by a second such file, so two starts never both win. A bucket has no atomic create-if-absent
 through ``tcsm_jax.fs``: there the lock is written, read back and checked, which stops
 a second run started later but not two started within the same second; give each
 concurrent run its own bucket workdir.
@@ -21,6 +26,7 @@ concurrent run its own bucket workdir.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import socket
@@ -36,16 +42,28 @@ from tcsm_jax.training import config as config_lib
 
 CONFIG = "config.json"
 LOCK = "train.lock"
+GARBLED_GRACE_S = 2.0   # an unreadable lock younger than this may still be written
+_NO_HARD_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV,
+                  errno.EMLINK, errno.ENOSYS)
+# What runs and binaries write in a workdir: each is checked by ``check`` before
+# anything is written (a symlink among them leading out of the workdir is refused).
+LAYOUT = ("checkpoints", CONFIG, "metrics.jsonl", "tensorboard", "samples", "tokenizer",
+          "references.json", "profile", LOCK)
 
 
 def check(workdir: str, must_exist: bool = False) -> None:
-  """Raises ``WorkdirError`` if ``workdir`` is a file (or missing, if ``must_exist``)."""
+  """Raises ``WorkdirError`` if ``workdir`` is a file (or missing, if ``must_exist``);
+  confines later writes under it to it (``fs.confine``: no symlink leads a file of the
+  run out of the workdir)."""
   if not workdir:
     raise errors.WorkdirError("the workdir is empty: pass --workdir=DIR")
+  fs.confine(workdir)
   if fs.exists(workdir) and not fs.isdir(workdir):
     raise errors.WorkdirError(f"workdir {workdir!r} is a file, not a directory")
   if must_exist and not fs.exists(workdir):
     raise errors.WorkdirError(f"workdir {workdir!r} does not exist")
+  for name in LAYOUT:                       # refuse now, not after hours of training
+    fs.check_inside(fs.join(workdir, name))
 
 
 def has_config(workdir: str) -> bool:
@@ -156,17 +174,42 @@ class WorkdirLock:
       fs.write_text_atomic(path, content)
       time.sleep(0.5)                         # let a racing writer land, then check
       return fs.read_text(path) == content
+    path = os.fspath(path)
+    tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
     try:
-      fd = os.open(os.fspath(path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-      return False
+      self._write_new(tmp, content)           # a full disk fails here: no lock left
+      try:
+        os.link(tmp, path)                    # atomic, fails if it exists; whole
+        return True
+      except FileExistsError:
+        return False
+      except OSError as e:
+        if e.errno not in _NO_HARD_LINKS:
+          raise
+      try:                                    # no hard links here: create in place
+        self._write_new(path, content)
+        return True
+      except FileExistsError:
+        return False
     except OSError as e:
       if fs.refusal(e) is None:
         raise
       raise errors.DiskError(fs.refusal(e, path)) from e
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(content)
-    return True
+    finally:
+      if os.path.lexists(tmp):
+        os.unlink(tmp)
+
+  @staticmethod
+  def _write_new(path: str, content: str) -> None:
+    """Creates ``path`` (``FileExistsError`` if it exists) holding ``content``; on a
+    failed write (a full disk) the file is removed again."""
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    try:
+      with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(content)
+    except BaseException:
+      os.unlink(path)
+      raise
 
   def acquire(self) -> None:
     fs.makedirs(self.workdir)
@@ -180,7 +223,15 @@ class WorkdirLock:
       holder = self._read()
       if holder is None:
         continue                              # released meanwhile: try again
-      if holder.get("host") != me["host"] or not holder or _alive(holder):
+      if not holder and self._garbled_age() < GARBLED_GRACE_S:
+        time.sleep(GARBLED_GRACE_S)           # maybe being written: look again
+        holder = self._read()
+        if holder is None:
+          continue
+      if not holder:                          # empty or garbled: a failed start's
+        self._take_over(holder)
+        continue
+      if holder.get("host") != me["host"] or _alive(holder):
         who = _describe(holder) if holder else "an unknown process (unreadable lock)"
         hint = "" if holder.get("host") == me["host"] else (
             f"; if that run is dead, delete {os.fspath(self.path)}")
@@ -191,6 +242,15 @@ class WorkdirLock:
       self._take_over(holder)
     raise errors.WorkdirError(f"could not take the lock {os.fspath(self.path)} (other "
                               "trainers are starting on this workdir)")
+
+  def _garbled_age(self) -> float:
+    """Seconds since the (unreadable) lock was last written; 0 when unknown."""
+    if fs.is_remote(self.path):
+      return GARBLED_GRACE_S       # an object store commits whole objects
+    try:
+      return time.time() - os.path.getmtime(os.fspath(self.path))
+    except OSError:
+      return 0.0
 
   def _take_over(self, stale: Dict[str, Any]) -> None:
     """Removes a stale lock, serialized by ``<lock>.takeover`` so that two starts that
@@ -207,7 +267,9 @@ class WorkdirLock:
     try:
       if self._read() == stale:
         logging.warning("taking over the stale lock %s of a trainer that no longer runs "
-                        "(%s)", os.fspath(self.path), _describe(stale))
+                        "(%s)", os.fspath(self.path), _describe(stale) if stale else
+                        "it is empty or unreadable: left by a start that failed, e.g. "
+                        "on a full disk")
         fs.remove(self.path)
     finally:
       fs.remove(guard)
