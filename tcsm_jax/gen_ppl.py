@@ -92,10 +92,25 @@ class Judge:
   tokenizer: Any = None
   default_convention: str = "project"
   kind: str = "workdir"
+  info: Dict[str, Any] = dataclasses.field(default_factory=dict)   # provenance (step)
+  defaults: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
-  def score(self, samples, decode: Optional[Callable] = None, convention: str = "",
-            model_tokenizer_sha: Optional[str] = None, group_size: int = 0,
-            max_length: int = 0, ppl_batch_size: int = 0) -> Dict[str, Any]:
+  def bind(self, **defaults) -> "Judge":
+    """This judge with default ``score`` arguments (the sampling model's ``decode``,
+    ``model_tokenizer_sha``, the ``convention``, ...): what the binaries pass around,
+    so that ``quality.report(samples, judge)`` needs nothing else."""
+    return dataclasses.replace(self, defaults={**self.defaults, **defaults})
+
+  def score(self, samples, **kw) -> Dict[str, Any]:
+    """``_score`` with the bound defaults; arguments given as None, '' or 0 fall back to
+    them."""
+    given = {k: v for k, v in kw.items() if v is not None and not (
+        isinstance(v, (str, int)) and not isinstance(v, bool) and not v)}
+    return self._score(samples, **{**self.defaults, **given})
+
+  def _score(self, samples, decode: Optional[Callable] = None, convention: str = "",
+             model_tokenizer_sha: Optional[str] = None, group_size: int = 0,
+             max_length: int = 0, ppl_batch_size: int = 0) -> Dict[str, Any]:
     """Generative perplexity of ``samples`` (``[n, L]`` model ids) under this judge.
 
     Args:
@@ -172,21 +187,29 @@ def _result(total: float, count: int, ppl: float, sequences: int) -> Dict[str, A
 
 def project(nll: NllFn, rows: Sequence[np.ndarray], bos_id: int, context: int):
   """``project``: BOS + every token, windows of ``context`` tokens each after a BOS;
-  ``exp(sum NLL / tokens)``."""
-  total, count = 0.0, 0
-  windows: Dict[int, List[np.ndarray]] = {}
-  for r in rows:
+  ``exp(sum NLL / tokens)``; ``gen_log_perplexity_se``: the standard error over rows of
+  each row's mean NLL per token."""
+  windows: Dict[int, List[tuple]] = {}
+  for i, r in enumerate(rows):
     for s in range(0, len(r), context):
       w = r[s:s + context]
-      windows.setdefault(len(w), []).append(w)
+      windows.setdefault(len(w), []).append((i, w))
+  row_total = np.zeros(len(rows))
+  row_count = np.zeros(len(rows))
   for t, ws in windows.items():
-    tg = np.stack(ws)
+    tg = np.stack([w for _, w in ws])
     inp = np.concatenate([np.full((len(ws), 1), bos_id, tg.dtype), tg[:, :-1]], 1)
-    v = nll(inp, tg)
-    total += float(v.sum())
-    count += v.size
+    v = nll(inp, tg).sum(-1)
+    for (i, _), x in zip(ws, v):
+      row_total[i] += x
+      row_count[i] += t
+  total, count = float(row_total.sum()), int(row_count.sum())
   ppl = math.exp(total / count) if count else float("nan")
-  return _result(total, count, ppl, len(rows))
+  out = _result(total, count, ppl, len(rows))
+  per_row = row_total[row_count > 0] / row_count[row_count > 0]
+  out["gen_log_perplexity_se"] = (float(per_row.std(ddof=1) / math.sqrt(len(per_row)))
+                                  if len(per_row) > 1 else float("nan"))
+  return out
 
 
 def mdlm(nll: NllFn, groups: Sequence[Sequence[np.ndarray]], eos_id: int, max_length: int,

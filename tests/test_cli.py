@@ -55,6 +55,19 @@ def _cases(root):
                               "--config.train.no_such_key=1"],
                              "unknown config key 'no_such_key' in "
                              "--config.train.no_such_key"),
+      "bad gen_ppl_convention": (["experiments.sample", f"--workdir={wd}",
+                                  "--gen_ppl_convention=bd3lm"],
+                                 "flag --gen_ppl_convention=bd3lm: value should be one "
+                                 "of <auto|duo|mdlm|project|remdm|sedd>"),
+      "hf judge missing": (["experiments.frontier", f"--workdir={wd}",
+                            f"--judge=hf:{missing}", f"--outdir={missing}"],
+                           f"judge directory '{missing}' does not exist"),
+      "judge_workdir alias missing": (["experiments.sample", f"--workdir={wd}",
+                                       f"--judge_workdir={missing}"],
+                                      f"--judge '{missing}' does not exist"),
+      "run: diffusion judge": (["experiments.sample", f"--workdir={wd}", f"--judge={wd}",
+                                "--num_samples=1", "--steps=1"],
+                               "holds a diffusion model; a judge is a causal model"),
       "run: snowman prompt": (["experiments.sample", f"--workdir={wd}",
                                "--prompt=☃☃☃!!!"],
                               "--prompt has characters the tokenizer cannot encode: "

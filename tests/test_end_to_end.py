@@ -123,6 +123,18 @@ def test_binaries_train_evaluate_sample_and_refuse_empty_workdirs(tmp_path):
   assert all(l.startswith("in the beginning") and l.endswith(" amen") for l in lines)
   q = json.load(open(os.path.join(wd, "samples", "analytic_8steps.json")))
   assert q["gen_perplexity"] > 1 and q["unigram_entropy"] > 0
+  assert q["gen_ppl_convention"] == "project" and q["gen_ppl_tokens"] == 3 * 32
+  # A Hugging Face GPT-2 judge (the committed tiny fixture): the character samples are
+  # decoded, retokenized with its byte-level BPE and scored under MDLM's convention.
+  r = _run(["experiments.sample", f"--workdir={wd}", "--num_samples=3", "--steps=8",
+            "--judge=hf:tests/fixtures/gpt2_tiny", "--gen_ppl_convention=mdlm"])
+  assert r.returncode == 0, r.stderr[-3000:]
+  q = json.load(open(os.path.join(wd, "samples", "analytic_8steps.json")))
+  assert q["gen_ppl_convention"] == "mdlm" and q["gen_ppl_retokenized"]
+  assert q["gen_perplexity"] > 1 and q["gen_ppl_tokens"] > 0
+  assert q["judge_unigram_entropy"] > 0 and q["gen_ppl_judge"].startswith("hf:")
+  r = _run(["experiments.sample", f"--workdir={wd}", f"--judge=hf:{tmp_path}/nothing"])
+  assert r.returncode == 2 and "does not exist" in r.stderr.splitlines()[-1], r.stderr
   for binary in ("experiments.evaluate", "experiments.sample"):
     r = _run([binary, f"--workdir={tmp_path / 'empty'}"])
     assert r.returncode != 0 and "no config.json" in r.stderr, r.stderr[-2000:]

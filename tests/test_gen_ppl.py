@@ -143,3 +143,25 @@ def test_unknown_convention(tiny):
   _, judge = tiny
   with pytest.raises(ValueError, match="unknown generative perplexity convention"):
     judge.score(np.zeros((2, 4), np.int64), convention="bd3lm")
+
+
+def test_project_judge_equals_the_tuple_judge():
+  """A project causal judge behind the Judge interface gives quality.report's old
+  number (BOS row = vocab_size, every token scored) and its standard error."""
+  from tcsm_jax.models import transformer
+  cfg = transformer.TransformerConfig(vocab_size=7, num_input_states=8, max_length=12,
+                                      num_layers=1, width=16, num_heads=2, causal=True)
+  model = transformer.CausalTransformer(cfg)
+  x = np.random.default_rng(0).integers(0, 7, (5, 12))
+  params = model.init(jax.random.PRNGKey(0), jnp.asarray(x))["params"]
+  params = jax.tree.map(lambda p: p + 0.05, params)
+  judge = gen_ppl.Judge(
+      name="w", nll=gen_ppl.batched_nll(lambda t: model.apply({"params": params}, t), 4,
+                                        max_len=12),
+      context=12, vocab_size=7, bos_id=7, eos_id=None)
+  old = quality.report(x, (model, params))
+  new = quality.report(x, judge)
+  assert new["gen_perplexity"] == pytest.approx(old["gen_perplexity"], rel=1e-5)
+  assert new["gen_log_perplexity_se"] == pytest.approx(old["gen_log_perplexity_se"],
+                                                       rel=1e-4)
+  assert new["gen_ppl_tokens"] == x.size and not new["gen_ppl_retokenized"]

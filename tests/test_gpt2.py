@@ -115,6 +115,19 @@ def test_missing_dir_and_hub_id_without_huggingface_hub(tmp_path, monkeypatch):
     gpt2.load(f"hf:{FIX}/gpt2_tiny_cls", classifier=False)
 
 
+def test_local_looking_paths_never_reach_the_hub(monkeypatch, tmp_path):
+  class NoHub:
+    @staticmethod
+    def snapshot_download(*a, **k):
+      raise AssertionError("hub called")
+  monkeypatch.setitem(sys.modules, "huggingface_hub", NoHub)
+  monkeypatch.chdir(tmp_path)
+  os.makedirs("models")
+  for spec in ("hf:models/gpt2", "hf:./gpt2", f"hf:{tmp_path}/x", "hf:a/b/c"):
+    with pytest.raises(gpt2.PretrainedError, match="does not exist"):
+      gpt2.load(spec)
+
+
 def test_hub_id_offline_is_one_line(monkeypatch):
   class FakeHub:
     @staticmethod

@@ -223,7 +223,11 @@ class GPT2Classifier(nn.Module):
 # ---- Hugging Face directory -> (config, params) -------------------------------------
 def resolve(spec: str, what: str = "GPT-2") -> str:
   """A local directory for ``spec`` (``hf:DIR``, ``DIR`` or a hub id such as
-  ``hf:gpt2-large``, the last fetched with ``huggingface_hub`` on demand)."""
+  ``hf:gpt2-large``, the last fetched with ``huggingface_hub`` on demand).
+
+  A path that starts with ``.``, ``/`` or ``~``, has more than one ``/``, or whose
+  parent directory exists here is local: when missing it is an error, never a hub
+  lookup."""
   path = spec[3:] if spec.startswith("hf:") else spec
   if not path:
     raise PretrainedError(f"{what} spec {spec!r} names no directory (hf:DIR)")
@@ -231,7 +235,9 @@ def resolve(spec: str, what: str = "GPT-2") -> str:
     return path
   if os.path.exists(path):
     raise PretrainedError(f"{what} {path!r} is a file, not a Hugging Face directory")
-  looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1
+  parent = os.path.dirname(path.rstrip("/"))
+  looks_local = (path.startswith((".", "/", "~")) or path.count("/") > 1
+                 or bool(parent) and os.path.isdir(parent))
   if looks_local:
     raise PretrainedError(f"{what} directory {path!r} does not exist")
   try:

@@ -29,7 +29,8 @@ def from_pretrained(pt: gpt2.Pretrained, name: str, batch_size: int = 8) -> gen_
   return gen_ppl.Judge(name=name, nll=nll, context=pt.config.n_positions,
                        vocab_size=pt.config.vocab_size, bos_id=pt.bos_id,
                        eos_id=pt.eos_id, tokenizer=pt.tokenizer,
-                       default_convention="mdlm", kind="hf")
+                       default_convention="mdlm", kind="hf",
+                       info={"directory": pt.directory})
 
 
 def from_run(run, name: str, batch_size: int = 64) -> gen_ppl.Judge:
@@ -46,7 +47,8 @@ def from_run(run, name: str, batch_size: int = 64) -> gen_ppl.Judge:
   return gen_ppl.Judge(name=name, nll=nll, context=ctx, vocab_size=v, bos_id=v,
                        eos_id=getattr(exp.dataset, "eos_id", None),
                        tokenizer=getattr(exp.dataset, "tokenizer", None),
-                       default_convention="project", kind="workdir")
+                       default_convention="project", kind="workdir",
+                       info={"step": int(run.step)})
 
 
 def load_judge(spec: str, dtype: str = "float32", batch_size: int = 8) -> gen_ppl.Judge:
