@@ -104,13 +104,26 @@ class Judge:
   def score(self, samples, **kw) -> Dict[str, Any]:
     """``_score`` with the bound defaults; arguments given as None, '' or 0 fall back to
     them."""
+    return self._score(samples, **self._merged(kw))
+
+  def _merged(self, kw: Dict[str, Any]) -> Dict[str, Any]:
     given = {k: v for k, v in kw.items() if v is not None and not (
         isinstance(v, (str, int)) and not isinstance(v, bool) and not v)}
-    return self._score(samples, **{**self.defaults, **given})
+    return {**self.defaults, **given}
+
+  def score_texts(self, texts: Sequence[str], **kw) -> Dict[str, Any]:
+    """Generative perplexity of ``texts`` (encoded with the judge's tokenizer; every
+    convention then retokenizes, and ``max_length`` defaults to the judge's window)."""
+    if self.tokenizer is None:
+      raise ValueError(f"judge {self.name!r} has no tokenizer: it cannot read text")
+    kw = {k: v for k, v in self._merged(kw).items()
+          if k not in ("decode", "model_tokenizer_sha")}
+    return self._score(None, texts=list(texts), **kw)
 
   def _score(self, samples, decode: Optional[Callable] = None, convention: str = "",
              model_tokenizer_sha: Optional[str] = None, group_size: int = 0,
-             max_length: int = 0, ppl_batch_size: int = 0) -> Dict[str, Any]:
+             max_length: int = 0, ppl_batch_size: int = 0,
+             texts: Optional[List[str]] = None) -> Dict[str, Any]:
     """Generative perplexity of ``samples`` (``[n, L]`` model ids) under this judge.
 
     Args:
@@ -133,11 +146,18 @@ class Judge:
     if conv not in CONVENTIONS:
       raise ValueError(f"unknown generative perplexity convention {conv!r}; choose one "
                        f"of {sorted(CONVENTIONS)}")
-    samples = np.asarray(samples)
-    same = (self.tokenizer is None or (model_tokenizer_sha is not None and
-                                       model_tokenizer_sha == self.tokenizer.sha256))
-    retok = not same or conv in ("mdlm", "duo", "remdm")
-    if retok:
+    if texts is not None:
+      retok = True
+      rows = [np.asarray(r, np.int64) for r in self.tokenizer.encode_batch(texts)]
+      samples = np.zeros((len(rows), max_length or self.context), np.int64)
+    else:
+      samples = np.asarray(samples)
+      same = (self.tokenizer is None or (model_tokenizer_sha is not None and
+                                         model_tokenizer_sha == self.tokenizer.sha256))
+      retok = not same or conv in ("mdlm", "duo", "remdm")
+    if texts is not None:
+      pass
+    elif retok:
       if decode is None or self.tokenizer is None:
         raise ValueError(f"judge {self.name!r}: convention {conv!r} retokenizes text; "
                          "pass the model's decode and a judge tokenizer")
