@@ -65,6 +65,11 @@ def _cases(root):
       "judge_workdir alias missing": (["experiments.sample", f"--workdir={wd}",
                                        f"--judge_workdir={missing}"],
                                       f"--judge '{missing}' does not exist"),
+      "hf teacher, other vocabulary": (
+          ["experiments.distill", tiny, f"--workdir={missing}_student",
+           "--teacher=hf:tests/fixtures/gpt2_tiny", "--config.train.num_steps=1"],
+          "the teacher hf:tests/fixtures/gpt2_tiny predicts 300 tokens (its vocab_size), "
+          "the student's data has a vocabulary of 27"),
       "run: diffusion judge": (["experiments.sample", f"--workdir={wd}", f"--judge={wd}",
                                 "--num_samples=1", "--steps=1"],
                                "holds a diffusion model; a judge is a causal model"),

@@ -31,6 +31,7 @@ fetched; nothing else in the project downloads.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from typing import Any, Dict, Optional, Tuple
@@ -40,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tcsm_jax import errors
+from tcsm_jax import errors, targets
 from tcsm_jax.data import tokenizer as tokenizer_lib
 from tcsm_jax.models.transformer import attention
 
@@ -427,3 +428,64 @@ def tiny_config(vocab_size: int = 16, n_positions: int = 16, n_embd: int = 32,
   """A small GPT-2 for tests."""
   return GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_embd=n_embd,
                     n_layer=n_layer, n_head=n_head, **kw)
+
+
+def causal_lm(pt: Pretrained):
+  """The AR-teacher adapter (``targets.CausalLM``) of a loaded GPT-2 language model:
+  BOS = ``<|endoftext|>`` (``Pretrained.bos_id``), inputs = its ``vocab_size`` rows."""
+  if pt.config.num_labels:
+    raise PretrainedError(f"{pt.directory!r} is a sequence classifier, not a language "
+                          "model")
+  model = pt.model
+  return targets.CausalLM(
+      logits_fn=lambda p, t: model.apply({"params": p}, t),
+      soft_logits_fn=lambda p, s: model.apply(
+          {"params": p}, jnp.zeros(s.shape[:2], jnp.int32), soft_tokens=s),
+      vocab_size=pt.config.vocab_size, bos_id=pt.bos_id, num_inputs=pt.config.vocab_size)
+
+
+def fingerprint(directory: str) -> str:
+  """16 hex digits of ``model.safetensors``'s sha256 (the pin of a borrowed GPT-2)."""
+  h = hashlib.sha256()
+  with open(os.path.join(directory, "model.safetensors"), "rb") as f:
+    for block in iter(lambda: f.read(1 << 24), b""):
+      h.update(block)
+  return h.hexdigest()[:16]
+
+
+def save(directory: str, cfg: GPT2Config, params, tokenizer_json: Optional[str] = None,
+         prefix: str = "transformer.") -> None:
+  """Writes ``params`` in the Hugging Face layout ``load`` reads (``config.json``,
+  ``model.safetensors`` with HF's names, optionally ``tokenizer.json``): tests and
+  fixtures without torch."""
+  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+  os.makedirs(directory, exist_ok=True)
+  tr = jax.tree.map(np.asarray, params["transformer"])
+  out = {f"{prefix}wte.weight": tr["wte"]["embedding"],
+         f"{prefix}wpe.weight": tr["wpe"]["embedding"],
+         f"{prefix}ln_f.weight": tr["ln_f"]["scale"], f"{prefix}ln_f.bias": tr["ln_f"]["bias"]}
+  for i in range(cfg.n_layer):
+    h, p = tr[f"h_{i}"], f"{prefix}h.{i}."
+    for ln in ("ln_1", "ln_2"):
+      out[f"{p}{ln}.weight"], out[f"{p}{ln}.bias"] = h[ln]["scale"], h[ln]["bias"]
+    for sub, names in (("attn", ("c_attn", "c_proj")), ("mlp", ("c_fc", "c_proj"))):
+      for n in names:
+        out[f"{p}{sub}.{n}.weight"] = h[sub][n]["kernel"]
+        out[f"{p}{sub}.{n}.bias"] = h[sub][n]["bias"]
+  d = {"model_type": "gpt2", "vocab_size": cfg.vocab_size, "n_positions": cfg.n_positions,
+       "n_embd": cfg.n_embd, "n_layer": cfg.n_layer, "n_head": cfg.n_head,
+       "n_inner": cfg.n_inner, "layer_norm_epsilon": cfg.layer_norm_epsilon,
+       "activation_function": cfg.activation_function,
+       "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id,
+       "pad_token_id": cfg.pad_token_id,
+       "architectures": ["GPT2LMHeadModel"]}
+  if cfg.num_labels:
+    out["score.weight"] = np.asarray(params["score"]["kernel"]).T
+    d.update(architectures=["GPT2ForSequenceClassification"], num_labels=cfg.num_labels)
+  save_file({k: np.ascontiguousarray(v, np.float32) for k, v in out.items()},
+            os.path.join(directory, "model.safetensors"))
+  with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
+    json.dump(d, f, indent=2)
+  if tokenizer_json is not None:
+    with open(os.path.join(directory, "tokenizer.json"), "w", encoding="utf-8") as f:
+      f.write(tokenizer_json)
