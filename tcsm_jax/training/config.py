@@ -111,7 +111,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.finetune.beta = 1.0              # target p_ref exp(r / beta)
   c.finetune.reward = "classifier"   # classifier | token
   c.finetune.reward_mode = "taylor"  # neighbour reward differences: exact | taylor
-  c.finetune.classifier_dir = ""     # default: <workdir>/classifier (trained if absent)
+  c.finetune.classifier_dir = ""     # default: <workdir>/classifier (trained if absent);
+                                     # hf:DIR = a Hugging Face GPT-2 sequence classifier
+  c.finetune.classifier_label = 1    # hf classifier: reward = log p(label | x)
   c.finetune.classifier_steps = 300
   c.finetune.token_weights = "aeiou=1"  # token reward: "chars=weight,chars=weight"
   c.finetune.num_pairs = 256         # preference pairs generated from the reference
@@ -255,6 +257,7 @@ RANGES: Dict[str, Tuple[Any, Any, bool, bool]] = {
     "teacher.tail_samples": (1, None, True, False),
     "finetune.beta": (0, None, False, False),
     "finetune.classifier_steps": (1, None, True, False),
+    "finetune.classifier_label": (0, None, True, False),
     "finetune.num_pairs": (1, None, True, False),
     "finetune.pair_sample_steps": (1, None, True, False),
     "finetune.ratio_bound": (0, None, True, False),
