@@ -117,7 +117,8 @@ def main(_):
   cfg = common.with_model_dtype(common.load_config(_WORKDIR.value), _DTYPE.value)
   run = common.load_run(_WORKDIR.value, cfg)
   exp = run.experiment
-  judge = common.load_judge(_JUDGE.value, exp.dataset, _CONV.value)
+  judge = common.load_judge(_JUDGE.value, exp.dataset, _CONV.value).bind(
+      group_size=min(_BATCH.value, _NUM.value))   # mdlm/duo: per sampling batch
   length = exp.config.data.seq_len
   n_ref = min(_NUM.value, len(exp.dataset.validation) // length)
   ref = exp.dataset.validation[:n_ref * length].reshape(-1, length)

@@ -137,10 +137,12 @@ def main(_):
     raise errors.FlagError(f"the prompt flags encode to token {int(template.max())}, "
                            f"outside the model's vocabulary of {exp.dataset.vocab_size}")
   # Samples longer than the judge's window are scored in windows (gen_ppl conventions).
-  judge = common.load_judge(_JUDGE.value, exp.dataset, _CONV.value)
-  tilt = guidance_tilt(cfg, exp, workdir)
   eos = getattr(exp.dataset, "eos_id", None) if _EOS.value else None
   b = min(_BATCH.value, _NUM.value)
+  judge = common.load_judge(_JUDGE.value, exp.dataset, _CONV.value)
+  if judge is not None:               # mdlm/duo retokenize per sampling batch, as MDLM
+    judge = judge.bind(group_size=b)
+  tilt = guidance_tilt(cfg, exp, workdir)
 
   from tqdm import tqdm
   win_steps = opts["steps"] if opts["sampler"] != "first_hitting" else 1

@@ -133,6 +133,16 @@ def test_binaries_train_evaluate_sample_and_refuse_empty_workdirs(tmp_path):
   assert q["gen_ppl_convention"] == "mdlm" and q["gen_ppl_retokenized"]
   assert q["gen_perplexity"] > 1 and q["gen_ppl_tokens"] > 0
   assert q["judge_unigram_entropy"] > 0 and q["gen_ppl_judge"].startswith("hf:")
+  fr = str(tmp_path / "frontier")
+  r = _run(["experiments.frontier", f"--workdir={wd}", "--judge=hf:tests/fixtures/gpt2_tiny",
+            f"--outdir={fr}", "--samplers=analytic", "--steps=4", "--temperatures=1.0",
+            "--top_ps=1.0", "--num_samples=2", "--batch_size=2",
+            "--gen_ppl_convention=remdm"])
+  assert r.returncode == 0, r.stderr[-3000:]
+  rows = open(os.path.join(fr, "frontier.csv")).read().splitlines()
+  assert len(rows) == 3 and "gen_ppl_convention" in rows[0] and "remdm" in rows[2]
+  meta = json.load(open(os.path.join(fr, "frontier.json")))
+  assert meta["judge"].startswith("hf:") and meta["gen_ppl_convention"] == "remdm"
   r = _run(["experiments.sample", f"--workdir={wd}", f"--judge=hf:{tmp_path}/nothing"])
   assert r.returncode == 2 and "does not exist" in r.stderr.splitlines()[-1], r.stderr
   for binary in ("experiments.evaluate", "experiments.sample"):

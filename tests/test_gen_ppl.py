@@ -165,3 +165,27 @@ def test_project_judge_equals_the_tuple_judge():
   assert new["gen_log_perplexity_se"] == pytest.approx(old["gen_log_perplexity_se"],
                                                        rel=1e-4)
   assert new["gen_ppl_tokens"] == x.size and not new["gen_ppl_retokenized"]
+
+
+def test_study_and_binary_judges_are_bound_to_the_model_data():
+  """``--judge`` on the studies and binaries: the judge is bound to the sampling
+  model's decode, tokenizer and the chosen convention."""
+  from experiments import common
+  from experiments.study import evals
+  from experiments.study.context import Context
+
+  char = tokenizer_lib.CharTokenizer()
+
+  class Data:
+    decode, tokenizer, info = staticmethod(char.decode), char, {}
+
+  ctx = Context(outdir="unused", seeds=[0], judge=f"hf:{FIX}/gpt2_tiny",
+                gen_ppl_convention="sedd")
+  j = evals.study_judge(ctx, "unused", Data())
+  assert j.kind == "hf" and j.defaults["convention"] == "sedd"
+  assert j.defaults["model_tokenizer_sha"] == char.sha256
+  x = np.array([[8, 9, 0, 1, 2, 3], [20, 15, 0, 4, 5, 6]])     # character ids
+  rep = quality.report(x, j)
+  assert rep["gen_ppl_convention"] == "sedd" and rep["gen_ppl_retokenized"]
+  auto = common.load_judge(f"hf:{FIX}/gpt2_tiny", Data(), "auto")
+  assert quality.report(x, auto)["gen_ppl_convention"] == "mdlm"

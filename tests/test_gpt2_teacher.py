@@ -96,8 +96,8 @@ def test_top_k_tail_exact_at_last_position_and_taylor_is_the_gradient(tiny):
 
 
 class _Data:
-  def __init__(self, v, sha=None):
-    self.vocab_size, self.tokenizer, self.info, self.name = v, None, {}, "toy"
+  def __init__(self, v, sha=None, tokenizer=None):
+    self.vocab_size, self.tokenizer, self.info, self.name = v, tokenizer, {}, "toy"
     if sha:
       self.info = {"tokenizer_sha256": sha}
 
@@ -124,3 +124,22 @@ def test_loader_accepts_hf_dir_and_refuses_other_vocabularies(tiny, tmp_path):
   assert "predicts 5 tokens" in msg and "vocabulary of 27" in msg and "\n" not in msg
   with pytest.raises(gpt2.PretrainedError, match="does not exist"):
     experiment_lib.load_teacher(_config(f"hf:{tmp_path}/none"), _Data(V))
+
+
+def test_loader_compares_tokenizers_by_vocabulary(tmp_path):
+  """Same size, other tokenizer: refused; same vocabulary in other JSON bytes: taken."""
+  import json
+  import os
+  from tcsm_jax.data import tokenizer as tokenizer_lib
+  fix = os.path.join(os.path.dirname(__file__), "fixtures", "gpt2_tiny")
+  c = _config(f"hf:{fix}", "top_k")
+  with pytest.raises(errors.ConfigError) as e:
+    experiment_lib.load_teacher(c, _Data(300, sha="0123456789abcdef"))
+  assert "has tokenizer sha256" in str(e.value) and "0123456789ab" in str(e.value)
+  text = json.dumps(json.load(open(os.path.join(fix, "tokenizer.json"))), indent=1)
+  tok = tokenizer_lib.HuggingFace(text, "copy.json")
+  assert tok.sha256 != tokenizer_lib.HuggingFace.from_file(
+      os.path.join(fix, "tokenizer.json")).sha256
+  fn, frozen, _ = experiment_lib.load_teacher(c, _Data(300, sha=tok.sha256,
+                                                       tokenizer=tok))
+  assert callable(fn) and frozen is not None

@@ -486,3 +486,18 @@ def save(directory: str, cfg: GPT2Config, params, tokenizer_json: Optional[str] 
   if tokenizer_json is not None:
     with open(os.path.join(directory, "tokenizer.json"), "w", encoding="utf-8") as f:
       f.write(tokenizer_json)
+
+
+def same_tokenizer(tok, data_tokenizer, data_sha: Optional[str]) -> Optional[bool]:
+  """Whether a GPT-2's tokenizer (``tok``) and the data's are the same: equal file
+  sha256, or, for two Hugging Face tokenizers, equal vocabularies (two JSON files of one
+  vocabulary may differ in bytes). None when it cannot be told (one side unknown)."""
+  tsha = getattr(tok, "sha256", None)
+  if tsha is None or (data_sha is None and data_tokenizer is None):
+    return None
+  if data_sha is not None and tsha == data_sha:
+    return True
+  a, b = getattr(tok, "tok", None), getattr(data_tokenizer, "tok", None)
+  if a is not None and b is not None:
+    return a.get_vocab(with_added_tokens=True) == b.get_vocab(with_added_tokens=True)
+  return False

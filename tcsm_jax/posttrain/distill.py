@@ -55,10 +55,10 @@ def hf_teacher(config: ml_collections.ConfigDict, dataset):
     raise errors.ConfigError(f"the teacher {t.workdir} predicts {want} tokens (its "
                              f"vocab_size), the student's data has a vocabulary of {v}"
                              + fix)
-  if sha and tsha and sha != tsha:
-    raise errors.ConfigError(f"the teacher {t.workdir} has tokenizer sha256 {tsha[:12]}..., "
-                             f"the student's data {sha[:12]}... (same size {v}, other "
-                             "tokens)" + fix)
+  if gpt2.same_tokenizer(pt.tokenizer, getattr(dataset, "tokenizer", None), sha) is False:
+    raise errors.ConfigError(f"the teacher {t.workdir} has tokenizer sha256 "
+                             f"{str(tsha)[:12]}..., the student's data {str(sha)[:12]}... "
+                             f"(same size {v}, other tokens)" + fix)
   if config.data.seq_len > pt.config.n_positions:
     raise errors.ConfigError(f"the teacher {t.workdir}'s window n_positions "
                              f"{pt.config.n_positions} is shorter than the student's "

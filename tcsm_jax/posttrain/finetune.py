@@ -236,7 +236,7 @@ def _hf_reward(config, dataset):
   pin = {"classifier": {"dir": ft.classifier_dir, "directory": pt.directory, "step": None,
                         "fingerprint": gpt2.fingerprint(pt.directory)}}
   label = int(ft.classifier_label)
-  if hf_reward.shares_tokenizer(pt, v, sha):
+  if hf_reward.shares_tokenizer(pt, v, sha, getattr(dataset, "tokenizer", None)):
     hard, soft = hf_reward.shared_tokenizer_reward(pt, label)
     return hard, lambda x0: reward_lib.sequence_reward_deltas(hard, x0, v, ft.reward_mode,
                                                               soft), pin

@@ -50,12 +50,12 @@ def check_label(pt: gpt2.Pretrained, label: int) -> None:
 
 
 def shares_tokenizer(pt: gpt2.Pretrained, vocab_size: int,
-                     tokenizer_sha: Optional[str]) -> bool:
-  """Whether the model's tokens are the classifier's (size, and file where known)."""
+                     tokenizer_sha: Optional[str], data_tokenizer=None) -> bool:
+  """Whether the model's tokens are the classifier's (size, and tokenizer where known:
+  ``gpt2.same_tokenizer``)."""
   if vocab_size != pt.config.vocab_size:
     return False
-  tsha = getattr(pt.tokenizer, "sha256", None)
-  return not (tsha and tokenizer_sha and tsha != tokenizer_sha)
+  return gpt2.same_tokenizer(pt.tokenizer, data_tokenizer, tokenizer_sha) is not False
 
 
 def shared_tokenizer_reward(pt: gpt2.Pretrained, label: int = 1
