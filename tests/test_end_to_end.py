@@ -177,3 +177,30 @@ def test_finetune_and_distill_binaries(tmp_path):
             "--mode=top_k", "--top_k=2"] + small)
   assert r.returncode == 0, r.stderr[-3000:]
   assert "student NLL bound" in r.stdout
+
+
+def test_distill_from_an_hf_gpt2_teacher(tmp_path):
+  """--teacher=hf:DIR end to end: data prepared with the GPT-2's own tokenizer.json, a
+  diffusion student distilled from it (Top-K + tail), the teacher pinned by its file."""
+  text = tmp_path / "kjv.txt"
+  import lzma
+  text.write_text(lzma.open(os.path.join(REPO, "tcsm_jax", "data", "bundled",
+                                         "kjv_text8.txt.xz"), "rt").read(60000))
+  prep = str(tmp_path / "prep")
+  r = _run(["experiments.prepare_data", f"--source=text:{text}",
+            "--tokenizer=hf:tests/fixtures/gpt2_tiny/tokenizer.json", f"--out={prep}"])
+  assert r.returncode == 0, r.stderr[-3000:]
+  small = ["--config.data.name=prepared", f"--config.data.path={prep}",
+           "--config.data.seq_len=16", "--config.model.num_layers=1",
+           "--config.model.width=32", "--config.model.num_heads=2",
+           "--config.train.batch_size=8", "--config.train.num_steps=2",
+           "--config.train.log_every=1", "--config.train.eval_every=2",
+           "--config.train.eval_batches=1"]
+  wd = str(tmp_path / "student")
+  r = _run(["experiments.distill", "--config=experiments/configs/kjv_tiny.py",
+            f"--workdir={wd}", "--teacher=hf:tests/fixtures/gpt2_tiny",
+            "--mode=top_k_tail", "--top_k=4", "--tail_samples=2"] + small)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "student NLL bound" in r.stdout
+  pins = json.load(open(os.path.join(wd, "references.json")))["pins"]["teacher"]
+  assert pins["dir"] == "hf:tests/fixtures/gpt2_tiny" and pins["vocab_size"] == 300
