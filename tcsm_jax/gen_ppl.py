@@ -146,22 +146,20 @@ class Judge:
     if conv not in CONVENTIONS:
       raise ValueError(f"unknown generative perplexity convention {conv!r}; choose one "
                        f"of {sorted(CONVENTIONS)}")
-    if texts is not None:
+    if texts is not None:                            # text given: always encoded
       retok = True
-      rows = [np.asarray(r, np.int64) for r in self.tokenizer.encode_batch(texts)]
-      samples = np.zeros((len(rows), max_length or self.context), np.int64)
+      samples = np.zeros((len(texts), max_length or self.context), np.int64)
     else:
       samples = np.asarray(samples)
       same = (self.tokenizer is None or (model_tokenizer_sha is not None and
                                          model_tokenizer_sha == self.tokenizer.sha256))
       retok = not same or conv in ("mdlm", "duo", "remdm")
-    if texts is not None:
-      pass
-    elif retok:
-      if decode is None or self.tokenizer is None:
-        raise ValueError(f"judge {self.name!r}: convention {conv!r} retokenizes text; "
-                         "pass the model's decode and a judge tokenizer")
-      texts = list(decode(samples))
+      if retok:
+        if decode is None or self.tokenizer is None:
+          raise ValueError(f"judge {self.name!r}: convention {conv!r} retokenizes text; "
+                           "pass the model's decode and a judge tokenizer")
+        texts = list(decode(samples))
+    if retok:
       rows = [np.asarray(r, np.int64) for r in self.tokenizer.encode_batch(texts)]
     else:
       if samples.size and samples.max() >= self.vocab_size:
