@@ -181,7 +181,10 @@ def test_finetune_and_distill_binaries(tmp_path):
 
 def test_distill_from_an_hf_gpt2_teacher(tmp_path):
   """--teacher=hf:DIR end to end: data prepared with the GPT-2's own tokenizer.json, a
-  diffusion student distilled from it (Top-K + tail), the teacher pinned by its file."""
+  diffusion student distilled from it (Top-K + tail), the teacher pinned by its file;
+  then a reference trained on those data, reward fine-tuning toward a GPT-2 sequence
+  classifier sharing the tokenizer (hf:DIR), and guided sampling with it, judged by
+  the GPT-2."""
   text = tmp_path / "kjv.txt"
   import lzma
   text.write_text(lzma.open(os.path.join(REPO, "tcsm_jax", "data", "bundled",
@@ -204,3 +207,23 @@ def test_distill_from_an_hf_gpt2_teacher(tmp_path):
   assert "student NLL bound" in r.stdout
   pins = json.load(open(os.path.join(wd, "references.json")))["pins"]["teacher"]
   assert pins["dir"] == "hf:tests/fixtures/gpt2_tiny" and pins["vocab_size"] == 300
+  ref, ft = str(tmp_path / "ref"), str(tmp_path / "ft")
+  r = _run(["experiments.train", "--config=experiments/configs/kjv_tiny.py",
+            f"--workdir={ref}", "--summary_samples=1"] + small)
+  assert r.returncode == 0, r.stderr[-3000:]
+  r = _run(["experiments.finetune", "--config=experiments/configs/kjv_reward.py",
+            f"--workdir={ft}", f"--config.finetune.ref_workdir={ref}",
+            "--config.finetune.classifier_dir=hf:tests/fixtures/gpt2_tiny_cls",
+            "--config.finetune.classifier_label=2", "--num_samples=2",
+            "--sample_steps=2"] + small)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "mean reward of samples: reference" in r.stdout
+  pin = json.load(open(os.path.join(ft, "references.json")))["pins"]["classifier"]
+  assert pin["dir"] == "hf:tests/fixtures/gpt2_tiny_cls"
+  r = _run(["experiments.sample", f"--workdir={ref}", "--num_samples=2", "--steps=4",
+            "--batch_size=2", "--guide=classifier",
+            "--guide_classifier_dir=hf:tests/fixtures/gpt2_tiny_cls", "--guide_gamma=2",
+            "--judge=hf:tests/fixtures/gpt2_tiny"])
+  assert r.returncode == 0, r.stderr[-3000:]
+  q = json.load(open(os.path.join(ref, "samples", "analytic_4steps.json")))
+  assert q["guide"] == "classifier" and q["gen_ppl_convention"] == "mdlm"
