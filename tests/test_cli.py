@@ -55,24 +55,14 @@ def _cases(root):
                               "--config.train.no_such_key=1"],
                              "unknown config key 'no_such_key' in "
                              "--config.train.no_such_key"),
-      "bad gen_ppl_convention": (["experiments.sample", f"--workdir={wd}",
-                                  "--gen_ppl_convention=bd3lm"],
-                                 "flag --gen_ppl_convention=bd3lm: value should be one "
-                                 "of <auto|duo|mdlm|project|remdm|sedd>"),
       "hf judge missing": (["experiments.frontier", f"--workdir={wd}",
                             f"--judge=hf:{missing}", f"--outdir={missing}"],
                            f"judge directory '{missing}' does not exist"),
-      "judge_workdir alias missing": (["experiments.sample", f"--workdir={wd}",
-                                       f"--judge_workdir={missing}"],
-                                      f"--judge '{missing}' does not exist"),
       "hf teacher, other vocabulary": (
           ["experiments.distill", tiny, f"--workdir={missing}_student",
            "--teacher=hf:tests/fixtures/gpt2_tiny", "--config.train.num_steps=1"],
           "the teacher hf:tests/fixtures/gpt2_tiny predicts 300 tokens (its vocab_size), "
           "the student's data has a vocabulary of 27"),
-      "run: diffusion judge": (["experiments.sample", f"--workdir={wd}", f"--judge={wd}",
-                                "--num_samples=1", "--steps=1"],
-                               "holds a diffusion model; a judge is a causal model"),
       "run: snowman prompt": (["experiments.sample", f"--workdir={wd}",
                                "--prompt=☃☃☃!!!"],
                               "--prompt has characters the tokenizer cannot encode: "

@@ -189,3 +189,12 @@ def test_study_and_binary_judges_are_bound_to_the_model_data():
   assert rep["gen_ppl_convention"] == "sedd" and rep["gen_ppl_retokenized"]
   auto = common.load_judge(f"hf:{FIX}/gpt2_tiny", Data(), "auto")
   assert quality.report(x, auto)["gen_ppl_convention"] == "mdlm"
+
+
+def test_a_diffusion_workdir_is_refused_as_judge():
+  from tcsm_jax import errors
+
+  class Run:
+    experiment = type("E", (), {"causal": False})()
+  with pytest.raises(errors.WorkdirError, match="holds a diffusion model; a judge is"):
+    judges.from_run(Run(), "W")
