@@ -12,6 +12,7 @@ import io
 import json
 import math
 import re
+import sys
 from typing import Any, Callable, List, Optional, Tuple
 
 import jax
@@ -71,17 +72,20 @@ def require_run_dir(path: str, flag: str = "workdir", config_given: bool = False
 
 def define_judge_flags(help_suffix: str = "") -> Tuple[Any, Any]:
   """``--judge`` (alias ``--judge_workdir``) and ``--gen_ppl_convention`` of a binary
-  that reports generative perplexity; returns their flag holders."""
+  that reports generative perplexity; returns their flag holders. The flags belong to
+  the calling binary's module (its ``--help`` lists them; tools that unload a binary's
+  flags, such as the flag table of tests/test_cli.py, unload these too)."""
+  module_name = sys._getframe(1).f_globals["__name__"]  # pylint: disable=protected-access
   judge = flags.DEFINE_string(
       "judge", "", "Generative-perplexity judge: a causal model's training workdir, or "
       "hf:DIR (a Hugging Face GPT-2 directory: config.json, model.safetensors, "
-      "tokenizer.json)" + help_suffix)
-  flags.DEFINE_alias("judge_workdir", "judge")
+      "tokenizer.json)" + help_suffix, module_name=module_name)
+  flags.DEFINE_alias("judge_workdir", "judge", module_name=module_name)
   conv = flags.DEFINE_enum(
       "gen_ppl_convention", "auto", ["auto"] + sorted(gen_ppl.CONVENTIONS),
       "How generative perplexity is computed (README, Pre-trained models): auto = "
       "project for a workdir judge, mdlm for hf:DIR; " + "; ".join(
-          f"{k}: {v}" for k, v in gen_ppl.CONVENTIONS.items()))
+          f"{k}: {v}" for k, v in gen_ppl.CONVENTIONS.items()), module_name=module_name)
   return judge, conv
 
 
