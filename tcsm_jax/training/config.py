@@ -186,6 +186,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.sampling.remask_t_on = 0.55
   c.sampling.remask_t_off = 0.05
   c.sampling.events_per_call = 1     # first_hitting: 1 = exact
+  c.sampling.unmask_per_call = 1     # confidence: tokens revealed per network call
+  c.sampling.eb_gamma = 0.1          # entropy_bound: summed-entropy budget (nats)
+  c.sampling.confidence_tau = 0.9    # confidence_threshold: reveal where max p > tau
   return c
 
 
@@ -220,7 +223,8 @@ CHOICES: Dict[str, Tuple[str, ...]] = {
     "finetune.reward_target": ("tilted_denoiser", "clean_conditionals"),
     "finetune.parameterization": ("explicit", "implicit"),
     "optim.lr_schedule": optim.SCHEDULES,
-    "sampling.sampler": ("euler", "analytic", "ancestral", "remdm", "first_hitting"),
+    "sampling.sampler": ("euler", "analytic", "ancestral", "remdm", "first_hitting",
+                         "confidence", "entropy_bound", "confidence_threshold"),
     "sampling.draw": ("exact", "gumbel32"),
     "sampling.start": ("mask", "prior"),
     "sampling.remask_schedule": ("cap", "rescale", "loop"),
@@ -292,6 +296,9 @@ RANGES: Dict[str, Tuple[Any, Any, bool, bool]] = {
     "sampling.remask_t_on": (0, 1, False, False),
     "sampling.remask_t_off": (0, 1, False, False),
     "sampling.events_per_call": (1, None, True, False),
+    "sampling.unmask_per_call": (1, None, True, False),
+    "sampling.eb_gamma": (0, None, True, False),
+    "sampling.confidence_tau": (0, 1, False, True),
 }
 
 
@@ -317,7 +324,9 @@ RULES: List[Tuple[Callable[[Any], bool], Callable[[Any], str]]] = [
     (lambda c: c.sampling.remask_t_off < c.sampling.remask_t_on,
      lambda c: f"sampling.remask_t_off {c.sampling.remask_t_off} must be below "
                f"sampling.remask_t_on {c.sampling.remask_t_on}"),
-    (lambda c: not (c.sampling.sampler in ("ancestral", "remdm", "first_hitting")
+    (lambda c: not (c.sampling.sampler in ("ancestral", "remdm", "first_hitting",
+                                           "confidence", "entropy_bound",
+                                           "confidence_threshold")
                     and c.process != "absorbing"),
      lambda c: f"sampling.sampler={c.sampling.sampler!r} needs process='absorbing'"),
     (lambda c: c.train.batch_size % c.train.accum_steps == 0,
