@@ -105,7 +105,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.teacher.tail_samples = 4         # top_k_tail: sampled tail tokens per position
 
   c.finetune = ml_collections.ConfigDict()
-  c.finetune.kind = "none"           # none | reward | preference
+  c.finetune.kind = "none"           # none | reward | preference | self_distill
   c.finetune.ref_workdir = ""        # the frozen reference diffusion model's workdir
   c.finetune.beta = 1.0              # target p_ref exp(r / beta)
   c.finetune.reward = "classifier"   # classifier | token
@@ -122,6 +122,8 @@ def default_config() -> ml_collections.ConfigDict:
                                      # | implicit (a trained copy of the reference)
   c.finetune.ratio_bound = 0.0       # explicit: |head| <= B via B tanh(g / B); 0 = none
   c.finetune.ratio_reg = 0.0         # lam * Var_{p_ref}[log r] per position; 0 = none
+  c.finetune.distill_steps = 128     # self_distill: the student's sampling steps M
+  c.finetune.distill_k = 2           # self_distill: teacher steps per student step
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 3e-4
@@ -196,7 +198,7 @@ def default_config() -> ml_collections.ConfigDict:
 # ---------------------------------------------------------------------------------------
 # The validation table.
 
-_FINETUNE_KINDS = ("none", "reward", "preference")
+_FINETUNE_KINDS = ("none", "reward", "preference", "self_distill")
 _TEACHER_KINDS = ("none", "ar", "mlm", "markov")
 
 CHOICES: Dict[str, Tuple[str, ...]] = {
@@ -262,6 +264,8 @@ RANGES: Dict[str, Tuple[Any, Any, bool, bool]] = {
     "finetune.pair_sample_steps": (1, None, True, False),
     "finetune.ratio_bound": (0, None, True, False),
     "finetune.ratio_reg": (0, None, True, False),
+    "finetune.distill_steps": (1, None, True, False),
+    "finetune.distill_k": (1, None, True, False),
     "optim.lr": (0, None, False, False),
     "optim.warmup_steps": (0, None, True, False),
     "optim.min_lr_ratio": (0, 1, True, True),
@@ -372,6 +376,9 @@ RULES: List[Tuple[Callable[[Any], bool], Callable[[Any], str]]] = [
                     and c.finetune.ratio_bound > 0),
      lambda c: "finetune.ratio_bound bounds the explicit log-ratio head; "
                "finetune.parameterization='implicit' has none"),
+    (lambda c: not (c.finetune.kind == "self_distill" and c.process != "absorbing"),
+     lambda c: "finetune.kind='self_distill' needs process='absorbing' (the uniform "
+               "process: see tcsm_jax/posttrain/self_distill.py)"),
     (lambda c: not (c.finetune.kind != "none" and not c.finetune.ref_workdir),
      lambda c: "finetune.ref_workdir must name the reference model's workdir"),
     (lambda c: not (c.data.name in ("text8", "text_file", "prepared") and not c.data.path),
