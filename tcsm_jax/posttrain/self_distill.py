@@ -46,9 +46,11 @@ consistent as its spread vanishes (small steps: ``u_j / u -> 1 / k``, every posi
 masked), like the sampled ``top_k_tail`` teacher.
 
 **Training.** ``x_t`` is a forward corruption of a data sequence at a time ``t`` of the
-student's grid (``finetune.distill_steps = M`` equal steps from 1 to ``t_end = 1e-5``,
-the sampler's grid), ``s`` the next grid time, and the teacher runs ``k =
-finetune.distill_k`` equal steps in between (so the teacher's grid has ``k M`` steps).
+student's grid (``finetune.distill_steps = M`` equal steps from 1 to 0: the sampler's
+grid with ``t_end = 0``, whose last step reveals every position left, so sampling
+takes exactly ``M`` network calls with ``final_denoise = False``), ``s`` the next grid
+time, and the teacher runs ``k = finetune.distill_k`` equal steps in between (so the
+teacher's grid has ``k M`` steps).
 The student is a full copy of the teacher's network started at its weights; the run
 is an ordinary workdir (``finetune.kind = 'self_distill'``, the teacher pinned as a
 reference in ``finetune.ref_workdir``) that samples, evaluates and resumes like any
@@ -88,7 +90,7 @@ from tcsm_jax.training import experiment as experiment_lib
 from tcsm_jax.training import pins as pins_lib
 from tcsm_jax.training import restore
 
-T_END = 1e-5          # the samplers' default last grid time
+T_END = 0.0           # the grid's last time: the last step reveals every position
 
 
 def k_step_target(key, teacher_log_probs: Callable, process: Absorbing, x_t, sig_path,
@@ -130,7 +132,8 @@ def k_step_target(key, teacher_log_probs: Callable, process: Absorbing, x_t, sig
 
 
 def grid(distill_steps: int, t_end: float = T_END):
-  """``[M + 1]`` the student's time grid (the sampler's ``linspace(1, t_end, M + 1)``)."""
+  """``[M + 1]`` the student's time grid (the sampler's ``linspace(1, t_end, M + 1)``;
+  sample with ``t_end = T_END, final_denoise = False``)."""
   return jnp.linspace(1.0, t_end, distill_steps + 1)
 
 
