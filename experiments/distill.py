@@ -33,6 +33,7 @@ from ml_collections import config_flags
 
 from experiments import cli, common
 from tcsm_jax import divergences, fs
+from tcsm_jax.posttrain import self_distill
 from tcsm_jax.training import distributed, log_setup, trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Student config.")
@@ -56,24 +57,6 @@ _DIV = flags.DEFINE_string("divergence", "kl", "--self: the TCSM divergence.")
 flags.mark_flags_as_required(["workdir", "teacher_workdir"])
 
 
-def round_config(base, teacher_dir: str, student_steps: int, train_steps: int,
-                 divergence: str):
-  """The config of one self-distillation round (an ordinary run's config)."""
-  cfg = base.copy_and_resolve_references()
-  cfg.finetune.kind = "self_distill"
-  cfg.finetune.ref_workdir = teacher_dir
-  cfg.finetune.distill_steps = student_steps
-  cfg.finetune.distill_k = 2
-  cfg.sampling.steps = student_steps
-  cfg.teacher.kind = "none"
-  cfg.loss.kind = "tcsm"
-  cfg.loss.teacher_weight = 0.0
-  cfg.loss.divergence = divergence
-  if train_steps:
-    cfg.train.num_steps = train_steps
-  return cfg
-
-
 def self_main():
   common.at_least("rounds", _ROUNDS.value, 1)
   common.at_least("round_train_steps", _RSTEPS.value, 0)
@@ -86,14 +69,15 @@ def self_main():
   common.require_output_dir(_WORKDIR.value, "workdir")
   base = (_CONFIG.value if _CONFIG.value is not None
           else common.load_config(_TEACHER.value, flag="teacher_workdir"))
-  common.validate_config(round_config(base, _TEACHER.value, n // 2, _RSTEPS.value,
-                                      _DIV.value))
+  common.validate_config(self_distill.round_config(base, _TEACHER.value, n // 2,
+                                                   _RSTEPS.value, _DIV.value))
   log_setup.quiet_libraries()
   distributed.initialize()
   teacher, rows = _TEACHER.value, []
   for i in range(1, r + 1):
     wd = fs.join(_WORKDIR.value, f"round_{i}")
-    cfg = round_config(base, str(teacher), n // 2 ** i, _RSTEPS.value, _DIV.value)
+    cfg = self_distill.round_config(base, str(teacher), n // 2 ** i, _RSTEPS.value,
+                                    _DIV.value)
     print(f"round {i}: {teacher} ({n // 2 ** (i - 1)} steps) -> {wd} "
           f"({n // 2 ** i} steps)", flush=True)
     out = trainer.train_and_evaluate(cfg, str(wd))

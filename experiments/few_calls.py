@@ -79,7 +79,8 @@ def plot_nfe(rows, path, data_row=None, references=()):
                         color=line.get_color(), alpha=0.15)
   for lab, val in references:
     axes[0].axhline(val, ls="--", lw=1, color="gray")
-    axes[0].text(axes[0].get_xlim()[0], val, f" {lab}", fontsize=7, va="bottom")
+    axes[0].text(0.99, val, lab, transform=axes[0].get_yaxis_transform(), ha="right",
+                 va="bottom", fontsize=7, color="gray")
   if data_row is not None:
     axes[1].axhline(data_row["unigram_entropy"], color="k", ls=":", lw=1, label="data")
   axes[0].set_ylabel("generative perplexity under the judge")

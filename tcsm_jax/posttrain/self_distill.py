@@ -137,6 +137,26 @@ def grid(distill_steps: int, t_end: float = T_END):
   return jnp.linspace(1.0, t_end, distill_steps + 1)
 
 
+def round_config(base, teacher_dir: str, student_steps: int, train_steps: int = 0,
+                 divergence: str = "kl", k: int = 2):
+  """The config of one round (an ordinary run's config): ``base`` (the teacher's
+  training settings) distilling ``teacher_dir`` into a ``student_steps``-step model
+  (``k`` teacher steps per student step), ``train_steps`` steps (0: ``base``'s)."""
+  cfg = base.copy_and_resolve_references()
+  cfg.finetune.kind = "self_distill"
+  cfg.finetune.ref_workdir = teacher_dir
+  cfg.finetune.distill_steps = student_steps
+  cfg.finetune.distill_k = k
+  cfg.sampling.steps = student_steps
+  cfg.teacher.kind = "none"
+  cfg.loss.kind = "tcsm"
+  cfg.loss.teacher_weight = 0.0
+  cfg.loss.divergence = divergence
+  if train_steps:
+    cfg.train.num_steps = train_steps
+  return cfg
+
+
 @dataclasses.dataclass
 class SelfDistillExperiment(experiment_lib.Experiment):
   teacher: Any = None          # the teacher's Experiment (frozen params: ``frozen``)
