@@ -122,6 +122,11 @@ def main(_):
                           events_per_call=_EVENTS.value,
                           unmask_per_call=_PER_CALL.value, eb_gamma=_EB_GAMMA.value,
                           confidence_tau=_TAU.value)
+  try:                     # adaptive samplers' options: before anything is loaded
+    sampling.adaptive.validate(opts["sampler"], opts["unmask_per_call"],
+                               opts["eb_gamma"], opts["confidence_tau"])
+  except ValueError as e:
+    raise errors.FlagError(str(e)) from None
   length = length_flag or cfg.data.seq_len
   overlap = cfg.data.seq_len // 4 if _OVERLAP.value < 0 else _OVERLAP.value
   if length > cfg.data.seq_len:
