@@ -60,18 +60,18 @@ other. ``experiments.distill --self --rounds=R`` chains rounds: round ``r`` dist
 **The uniform process (DUO's discrete consistency distillation, arXiv 2506.10892).**
 DUO distils a uniform-state model by letting the student, at ``x_t``, match the
 teacher's denoiser at the ``x_s`` that a deterministic (Gaussian-probability-flow
-derived) trajectory reaches. The TCSM form covers its discrete, stochastic analogue:
-for the uniform process the analytic step (``steps.reverse_transition_log_probs``,
-Tweedie) is a per-position law too, and matching ``k`` teacher steps by one student
-step per position is again a clean-space target at ``x_t``. What does not carry over is
-the estimator above: uniform-process positions have no reveal time (each step may change
-any position), so the marginal of ``x_s^i`` under ``T_k`` is not ``u q_k`` and the
-student's analytic step is linear in its denoiser only through ``P_t``-weighted sums;
-the target is then the denoiser ``p_S`` whose analytic step reproduces the teacher's
-``x_s`` marginals, which needs solving a small linear system per position
-(``V x V``). That and DUO's deterministic trajectory (its curriculum and Gaussian
-relaxation) are not implemented: ``self_distill`` requires ``process = 'absorbing'``
-(the config table says so).
+derived) trajectory reaches. Its discrete, stochastic analogue in the TCSM frame would
+match, per position, one student step to ``k`` teacher steps of the uniform process's
+analytic step (``steps.reverse_transition_log_probs``, Tweedie). The form above does
+not cover it, for a precise reason: uniform-process positions have no reveal time (every step may move
+any position), so the teacher's ``x_s^i`` marginal is not ``u q_k``. The student's
+analytic step maps its denoiser ``p`` to the ``x_s^i`` law by a ``V x V`` linear map
+(``q(z) = K_{s->t}(z, x_t) [b_s sum_a p(a) / K_t(a, x_t) + a_s p(z) / K_t(z, x_t)]``,
+``steps.reverse_transition_log_probs``), so the denoiser that reproduces the teacher's
+marginal is that map's preimage, which can leave the probability simplex (negative
+entries) and is then no target posterior any divergence here accepts. That, and DUO's
+deterministic trajectory (its Gaussian relaxation and curriculum), are not implemented:
+``self_distill`` requires ``process = 'absorbing'`` (the config table says so).
 """
 
 from __future__ import annotations
