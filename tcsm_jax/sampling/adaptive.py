@@ -32,8 +32,8 @@ the data law whatever the order (chain rule over any order that depends only on 
 is revealed), in ``n`` calls. For a product denoiser (one that ignores the context) the
 sample law is the product law for every ``k``, ``gamma`` and ``tau``. With ``gamma = 0``
 several positions are revealed together only when all but one have zero entropy
-(determined tokens), and with ``tau = 1`` only positions with probability one: exact
-too.
+(determined tokens: exact too); ``tau = 1`` reveals exactly one per call (no probability
+exceeds 1).
 
 **Noise level.** The denoiser takes ``sigma_bar``; these samplers have no time grid,
 so each call passes the level whose masked fraction ``1 - alpha`` equals the share of
