@@ -21,7 +21,8 @@ from tcsm_jax import quality, sampling, strict_json
 
 SAMPLE_KEYS = ("sampler", "steps", "draw", "start", "temperature", "top_p",
                "remask_schedule", "remask_eta", "remask_t_on", "remask_t_off",
-               "remask_alpha_on", "events_per_call")
+               "remask_alpha_on", "events_per_call", "unmask_per_call", "eb_gamma",
+               "confidence_tau", "t_end", "final_denoise")
 REPORT_KEYS = ("sampler", "steps", "draw", "temperature", "top_p")
 
 
@@ -31,7 +32,8 @@ def options(sampling_config=None, **overrides) -> Dict[str, Any]:
   base = {"sampler": "analytic", "steps": 128, "draw": "exact", "start": "mask",
           "temperature": 1.0, "top_p": 1.0, "remask_schedule": "cap", "remask_eta": 0.0,
           "remask_t_on": 0.55, "remask_t_off": 0.05, "remask_alpha_on": 0.9,
-          "events_per_call": 1}
+          "events_per_call": 1, "unmask_per_call": 1, "eb_gamma": 0.1,
+          "confidence_tau": 0.9, "t_end": 1e-5, "final_denoise": True}
   if sampling_config is not None:
     given = dict(sampling_config.items()) if hasattr(sampling_config, "items") else {}
     base.update({k: given[k] for k in SAMPLE_KEYS if k in given})
@@ -51,6 +53,10 @@ def describe(opts: Dict[str, Any]) -> Dict[str, Any]:
       out.update({k: opts[k] for k in ("remask_t_on", "remask_t_off", "remask_alpha_on")})
   if opts["sampler"] == "first_hitting":
     out["events_per_call"] = opts["events_per_call"]
+  adaptive = {"confidence": "unmask_per_call", "entropy_bound": "eb_gamma",
+              "confidence_threshold": "confidence_tau"}.get(opts["sampler"])
+  if adaptive:
+    out[adaptive] = opts[adaptive]
   return out
 
 

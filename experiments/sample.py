@@ -2,7 +2,9 @@ r"""Draws samples from a trained diffusion model: prompts, infilling, long and g
 generation.
 
   python -m experiments.sample --workdir=DIR --num_samples=16 --steps=128 \
-      [--sampler=analytic|euler|ancestral|remdm|first_hitting] [--draw=exact|gumbel32] \
+      [--sampler=analytic|euler|ancestral|remdm|first_hitting|confidence|entropy_bound|
+                 confidence_threshold] [--draw=exact|gumbel32] \
+      [--unmask_per_call=4] [--eb_gamma=0.1] [--confidence_tau=0.9] \
       [--temperature=1] [--top_p=1] [--remask_schedule=cap --remask_eta=0.02] \
       [--prompt="in the beginning"] [--suffix="amen"] \
       [--template="and god said ____ there was light"] [--length=512 --overlap=16] \
@@ -58,6 +60,12 @@ _REMASK = flags.DEFINE_enum("remask_schedule", None, list(sampling.remask.REMASK
 _ETA = flags.DEFINE_float("remask_eta", None, "remdm: eta in [0, 1].")
 _EVENTS = flags.DEFINE_integer("events_per_call", None, "first_hitting: unmasking events "
                                "per network call (1 = exact).")
+_PER_CALL = flags.DEFINE_integer("unmask_per_call", None, "confidence: tokens revealed "
+                                 "per network call (>= 1).")
+_EB_GAMMA = flags.DEFINE_float("eb_gamma", None, "entropy_bound: summed-entropy budget "
+                               "per call in nats (>= 0).")
+_TAU = flags.DEFINE_float("confidence_tau", None, "confidence_threshold: reveal every "
+                          "position whose top probability exceeds tau, in (0, 1].")
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Network compute "
                            "dtype for sampling (default: the config's model.dtype); "
                            "parameters stay float32, draws are exact in float32.")
@@ -128,7 +136,14 @@ def main(_):
   opts = generate.options(cfg.get("sampling"), sampler=_SAMPLER.value, steps=_STEPS.value,
                           draw=_DRAW.value, temperature=_TEMP.value, top_p=_TOP_P.value,
                           remask_schedule=_REMASK.value, remask_eta=_ETA.value,
-                          events_per_call=_EVENTS.value)
+                          events_per_call=_EVENTS.value,
+                          unmask_per_call=_PER_CALL.value, eb_gamma=_EB_GAMMA.value,
+                          confidence_tau=_TAU.value)
+  try:                     # adaptive samplers' options: before anything is loaded
+    sampling.adaptive.validate(opts["sampler"], opts["unmask_per_call"],
+                               opts["eb_gamma"], opts["confidence_tau"])
+  except ValueError as e:
+    raise errors.FlagError(str(e)) from None
   length = length_flag or cfg.data.seq_len
   overlap = cfg.data.seq_len // 4 if _OVERLAP.value < 0 else _OVERLAP.value
   if length > cfg.data.seq_len:
@@ -144,7 +159,8 @@ def main(_):
     sampling.validate(exp.process, opts["sampler"], opts["steps"], opts["temperature"],
                       opts["top_p"], opts["draw"], opts["start"], opts["remask_schedule"],
                       opts["remask_eta"], opts["remask_t_on"], opts["remask_t_off"], 1e-5,
-                      opts["remask_alpha_on"])
+                      opts["remask_alpha_on"], opts["unmask_per_call"], opts["eb_gamma"],
+                      opts["confidence_tau"])
   except ValueError as e:
     raise errors.FlagError(str(e)) from None
   template, notes = common.build_template(

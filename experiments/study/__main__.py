@@ -30,7 +30,7 @@ from tcsm_jax import errors, fs
 from tcsm_jax.training import log_setup
 
 STUDIES = ("objectives", "teacher", "distill", "reward", "reward_bias", "hamming",
-           "ratio", "guidance")
+           "ratio", "guidance", "few_steps")
 
 _STUDY = flags.DEFINE_enum("study", None, list(STUDIES), "The study to run.")
 _OUT = flags.DEFINE_string("outdir", None, "Output directory (local or bucket).")

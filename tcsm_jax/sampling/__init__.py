@@ -7,10 +7,11 @@
   ``ancestral``, ``remdm``) or over events (``first_hitting``); prompts and infilling;
 * ``remask``: ReMDM's ``cap`` / ``rescale`` / ``loop`` schedules;
 * ``first_hitting``: the exact event-driven sampler of the absorbing process;
+* ``adaptive``: confidence-ranked unmasking (fixed k, entropy bound, threshold);
 * ``long``: semi-autoregressive generation past the training length.
 """
 
-from tcsm_jax.sampling import draws, first_hitting, long, remask, steps  # noqa: F401
+from tcsm_jax.sampling import adaptive, draws, first_hitting, long, remask, steps  # noqa: F401
 from tcsm_jax.sampling.samplers import (SAMPLERS, STARTS, _cached_model_log_probs,  # noqa: F401
                                         ancestral_cache_buckets, clamp_arrays,
                                         clamp_from_template, jit_clamped_sampler,

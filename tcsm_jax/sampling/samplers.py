@@ -26,6 +26,10 @@ draw is exact down to ``2^-105`` of the step's largest probability (``draws.py``
   denoiser of the absorbing process); an approximation otherwise.
 * ``remdm``: the analytic absorbing step with remasking (``remask.py``: ``cap``,
   ``rescale``, ``loop`` schedules and ``eta``); ``eta = 0`` is ``analytic``.
+* ``confidence``, ``entropy_bound``, ``confidence_threshold`` (absorbing,
+  ``adaptive.py``): no time grid; each network call reveals a prefix of the free masked
+  positions ranked by confidence (``k`` of them, EB-Sampler's entropy bound ``gamma``,
+  or Fast-dLLM's threshold ``tau``), tokens drawn exactly.
 
 Options: ``temperature`` and nucleus ``top_p`` on the denoiser's logits; guidance by an
 additive log-tilt of the clean-token law (``log_tilt_fn``, ``posttrain/guidance.py``);
@@ -44,12 +48,13 @@ from jax.experimental import checkify
 
 from tcsm_jax import _checks
 from tcsm_jax.processes import Absorbing, Process
-from tcsm_jax.sampling import draws, first_hitting, remask
+from tcsm_jax.sampling import adaptive, draws, first_hitting, remask
 from tcsm_jax.sampling.steps import (absorbing_step, euler_log_probs, model_log_probs_fn,
                                      reverse_transition_log_probs)
 from tcsm_jax.schedules import Schedule
 
-SAMPLERS = ("euler", "analytic", "ancestral", "remdm", "first_hitting")
+SAMPLERS = ("euler", "analytic", "ancestral", "remdm", "first_hitting"
+            ) + adaptive.ADAPTIVE
 STARTS = ("mask", "prior")
 
 
@@ -122,7 +127,8 @@ def _cached_model_log_probs(model_log_probs, x, sigma, lp, stale, buckets):
 def validate(process: Process, sampler: str, steps: int, temperature: float,
              top_p: float, draw: str, start: str, remask_schedule: str,
              remask_eta: float, t_on: float, t_off: float, t_end: float,
-             alpha_on: float = 0.9) -> None:
+             alpha_on: float = 0.9, unmask_per_call: int = 1, eb_gamma: float = 0.0,
+             confidence_tau: float = 1.0) -> None:
   """Raises ``ValueError`` naming the first bad sampling option."""
   if sampler not in SAMPLERS:
     raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
@@ -134,9 +140,10 @@ def validate(process: Process, sampler: str, steps: int, temperature: float,
     raise ValueError(f"unknown draw {draw!r}; choose one of {draws.DRAWS}")
   if start not in STARTS:
     raise ValueError(f"unknown start {start!r}; choose one of {STARTS}")
-  if sampler in ("ancestral", "remdm", "first_hitting") and not isinstance(process,
-                                                                           Absorbing):
+  if sampler in ("ancestral", "remdm", "first_hitting") + adaptive.ADAPTIVE and (
+      not isinstance(process, Absorbing)):
     raise ValueError(f"the {sampler} sampler needs the absorbing process")
+  adaptive.validate(sampler, unmask_per_call, eb_gamma, confidence_tau)
   if sampler == "remdm":
     if remask_schedule not in remask.REMASK_SCHEDULES:
       raise ValueError(f"unknown remask schedule {remask_schedule!r}; choose one of "
@@ -175,7 +182,8 @@ def sample(key, denoise_fn: Callable, process: Process, schedule: Schedule, shap
            draw: str = "exact", start: str = "mask", remask_schedule: str = "cap",
            remask_eta: float = 0.0, remask_t_on: float = 0.55,
            remask_t_off: float = 0.05, remask_alpha_on: float = 0.9,
-           log_tilt_fn: Optional[Callable] = None, events_per_call: int = 1):
+           log_tilt_fn: Optional[Callable] = None, events_per_call: int = 1,
+           unmask_per_call: int = 1, eb_gamma: float = 0.0, confidence_tau: float = 1.0):
   """Draws ``shape = (batch, length)`` sequences by running the reverse chain.
 
   Args:
@@ -203,6 +211,8 @@ def sample(key, denoise_fn: Callable, process: Process, schedule: Schedule, shap
     log_tilt_fn: guidance, ``(x_t, sigma, log_probs) -> [batch, length, V]`` added to
       the denoiser's log-probabilities before normalization.
     events_per_call: ``first_hitting`` only (``first_hitting.py``).
+    unmask_per_call, eb_gamma, confidence_tau: ``confidence``, ``entropy_bound``,
+      ``confidence_threshold`` (``adaptive.py``; ``steps`` unused).
   Returns:
     ``(tokens [batch, length], info)`` with ``info['nfe']`` the number of network calls,
     ``info['nfe_rows']`` the number of sequences they evaluated in all (``nfe * batch``
@@ -210,7 +220,8 @@ def sample(key, denoise_fn: Callable, process: Process, schedule: Schedule, shap
     requested.
   """
   validate(process, sampler, steps, temperature, top_p, draw, start, remask_schedule,
-           remask_eta, remask_t_on, remask_t_off, t_end, remask_alpha_on)
+           remask_eta, remask_t_on, remask_t_off, t_end, remask_alpha_on, unmask_per_call,
+           eb_gamma, confidence_tau)
   b, length = shape
   clamp_given = clamp_mask                 # before conversion: host values if concrete
   clamp_mask, clamp_tokens = clamp_arrays(process, shape, clamp_tokens, clamp_mask)
@@ -223,6 +234,13 @@ def sample(key, denoise_fn: Callable, process: Process, schedule: Schedule, shap
     return first_hitting.run(k_loop, model_log_probs, process, schedule, x, clamp_mask,
                              t_end=t_end, final_denoise=final_denoise, draw=draw,
                              events_per_call=events_per_call, return_path=return_path)
+  if sampler in adaptive.ADAPTIVE:
+    if return_path:
+      raise ValueError(f"the {sampler} sampler does not return a path")
+    return adaptive.run(k_loop, model_log_probs, process, schedule, x, clamp_mask,
+                        sampler=sampler, t_end=t_end, draw=draw,
+                        unmask_per_call=unmask_per_call, eb_gamma=eb_gamma,
+                        confidence_tau=confidence_tau)
   ts = jnp.linspace(1.0, t_end, steps + 1)
   loop = sampler == "remdm" and remask_schedule == "loop"
   if loop:        # the chain runs on the loop's own alpha(t) (remask.py)

@@ -106,7 +106,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.teacher.tail_samples = 4         # top_k_tail: sampled tail tokens per position
 
   c.finetune = ml_collections.ConfigDict()
-  c.finetune.kind = "none"           # none | reward | preference
+  c.finetune.kind = "none"           # none | reward | preference | self_distill
   c.finetune.ref_workdir = ""        # the frozen reference diffusion model's workdir
   c.finetune.beta = 1.0              # target p_ref exp(r / beta)
   c.finetune.reward = "classifier"   # classifier | token
@@ -125,6 +125,8 @@ def default_config() -> ml_collections.ConfigDict:
                                      # | implicit (a trained copy of the reference)
   c.finetune.ratio_bound = 0.0       # explicit: |head| <= B via B tanh(g / B); 0 = none
   c.finetune.ratio_reg = 0.0         # lam * Var_{p_ref}[log r] per position; 0 = none
+  c.finetune.distill_steps = 128     # self_distill: the student's sampling steps M
+  c.finetune.distill_k = 2           # self_distill: teacher steps per student step
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 3e-4
@@ -190,6 +192,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.sampling.remask_t_off = 0.05
   c.sampling.remask_alpha_on = 0.9   # loop: alpha held from t_on to t_off (ReMDM's)
   c.sampling.events_per_call = 1     # first_hitting: 1 = exact
+  c.sampling.unmask_per_call = 1     # confidence: tokens revealed per network call
+  c.sampling.eb_gamma = 0.1          # entropy_bound: summed-entropy budget (nats)
+  c.sampling.confidence_tau = 0.9    # confidence_threshold: reveal where max p > tau
   return c
 
 
@@ -197,7 +202,7 @@ def default_config() -> ml_collections.ConfigDict:
 # ---------------------------------------------------------------------------------------
 # The validation table.
 
-_FINETUNE_KINDS = ("none", "reward", "preference")
+_FINETUNE_KINDS = ("none", "reward", "preference", "self_distill")
 _TEACHER_KINDS = ("none", "ar", "mlm", "markov")
 
 CHOICES: Dict[str, Tuple[str, ...]] = {
@@ -224,7 +229,8 @@ CHOICES: Dict[str, Tuple[str, ...]] = {
     "finetune.reward_target": ("tilted_denoiser", "clean_conditionals"),
     "finetune.parameterization": ("explicit", "implicit"),
     "optim.lr_schedule": optim.SCHEDULES,
-    "sampling.sampler": ("euler", "analytic", "ancestral", "remdm", "first_hitting"),
+    "sampling.sampler": ("euler", "analytic", "ancestral", "remdm", "first_hitting",
+                         "confidence", "entropy_bound", "confidence_threshold"),
     "sampling.draw": ("exact", "gumbel32"),
     "sampling.start": ("mask", "prior"),
     "sampling.remask_schedule": ("cap", "rescale", "loop"),
@@ -263,6 +269,8 @@ RANGES: Dict[str, Tuple[Any, Any, bool, bool]] = {
     "finetune.pair_sample_steps": (1, None, True, False),
     "finetune.ratio_bound": (0, None, True, False),
     "finetune.ratio_reg": (0, None, True, False),
+    "finetune.distill_steps": (1, None, True, False),
+    "finetune.distill_k": (1, None, True, False),
     "optim.lr": (0, None, False, False),
     "optim.warmup_steps": (0, None, True, False),
     "optim.min_lr_ratio": (0, 1, True, True),
@@ -298,6 +306,9 @@ RANGES: Dict[str, Tuple[Any, Any, bool, bool]] = {
     "sampling.remask_t_off": (0, 1, False, False),
     "sampling.remask_alpha_on": (0, 1, False, False),
     "sampling.events_per_call": (1, None, True, False),
+    "sampling.unmask_per_call": (1, None, True, False),
+    "sampling.eb_gamma": (0, None, True, False),
+    "sampling.confidence_tau": (0, 1, False, True),
 }
 
 
@@ -323,7 +334,9 @@ RULES: List[Tuple[Callable[[Any], bool], Callable[[Any], str]]] = [
     (lambda c: c.sampling.remask_t_off < c.sampling.remask_t_on,
      lambda c: f"sampling.remask_t_off {c.sampling.remask_t_off} must be below "
                f"sampling.remask_t_on {c.sampling.remask_t_on}"),
-    (lambda c: not (c.sampling.sampler in ("ancestral", "remdm", "first_hitting")
+    (lambda c: not (c.sampling.sampler in ("ancestral", "remdm", "first_hitting",
+                                           "confidence", "entropy_bound",
+                                           "confidence_threshold")
                     and c.process != "absorbing"),
      lambda c: f"sampling.sampler={c.sampling.sampler!r} needs process='absorbing'"),
     (lambda c: c.train.batch_size % c.train.accum_steps == 0,
@@ -372,6 +385,9 @@ RULES: List[Tuple[Callable[[Any], bool], Callable[[Any], str]]] = [
                     and c.finetune.ratio_bound > 0),
      lambda c: "finetune.ratio_bound bounds the explicit log-ratio head; "
                "finetune.parameterization='implicit' has none"),
+    (lambda c: not (c.finetune.kind == "self_distill" and c.process != "absorbing"),
+     lambda c: "finetune.kind='self_distill' needs process='absorbing' (the uniform "
+               "process: see tcsm_jax/posttrain/self_distill.py)"),
     (lambda c: not (c.finetune.kind != "none" and not c.finetune.ref_workdir),
      lambda c: "finetune.ref_workdir must name the reference model's workdir"),
     (lambda c: not (c.data.name in ("text8", "text_file", "prepared") and not c.data.path),
