@@ -19,6 +19,8 @@ the judge-token unigram entropy; ``--json=PATH`` also writes them.
 
 import json
 
+import os
+
 from absl import flags
 
 from experiments import cli, common
@@ -74,6 +76,9 @@ def main(_):
   for name, flag in (("max_length", _MAXLEN), ("ppl_batch_size", _PBS),
                      ("group_size", _GROUP)):
     common.at_least(name, flag.value, 0)
+  if _JSON.value:                  # before any work: where the JSON goes can take it
+    common.require_output_dir(os.path.dirname(_JSON.value) or ".", "json")
+    common.check_flag(not fs.isdir(_JSON.value), f"--json {_JSON.value!r} is a directory")
   samples = read_samples(_TEXT.value, _SEP.value)
   common.check_judge_spec(_JUDGE.value)
   judge = common.load_judge(_JUDGE.value, None, _CONV.value, dtype=_DTYPE.value)

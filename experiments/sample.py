@@ -142,8 +142,8 @@ def main(_):
   try:                     # adaptive samplers' options: before anything is loaded
     sampling.adaptive.validate(opts["sampler"], opts["unmask_per_call"],
                                opts["eb_gamma"], opts["confidence_tau"])
-  except ValueError as e:
-    raise errors.FlagError(str(e)) from None
+  except ValueError as e:          # "<option> must ...": the option is the flag's name
+    raise errors.FlagError(f"--{e}") from None
   length = length_flag or cfg.data.seq_len
   overlap = cfg.data.seq_len // 4 if _OVERLAP.value < 0 else _OVERLAP.value
   if length > cfg.data.seq_len:

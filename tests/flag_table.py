@@ -19,7 +19,8 @@ sees.
 
 Placeholders in ``BASE`` and ``args``: ``{wd}`` a trained diffusion workdir (sequence
 length 32, character data), ``{root}`` a scratch directory, ``{afile}`` a regular file,
-``{missing}`` a path that does not exist, ``{corpus}`` a small text file.
+``{missing}`` a path that does not exist, ``{corpus}`` a small text file, ``{gpt2}`` the
+committed tiny Hugging Face GPT-2 (tests/fixtures/gpt2_tiny).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from typing import Dict, List, Tuple
 BINARIES = ("experiments.sample", "experiments.evaluate", "experiments.frontier",
             "experiments.finetune", "experiments.distill", "experiments.prepare_data",
             "experiments.study", "experiments.train", "experiments.reward_sweep",
-            "experiments.compare_targets")
+            "experiments.compare_targets", "experiments.judge")
 
 # Valid values of the required flags (each row appends its own; the last value wins).
 BASE: Dict[str, List[str]] = {
@@ -61,12 +62,14 @@ BASE: Dict[str, List[str]] = {
                                  "--config.finetune.ref_workdir={wd}"],
     "experiments.compare_targets": ["--config=experiments/configs/kjv_tiny.py",
                                     "--outdir={root}/compare", "--variants=data:"],
+    "experiments.judge": ["--judge=hf:{gpt2}", "--text_file={corpus}"],
 }
 
 S, E, F = "experiments.sample", "experiments.evaluate", "experiments.frontier"
 FT, D, P = "experiments.finetune", "experiments.distill", "experiments.prepare_data"
 ST, T = "experiments.study", "experiments.train"
 RS, CT = "experiments.reward_sweep", "experiments.compare_targets"
+J = "experiments.judge"
 
 _ROWS: List[Tuple] = [
     # experiments.sample
@@ -111,6 +114,13 @@ _ROWS: List[Tuple] = [
     (S, "judge_workdir", ["--judge_workdir={wd}"], "holds a diffusion model"),
     (S, "judge_workdir", ["--judge_workdir={missing}"], "does not exist"),
     (S, "seed", ["--seed=lucky"], None),
+    (S, "judge", ["--judge={wd}"], "holds a diffusion model"),
+    (S, "judge", ["--judge=hf:{missing}"], "does not exist"),
+    (S, "gen_ppl_convention", ["--gen_ppl_convention=md4"], None),
+    (S, "unmask_per_call", ["--sampler=confidence", "--unmask_per_call=0"], None),
+    (S, "eb_gamma", ["--sampler=entropy_bound", "--eb_gamma=-1"], None),
+    (S, "eb_gamma", ["--sampler=entropy_bound", "--eb_gamma=nan"], None),
+    (S, "confidence_tau", ["--sampler=confidence_threshold", "--confidence_tau=2"], None),
     # experiments.evaluate
     (E, "workdir", ["--workdir={afile}"], "is a file, not a directory"),
     (E, "config", ["--config=no/such_config.py"], "cannot load config file"),
@@ -143,6 +153,12 @@ _ROWS: List[Tuple] = [
     (F, "batch_size", ["--batch_size=0"], None),
     (F, "seed", ["--seed=lucky"], None),
     (F, "dtype", ["--dtype=float16"], None),
+    (F, "judge", ["--judge=hf:{missing}"], "does not exist"),
+    (F, "gen_ppl_convention", ["--gen_ppl_convention=md4"], None),
+    (F, "nfe", ["--nfe=0"], None),
+    (F, "nfe", ["--nfe=many"], None),
+    (F, "eb_gammas", ["--nfe=4", "--eb_gammas=-1"], None),
+    (F, "confidence_taus", ["--nfe=4", "--confidence_taus=2"], None),
     # experiments.finetune
     (FT, "config", ["--config=no/such_config.py"], "cannot load config file"),
     (FT, "workdir", ["--workdir={afile}"], "is a file, not a directory"),
@@ -157,6 +173,12 @@ _ROWS: List[Tuple] = [
     (D, "tail_samples", ["--tail_samples=0"], None),
     (D, "teacher_weight", ["--teacher_weight=0"], None),
     (D, "teacher_weight", ["--teacher_weight=nan"], None),
+    (D, "teacher", ["--teacher=hf:{missing}"], "does not exist"),
+    (D, "self", ["--self=maybe"], None),
+    (D, "rounds", ["--self", "--rounds=0"], None),
+    (D, "teacher_steps", ["--self", "--rounds=2", "--teacher_steps=6"], None),
+    (D, "round_train_steps", ["--self", "--round_train_steps=-1"], None),
+    (D, "divergence", ["--self", "--divergence=l2"], None),
     # experiments.prepare_data
     (P, "source", ["--source=csv:{corpus}"], "unknown source kind"),
     (P, "source", ["--source=text:{missing}"], None),
@@ -192,6 +214,9 @@ _ROWS: List[Tuple] = [
     (ST, "prereq_only", ["--prereq_only=maybe"], None),
     (ST, "report_only", ["--report_only=maybe"], None),
     (ST, "compile_cache", ["--compile_cache={afile}"], None),
+    (ST, "judge", ["--judge={missing}"], "does not exist"),
+    (ST, "judge_workdir", ["--judge_workdir={wd}"], "holds a diffusion model"),
+    (ST, "gen_ppl_convention", ["--gen_ppl_convention=md4"], None),
     # experiments.train
     (T, "config", ["--config=no/such_config.py"], "cannot load config file"),
     (T, "workdir", ["--workdir={afile}"], None),
@@ -206,6 +231,8 @@ _ROWS: List[Tuple] = [
     (RS, "judge_workdir", ["--judge_workdir={wd}"], "holds a diffusion model"),
     (RS, "num_samples", ["--num_samples=0"], None),
     (RS, "sample_steps", ["--sample_steps=0"], None),
+    (RS, "judge", ["--judge=hf:{missing}"], "does not exist"),
+    (RS, "gen_ppl_convention", ["--gen_ppl_convention=md4"], None),
     # experiments.compare_targets
     (CT, "config", ["--config=no/such_config.py"], "cannot load config file"),
     (CT, "outdir", ["--outdir={afile}"], "is a file, not a directory"),
@@ -215,6 +242,19 @@ _ROWS: List[Tuple] = [
     (CT, "judge_workdir", ["--judge_workdir={wd}"], "holds a diffusion model"),
     (CT, "num_samples", ["--num_samples=0"], None),
     (CT, "sample_steps", ["--sample_steps=0"], None),
+    (CT, "judge", ["--judge=hf:{missing}"], "does not exist"),
+    (CT, "gen_ppl_convention", ["--gen_ppl_convention=md4"], None),
+    # experiments.judge (tests/test_judge_binary.py holds more cases)
+    (J, "judge", ["--judge={missing}"], "does not exist"),
+    (J, "judge_workdir", ["--judge_workdir={wd}"], "holds a diffusion model"),
+    (J, "text_file", ["--text_file={missing}"], "does not exist"),
+    (J, "separator", ["--separator=comma"], None),
+    (J, "max_length", ["--max_length=-1"], None),
+    (J, "ppl_batch_size", ["--ppl_batch_size=-1"], None),
+    (J, "group_size", ["--group_size=-1"], None),
+    (J, "dtype", ["--dtype=float16"], None),
+    (J, "json", ["--json={afile}/x.json"], None),
+    (J, "gen_ppl_convention", ["--gen_ppl_convention=md4"], None),
 ]
 # Flags every binary has (experiments/cli.py); study defines its own --compile_cache.
 for _b in BINARIES:
@@ -231,7 +271,7 @@ NO_BAD_VALUE: Dict[Tuple[str, str], str] = {}
 SUBPROCESS_ROWS = [
     (S, "length"), (E, "num_t"), (F, "samplers"), (FT, "num_samples"), (D, "top_k"),
     (P, "batch_docs"), (ST, "seeds"), (T, "summary_samples"), (RS, "betas"),
-    (CT, "variants")]
+    (CT, "variants"), (J, "max_length")]
 
 
 def fill(args: List[str], places: Dict[str, str]) -> List[str]:

@@ -88,7 +88,8 @@ def _cases(root):
 def _places(root):
   return dict(wd=os.path.join(root, "run"), root=root, afile=os.path.join(root, "a_file"),
               missing=os.path.join(root, "missing"),
-              corpus=os.path.join(root, "corpus.txt"))
+              corpus=os.path.join(root, "corpus.txt"),
+              gpt2=os.path.join(REPO, "tests", "fixtures", "gpt2_tiny"))
 
 
 # Long generation past the model's data.seq_len (32) from the command line.

@@ -248,6 +248,43 @@ COVERAGE: Dict[str, object] = {
     **{f"python -m experiments.study --study={s} --outdir=studies/{s}": _STUDY
        for s in ("objectives", "teacher", "distill", "reward", "reward_bias", "ratio",
                  "hamming")},
+    # README.md, Few network calls
+    "python -m experiments.sample --workdir=DIR --sampler=confidence --unmask_per_call=4":
+        Synopsis(),
+    "python -m experiments.sample --workdir=DIR --sampler=entropy_bound --eb_gamma=0.1":
+        Synopsis(),
+    "python -m experiments.sample --workdir=DIR --sampler=confidence_threshold "
+    "--confidence_tau=0.9": Synopsis(),
+    "python -m experiments.distill --self --teacher_workdir=DIR --workdir=SD --rounds=4 "
+    "--teacher_steps=256 [--round_train_steps=N]":
+        Elsewhere("test_few_steps.py::test_self_distillation_binary_rounds_resume_and_"
+                  "sample", "--self with 2 rounds at tiny sizes, resumed, then sampled "
+                  "(slow); default: the distill rows of tests/flag_table.py and "
+                  "test_self_distill.py (the exact law)"),
+    "python -m experiments.frontier --workdir=DIR --judge_workdir=JDIR --outdir=OUT "
+    "--nfe=4,8,16,32,64 --samplers=analytic,confidence,first_hitting,entropy_bound":
+        Synopsis(),
+    "python -m experiments.study --study=few_steps --outdir=studies/few_steps":
+        Elsewhere("test_few_steps.py::test_few_steps_study_quick", "--quick (slow); "
+                  "default: the experiments.study rows of tests/flag_table.py"),
+    # README.md, Pre-trained models (GPT-2 large is not in the repository)
+    "python -m experiments.sample --workdir=DIR --num_samples=64 --steps=1000 "
+    "--judge=hf:/data/gpt2-large --gen_ppl_convention=mdlm":
+        Elsewhere("test_end_to_end.py::test_binaries_train_evaluate_sample_and_refuse_"
+                  "empty_workdirs", "sample and frontier with --judge=hf: the committed "
+                  "tiny GPT-2 (tests/fixtures/gpt2_tiny) in place of gpt2-large (slow); "
+                  "default: test_gen_ppl.py (every convention against brute force)"),
+    "python -m experiments.judge --judge=hf:/data/gpt2-large --text_file=samples.txt "
+    "[--separator=line|blank] [--gen_ppl_convention=auto|project|mdlm|duo|remdm|sedd]":
+        Elsewhere("test_judge_binary.py::test_scores_text_as_the_library_does",
+                  "the committed tiny GPT-2 in place of gpt2-large, line and blank "
+                  "separators, mdlm and sedd conventions"),
+    "python -m experiments.distill --config=experiments/configs/owt.py --workdir=W "
+    "--config.data.path=/data/owt_gpt2 --teacher=hf:/data/gpt2-large --mode=top_k_tail":
+        Elsewhere("test_end_to_end.py::test_distill_from_an_hf_gpt2_teacher",
+                  "--teacher=hf: the committed tiny GPT-2 on data prepared with its "
+                  "tokenizer (OpenWebText and gpt2-large need downloads; slow); default: "
+                  "test_gpt2_teacher.py (targets against enumeration)"),
     # notebooks/README.md
     "jupyter lab notebooks/": Skip("starts a server"),
     "jupytext --to notebook --execute notebooks/01_concrete_scores.py": Skip(
@@ -259,6 +296,17 @@ COVERAGE: Dict[str, object] = {
 }
 # Synopses that take more than a few seconds: slow, with the cheaper default run named.
 SLOW_SYNOPSES = {
+    **{c: "default: test_adaptive.py (each sampler's law on an enumerable space) and the "
+          "experiments.sample rows of tests/flag_table.py for its flags" for c in (
+        "python -m experiments.sample --workdir=DIR --sampler=confidence "
+        "--unmask_per_call=4",
+        "python -m experiments.sample --workdir=DIR --sampler=entropy_bound --eb_gamma=0.1",
+        "python -m experiments.sample --workdir=DIR --sampler=confidence_threshold "
+        "--confidence_tau=0.9")},
+    "python -m experiments.frontier --workdir=DIR --judge_workdir=JDIR --outdir=OUT "
+    "--nfe=4,8,16,32,64 --samplers=analytic,confidence,first_hitting,entropy_bound":
+        "default: test_few_steps.py::test_settings_make_the_calls_they_name and the "
+        "README's frontier synopsis",
     "cd notebooks && MPLBACKEND=Agg python 01_concrete_scores.py":
         "TCSM_NB_QUICK=1 (documented); default: test_notebooks.py::test_executed_"
         "notebook_matches_its_source",
