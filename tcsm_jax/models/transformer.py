@@ -316,7 +316,8 @@ class _Trunk(nn.Module):
     x = embed(tokens)
     if soft_tokens is not None:
       # [batch, length, num_input_states] weights (e.g. one-hot): differentiable input.
-      x = soft_tokens.astype(jnp.float32) @ embed.embedding
+      x = jnp.matmul(soft_tokens.astype(jnp.float32), embed.embedding,
+                     precision=jax.lax.Precision.HIGHEST)
     x = constrain_batch(x.astype(cfg.dtype))
     if cfg.scan_layers:
       scanned = nn.scan(_ScanBlock, variable_axes={"params": 0},
