@@ -30,8 +30,16 @@ Attention (``TransformerConfig.attention_impl``, config key ``model.attention_im
   anything else is a ``ValueError`` (no silent fallback: asking for cuDNN and getting
   XLA would make timings and MFU numbers lie).
 * ``"einsum"``: the head-major form on every backend.
+* ``"splash"``: the Pallas TPU flash-attention kernel
+  (``jax.experimental.pallas.ops.tpu.splash_attention``; forward, dq and dkv kernels, no
+  ``[T, T]`` logits in memory). Needs a sequence length that is a multiple of 128 (its
+  tile); ``auto`` picks it on TPU where the length allows. The choice of program is made
+  when the function is lowered (``jax.lax.platform_dependent``): lowered for a TPU the
+  program holds the Mosaic kernels (``tpu_custom_call``), lowered for the CPU it runs
+  the same kernel in Pallas interpret mode (slow; what the tests compare against XLA's
+  attention). On GPU it is a ``ValueError``.
 
-All four compute the same function (equal to float32 rounding; tested) and none has
+All five compute the same function (equal to float32 rounding; tested) and none has
 parameters, so checkpoints do not depend on the choice. Rotary tables are built once per
 trace with NumPy (constants of the compiled program) and applied to ``q`` and ``k`` in
 one pass.
@@ -70,7 +78,10 @@ SIZES = {
 REMAT_POLICIES = ("nothing_saveable", "dots_with_no_batch_dims_saveable",
                   "dots_saveable", "everything_saveable")
 
-ATTENTION_IMPLS = ("auto", "xla", "cudnn", "einsum")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "einsum", "splash")
+
+# Splash attention (the Pallas TPU kernel) tiles the sequence in blocks of 128 lanes.
+SPLASH_BLOCK = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +103,7 @@ class TransformerConfig:
   scan_layers: bool = False       # one compiled block, scanned (faster compiles)
   causal: bool = False
   rope_base: float = 10000.0
-  attention_impl: str = "auto"    # auto | xla | cudnn | einsum (see the module docstring)
+  attention_impl: str = "auto"    # auto | xla | cudnn | einsum | splash (module docstring)
 
   def __post_init__(self):
     if self.width % self.num_heads:
@@ -192,11 +203,73 @@ def _cudnn_may_run(q) -> bool:
           and q.shape[-1] <= 128)
 
 
+def splash_unsupported(length: int) -> Optional[str]:
+  """Why splash attention cannot run a sequence of ``length`` (``None`` if it can)."""
+  if length % SPLASH_BLOCK:
+    return (f"model.attention_impl='splash' needs a sequence length that is a multiple "
+            f"of {SPLASH_BLOCK} (the kernel's tile), got {length}")
+  return None
+
+
+@functools.lru_cache(maxsize=32)
+def _splash_kernels(length: int, heads: int, causal: bool):
+  """``(tpu, interpret)``: the splash kernel of one ``[heads, length, head_dim]`` example,
+  compiled (Mosaic) and in Pallas interpret mode. Built once per shape on the host."""
+  from jax.experimental.pallas.ops.tpu.splash_attention import (  # pylint: disable=g-import-not-at-top
+      splash_attention_kernel as sk, splash_attention_mask as sm)
+  one = sm.CausalMask((length, length)) if causal else sm.FullMask((length, length))
+  mask = sm.MultiHeadMask([one] * heads)
+  b = max(blk for blk in (512, 256, 128) if length % blk == 0)
+  sizes = sk.BlockSizes(block_q=b, block_kv=b, block_kv_compute=b, block_q_dkv=b,
+                        block_kv_dkv=b, block_kv_dkv_compute=b, block_q_dq=b,
+                        block_kv_dq=b)
+  make = lambda interpret: sk.make_splash_mha(mask, block_sizes=sizes, head_shards=1,
+                                              q_seq_shards=1, interpret=interpret)
+  with jax.ensure_compile_time_eval():      # concrete mask tables, safe to cache
+    return make(False), make(True)
+
+
+def splash_attention(q, k, v, causal: bool):
+  """Splash attention ``[batch, length, heads, head_dim]`` (see the module docstring).
+
+  The kernel runs per example (``vmap``) on ``[heads, length, head_dim]``, with ``q``
+  scaled by ``1 / sqrt(head_dim)``; logits and softmax statistics in float32. Under a
+  context mesh it runs inside ``shard_map`` over the batch axes (a Mosaic call is not
+  partitioned by XLA: each device runs it on its own rows).
+  """
+  t, n, d = q.shape[1:]
+  why = splash_unsupported(t)
+  if why:
+    raise ValueError(why)
+  if jax.default_backend() == "gpu":
+    raise ValueError("model.attention_impl='splash' is a TPU kernel; on GPU use 'auto', "
+                     "'cudnn' or 'xla'")
+  tpu, interpret = _splash_kernels(t, n, causal)
+  scale = np.float32(1.0 / math.sqrt(d))
+
+  def run(q, k, v):                                # [b, T, N, H] -> [b, T, N, H]
+    qh = (q * scale.astype(q.dtype)).transpose(0, 2, 1, 3)
+    kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    out = jax.lax.platform_dependent(qh, kh, vh, tpu=jax.vmap(tpu),
+                                     default=jax.vmap(interpret))
+    return out.transpose(0, 2, 1, 3)
+
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or q.shape[0] % mesh.size:
+    return run(q, k, v)
+  spec = jax.sharding.PartitionSpec(tuple(mesh.axis_names))
+  return jax.shard_map(run, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec,
+                       check_vma=False)(q, k, v)
+
+
 def attention(q, k, v, *, causal: bool, impl: str = "auto"):
   """Softmax attention ``[batch, length, heads, head_dim]`` with the chosen kernel."""
   if impl not in ATTENTION_IMPLS:
     raise ValueError(f"attention impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
   backend = jax.default_backend()
+  if impl == "splash" or (impl == "auto" and backend == "tpu"
+                          and not splash_unsupported(q.shape[1])):
+    return splash_attention(q, k, v, causal)
   if impl == "cudnn":
     if backend != "gpu":
       raise ValueError(f"model.attention_impl='cudnn' needs a GPU (backend is {backend!r}); "

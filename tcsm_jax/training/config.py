@@ -77,9 +77,10 @@ def default_config() -> ml_collections.ConfigDict:
                                      # dots_with_no_batch_dims_saveable | dots_saveable |
                                      # everything_saveable (jax.checkpoint_policies)
   c.model.scan_layers = False        # lax.scan over layers: compile time flat in depth
-  c.model.attention_impl = "auto"    # auto | xla | cudnn (GPU, bfloat16) | einsum;
-                                     # auto = cuDNN on GPU in bf16, XLA's otherwise,
-                                     # head-major einsum on CPU
+  c.model.attention_impl = "auto"    # auto | xla | cudnn (GPU, bfloat16) | einsum |
+                                     # splash (TPU; seq_len % 128 == 0);
+                                     # auto = cuDNN on GPU in bf16, splash on TPU,
+                                     # XLA's otherwise, head-major einsum on CPU
 
   c.loss = ml_collections.ConfigDict()
   c.loss.kind = "tcsm"               # tcsm | masked_elbo | sedd
@@ -381,6 +382,9 @@ RULES: List[Tuple[Callable[[Any], bool], Callable[[Any], str]]] = [
     (lambda c: not (c.model.attention_impl == "cudnn" and c.model.dtype != "bfloat16"),
      lambda c: "model.attention_impl='cudnn' needs model.dtype='bfloat16' (cuDNN flash "
                "attention has no float32 kernel)"),
+    (lambda c: not (c.model.attention_impl == "splash"
+                    and transformer.splash_unsupported(c.data.seq_len)),
+     lambda c: transformer.splash_unsupported(c.data.seq_len)),
     (lambda c: _profile_ok(c.train.profile_steps),
      lambda c: f"train.profile_steps must be 'first,last' with 0 <= first < last, got "
                f"{c.train.profile_steps!r}"),
