@@ -72,6 +72,9 @@ SLOW_BY_BUDGET = (
     "test_pins.py::test_reference_on_other_data_or_vocabulary_is_refused",  # ..._names_what_differs
     "test_pins.py::test_reference_is_pinned_and_a_changed_one_refused",  # test_check_unchanged_...
     "test_splash.py::test_splash_equals_xla_attention_values_and_gradients[True",  # [False-32]
+    "test_vocab_tiling.py::test_tiled_loss_equals_plain_loss_every_kind_and_process",  # ..._plain_loss
+    "test_scale_plan.py::test_tpu_plan_",   # (libtpu) test_replica_groups_..., test_hybrid_mesh_...,
+                                            # test_splash.py::test_tpu_program_holds_...
 )
 
 
