@@ -75,6 +75,7 @@ SLOW_BY_BUDGET = (
     "test_vocab_tiling.py::test_tiled_loss_equals_plain_loss_every_kind_and_process",  # ..._plain_loss
     "test_scale_plan.py::test_tpu_plan_",   # (libtpu) test_replica_groups_..., test_hybrid_mesh_...,
                                             # test_splash.py::test_tpu_program_holds_...
+    "test_tpu_sample_plan.py::test_sampler_compiled_for_v5e",  # (libtpu) ..._tpu_style_program
 )
 
 
