@@ -76,6 +76,8 @@ SLOW_BY_BUDGET = (
     "test_scale_plan.py::test_tpu_plan_",   # (libtpu) test_replica_groups_..., test_hybrid_mesh_...,
                                             # test_splash.py::test_tpu_program_holds_...
     "test_tpu_sample_plan.py::test_sampler_compiled_for_v5e",  # (libtpu) ..._tpu_style_program
+    "test_ablations.py::test_every_ablation_row_on_the_cpu",   # ..._rows_run_on_the_cpu
+    "test_vocab_tiling.py::test_train_binary_refuses_tiling",  # test_config_tile_vocab_needs_chunks
 )
 
 

@@ -211,10 +211,10 @@ def splash_unsupported(length: int) -> Optional[str]:
   return None
 
 
-@functools.lru_cache(maxsize=32)
 def _splash_kernels(length: int, heads: int, causal: bool):
   """``(tpu, interpret)``: the splash kernel of one ``[heads, length, head_dim]`` example,
-  compiled (Mosaic) and in Pallas interpret mode. Built once per shape on the host."""
+  compiled (Mosaic) and in Pallas interpret mode. Built at each trace (its mask tables
+  are arrays of the trace: a cached kernel would leak them into the next trace)."""
   from jax.experimental.pallas.ops.tpu.splash_attention import (  # pylint: disable=g-import-not-at-top
       splash_attention_kernel as sk, splash_attention_mask as sm)
   one = sm.CausalMask((length, length)) if causal else sm.FullMask((length, length))
@@ -225,8 +225,7 @@ def _splash_kernels(length: int, heads: int, causal: bool):
                         block_kv_dq=b)
   make = lambda interpret: sk.make_splash_mha(mask, block_sizes=sizes, head_shards=1,
                                               q_seq_shards=1, interpret=interpret)
-  with jax.ensure_compile_time_eval():      # concrete mask tables, safe to cache
-    return make(False), make(True)
+  return make(False), make(True)
 
 
 def splash_attention(q, k, v, causal: bool):
@@ -377,7 +376,8 @@ class _Trunk(nn.Module):
   cfg: TransformerConfig
 
   @nn.compact
-  def __call__(self, tokens, cond, deterministic, soft_tokens=None):
+  def __call__(self, tokens, cond, deterministic, soft_tokens=None,
+               return_hidden: bool = False):
     cfg = self.cfg
     if tokens.ndim != 2:
       raise ValueError(f"tokens must be [batch, length], got shape {tokens.shape}")
@@ -408,10 +408,20 @@ class _Trunk(nn.Module):
                                         kernel_init=nn.initializers.zeros,
                                         name="adaln_final")(nn.silu(cond)), 2, -1)
       y = _modulate(y, shift, scale)
+    if return_hidden:
+      return constrain_batch(y)
     init = nn.initializers.zeros if cond is not None else nn.initializers.normal(0.02)
     logits = nn.Dense(cfg.vocab_size, dtype=cfg.dtype, kernel_init=init,
                       name="head")(constrain_batch(y))
     return constrain_batch(logits)
+
+
+def head_fn(cfg: TransformerConfig, params):
+  """``rows [n, width] -> logits [n, vocab_size]``: the trunk's output layer alone (the
+  same ``nn.Dense`` as inside the model), for a loss that runs it per chunk of
+  positions (``loss.tile_vocab``) on the hidden states of ``return_hidden=True``."""
+  head = nn.Dense(cfg.vocab_size, dtype=cfg.dtype, name="head")
+  return lambda rows: head.apply({"params": params["trunk"]["head"]}, rows)
 
 
 class DiffusionTransformer(nn.Module):
@@ -420,14 +430,18 @@ class DiffusionTransformer(nn.Module):
   cfg: TransformerConfig
 
   @nn.compact
-  def __call__(self, x_t, sigma_bar, deterministic: bool = True):
+  def __call__(self, x_t, sigma_bar, deterministic: bool = True,
+               return_hidden: bool = False):
+    """``return_hidden``: the hidden states ``[batch, length, width]`` before the output
+    layer (``head_fn`` maps them to logits)."""
     cfg = self.cfg
     sigma_bar = jnp.broadcast_to(jnp.asarray(sigma_bar, jnp.float32), x_t.shape[:1])
     # Condition on log(sigma_bar), which spreads the noise levels evenly.
     feat = noise_embedding(jnp.log(jnp.maximum(sigma_bar, 1e-8)) / 10.0, 256)
     cond = nn.Dense(cfg.cond_width, name="cond_in")(feat)
     cond = nn.Dense(cfg.cond_width, name="cond_out")(nn.silu(cond)).astype(cfg.dtype)
-    return _Trunk(cfg, name="trunk")(x_t, cond, deterministic)
+    return _Trunk(cfg, name="trunk")(x_t, cond, deterministic,
+                                     return_hidden=return_hidden)
 
 
 class CausalTransformer(nn.Module):

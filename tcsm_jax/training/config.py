@@ -96,6 +96,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.loss.chunk_size = 0              # > 0: the loss over [b, L, V] logits in chunks of
                                      # this many positions (memory at large V; same
                                      # values and gradients); 0 = all at once
+  c.loss.tile_vocab = False          # with chunk_size > 0: the output layer too runs
+                                     # per chunk (no [b, L, V] logits at all)
 
   c.teacher = ml_collections.ConfigDict()
   c.teacher.kind = "none"            # none | ar | mlm | markov: parametric clean-space
@@ -351,6 +353,13 @@ RULES: List[Tuple[Callable[[Any], bool], Callable[[Any], str]]] = [
     (lambda c: not (c.loss.hamming == 2 and c.data.layout == "padded"),
      lambda c: "loss.hamming=2 needs data.layout='packed' (pairs over pad positions "
                "are not defined)"),
+    (lambda c: not (c.loss.get("tile_vocab", False) and c.loss.chunk_size <= 0),
+     lambda c: "loss.tile_vocab runs the output layer per loss chunk: it needs "
+               "loss.chunk_size > 0"),
+    (lambda c: not (c.loss.get("tile_vocab", False) and (
+        c.model.arch == "causal" or c.finetune.kind != "none")),
+     lambda c: "loss.tile_vocab applies to diffusion pre-training (model.arch="
+               "'diffusion', finetune.kind='none')"),
     (lambda c: not (c.loss.hamming == 2 and c.loss.chunk_size > 0),
      lambda c: "loss.chunk_size applies to the 1-Hamming losses; loss.hamming=2 needs "
                "loss.chunk_size=0"),
@@ -519,7 +528,8 @@ HARMLESS_PREFIXES = (
     "train.divergence_factor", "train.max_bad_evals", "train.allow_config_change",
     "train.allow_reference_change", "train.prefetch",
     "train.profile_steps", "train.tensorboard", "mesh.", "eval.", "sampling.", "model.remat",
-    "model.dtype", "model.attention_impl", "data.tfds_dir", "loss.chunk_size")
+    "model.dtype", "model.attention_impl", "data.tfds_dir", "loss.chunk_size",
+    "loss.tile_vocab")
 
 
 def flatten(d, prefix=""):
