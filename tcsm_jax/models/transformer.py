@@ -16,10 +16,11 @@ accelerators).
 
 Attention (``TransformerConfig.attention_impl``, config key ``model.attention_impl``):
 
-* ``"auto"`` (default): on GPU with bfloat16/float16 activations and a head dimension
+* ``"auto"`` (default): on TPU splash attention (below) where the sequence length is a
+  multiple of 128; on GPU with bfloat16/float16 activations and a head dimension
   cuDNN supports (a multiple of 8, at most 128), the cuDNN fused kernel; where JAX's
-  cuDNN path refuses the call at trace time, and on GPU in float32 and on TPU,
-  ``jax.nn.dot_product_attention(implementation=None)`` (which does *not* pick cuDNN by
+  cuDNN path refuses the call at trace time, on GPU in float32 and on TPU at other
+  lengths, ``jax.nn.dot_product_attention(implementation=None)`` (which does *not* pick cuDNN by
   itself: measured on an H200, GPT-2-small size, bf16, 32 x 1024 tokens, its train step
   ran at 330k tokens/s and 41.8 GiB peak against cuDNN's 607k tokens/s and 14.1 GiB);
   on CPU the same arithmetic written head-major (``_attention_einsum``),
