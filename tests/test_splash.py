@@ -84,3 +84,12 @@ def test_tpu_program_holds_the_splash_kernels(d):
                                                     impl="splash").astype(jnp.float32))
   text = jax.jit(jax.grad(f, (0, 1, 2))).lower(a, a, a).compile().as_text()
   assert text.count("tpu_custom_call") == 3, text.count("tpu_custom_call")
+
+
+def test_auto_picks_splash_on_tpu_where_the_length_allows(monkeypatch):
+  q, k, v = _qkv(1, 128, 2, 16)
+  monkeypatch.setattr(transformer.jax, "default_backend", lambda: "tpu")
+  auto = lambda t: str(jax.make_jaxpr(lambda q, k, v: transformer.attention(
+      q, k, v, causal=True, impl="auto"))(q[:, :t], k[:, :t], v[:, :t]))
+  assert "pallas_call" in auto(128)
+  assert "pallas_call" not in auto(100)         # an untiled length: XLA's attention
