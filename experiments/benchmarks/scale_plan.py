@@ -3,6 +3,9 @@ r"""The pod plan, checked on a laptop: compile the real sharded train step on fa
   python -m experiments.benchmarks.scale_plan --devices=256 \
       --sizes=gpt2_small,gpt2_medium,1b,7b --mesh=fsdp,data,fsdp+data \
       [--batches=1,2] [--remat=none,nothing_saveable] [--seq_len=1024] [--vocab=50257]
+  python -m experiments.benchmarks.scale_plan --target=tpu:v5e:2x2 [--slices=2] \
+      --sizes=gpt2_small --mesh=fsdp --remat=nothing_saveable --batches=1,8 \
+      [--extrapolate_to=v5e:16x16]
 
 ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` (N = ``--devices``) is set before
 JAX is imported, so the CPU pretends to be N devices. For each model size, mesh, remat
@@ -32,6 +35,20 @@ policy (``extrapolated`` past the compiled batches).
 XLA:CPU's buffer assignment is not the TPU's or GPU's: it schedules differently and
 has no bf16 arithmetic (it converts to float32), so temps are indicative, parameters
 and collectives exact.
+
+The TPU compiler (``--target=tpu:v5e:2x2[,v5p:2x2x1,...]``, libtpu installed: ``pip
+install -e .[tpu]``) replaces all of that: the step is compiled ahead of time for the
+devices of a described slice (``jax.experimental.topologies``; no TPU attached, the host
+stays the CPU), with splash attention by default (``--attention_impl``). Per chip it
+prints the state, arguments, temporaries and peak, the collectives read from the TPU
+HLO (trip counts from the loop conditions; ``--slices=N`` joins N slices by DCN and
+reports the cross-slice bytes apart: the TPU writes them as megascale sends), the cost
+analysis FLOPs against the 6N hand count (``6N seen``: as the cost analysis counts a
+scanned loop body, once), the number of Mosaic kernels and the compile time; then the
+largest per-chip batch that fits the chip's HBM. ``--extrapolate_to`` carries each row
+to a bigger slice of the same chip (state exact, temps as compiled). Results:
+``experiments/results/tpu_plan.md``. Only one process may load libtpu at a time
+(``ALLOW_MULTIPLE_LIBTPU_LOAD=1`` lifts that).
 """
 
 import os
