@@ -170,3 +170,17 @@ def test_tpu_plan_two_slices_reduce_gradients_across_dcn_only():
   assert 0 < c["dcn"]["bytes"] < c["all-gather"]["bytes"]
   assert c["dcn"]["bytes"] >= param_bytes // 8            # the shards' gradients
   assert c["dcn"]["count"] == r["hlo"].count("_xla_megascale_transfer_type") // 2
+
+
+def test_tpu_target_without_libtpu_is_one_error_line():
+  """Where libtpu is missing the TPU plan says so in one line (status 2)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  if importlib.util.find_spec("libtpu") is not None:
+    pytest.skip("libtpu is installed: the TPU target runs instead of refusing")
+  proc = subprocess.run([sys.executable, "-m", "experiments.benchmarks.scale_plan",
+                         "--target=tpu:v5e:2x2"], capture_output=True, text=True,
+                        timeout=120, cwd=scale_plan.__file__.rsplit("/experiments/", 1)[0])
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines()[-1].startswith("error: --target=tpu:... needs")

@@ -436,6 +436,16 @@ def fits(rows, hbm_gib):
   return int((cap - fixed) // slope) if slope > 0 else 10 ** 6
 
 
+def require_libtpu():
+  """Exits with one line (status 2) when the TPU compiler is not installed."""
+  try:
+    import libtpu  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    print("error: --target=tpu:... needs the TPU compiler: pip install -e '.[tpu]' "
+          "(libtpu, about 700 MB)", file=sys.stderr)
+    sys.exit(2)
+
+
 def tpu_devices(topology: str, slices: int = 1):
   """The devices of a described TPU slice (``v5e:2x2``; ``slices`` joined by DCN),
   from libtpu's topology description: compile for them, never run."""
@@ -570,6 +580,7 @@ def tpu_main(topologies_):
 
 def main(_):
   if _TARGET.value.startswith("tpu:"):
+    require_libtpu()
     tops = [t for t in _TARGET.value[len("tpu:"):].split(",") if t]
     for t in tops + list(_EXTRA.value):
       hbm_gib(t)

@@ -113,6 +113,7 @@ def compile_sampler(config, vocab: int, mesh, per_chip_batch: int, steps: int,
 def main(_):
   if not _TARGET.value.startswith("tpu:"):
     raise app.UsageError(f"--target must be tpu:TOPOLOGY, got {_TARGET.value!r}")
+  scale_plan.require_libtpu()
   topo = _TARGET.value[len("tpu:"):]
   devices = scale_plan.tpu_devices(topo)
   mesh = partition.make_mesh(_FSDP.value, devices)
