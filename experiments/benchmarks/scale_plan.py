@@ -451,6 +451,8 @@ def tpu_devices(topology: str, slices: int = 1):
   from libtpu's topology description: compile for them, never run."""
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   kw = {"num_slices": slices} if slices > 1 else {}
+  if topology.split(":")[0] == "v4":
+    kw["chip_config_name"] = "megacore"      # one device per chip, as TPU VMs run v4
   return topologies.get_topology_desc(platform="tpu", topology_name=topology,
                                       **kw).devices
 
