@@ -116,7 +116,7 @@ def true_denoiser(p0: np.ndarray, process: Process, length: int):
     lik = process.likelihood_log_probs(x_t, sigma)                 # [b, L, V]
     per = jnp.take_along_axis(lik[:, None], x0s[None, ..., None], -1)[..., 0]  # [b,N0,L]
     post = jax.nn.softmax(log_p0 + per.sum(-1), -1)                # [b, N0]
-    marg = jnp.einsum("bn,nlv->blv", post, onehot)
+    marg = jnp.einsum("bn,nlv->blv", post, onehot, precision=jax.lax.Precision.HIGHEST)
     return jnp.log(marg)
 
   return fn

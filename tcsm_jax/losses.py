@@ -194,7 +194,8 @@ def chunk_rows(n: int, chunk_size: int) -> int:
   return 1
 
 
-def per_position(fn: Callable, chunk_size: int, per_example, *arrays):
+def per_position(fn: Callable, chunk_size: int, per_example, *arrays,
+                 head: Optional[Callable] = None):
   """``fn`` applied to every position, optionally in chunks of rows (memory at large V).
 
   ``fn(*per_example_rows, *rows) -> [n]`` is a per-position loss (every function of
@@ -212,6 +213,11 @@ def per_position(fn: Callable, chunk_size: int, per_example, *arrays):
   the logits (any dtype) and their gradient stay ``[b, L, V]``. Values and gradients
   equal the unchunked ones up to float32 rounding (tested to 1e-6).
 
+  With ``head`` (vocabulary tiling), ``arrays[0]`` are hidden states ``[b, L, D]`` and
+  ``head(rows [c, D]) -> logits [c, V]`` (the model's output layer) runs inside each
+  chunk: full ``[b, L, V]`` logits never exist, in the forward or the backward pass
+  (the head's matmul is recomputed per chunk; its weight gradient sums over chunks).
+
   Returns:
     ``[batch, length]`` float32.
   """
@@ -225,6 +231,9 @@ def per_position(fn: Callable, chunk_size: int, per_example, *arrays):
 
   lead = tuple(as_rows(v) for v in per_example)
   rows = tuple(a.reshape((n,) + a.shape[2:]) for a in arrays)
+  if head is not None:
+    inner, m = fn, len(lead)
+    fn = lambda *a: inner(*a[:m], head(a[m]), *a[m + 1:])
   c = chunk_rows(n, int(chunk_size or 0))
   if c == n:
     return fn(*lead, *rows).reshape(b, length)

@@ -19,11 +19,15 @@ sequence length: nats per token for the ELBO-type objectives. With ``pad_id`` (t
 ``padded`` data layout, one document per row) positions whose clean token is the pad
 id contribute nothing, and the sum is divided by the number of real tokens instead;
 without it the computation is unchanged.
+
+Vocabulary tiling (``config.loss.tile_vocab`` with ``chunk_size > 0``): the denoiser
+returns ``Hidden(states [b, L, D], head)`` instead of logits, and the output layer runs
+per chunk inside ``losses.per_position``: full ``[b, L, V]`` logits never exist.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +38,13 @@ from tcsm_jax.processes import Process
 from tcsm_jax.schedules import Schedule
 
 KINDS = ("tcsm", "masked_elbo", "sedd")
+
+
+class Hidden(NamedTuple):
+  """A denoiser's output for vocabulary tiling: ``states [b, L, D]`` (before the output
+  layer) and ``head(rows [n, D]) -> logits [n, V]``."""
+  states: Any
+  head: Callable
 
 
 def sample_times(key, batch: int, t_min: float = 1e-5, stratified: bool = True):
@@ -102,11 +113,15 @@ def make_loss_fn(cfg: ml_collections.ConfigDict, process: Process, schedule: Sch
     logits = apply_fn(params, x_t, sigma, train, k_drop)
     real = None if pad_id is None else x0 != pad_id
     chunk = int(cfg.get("chunk_size", 0) or 0)
+    head = None
+    if isinstance(logits, Hidden):     # vocabulary tiling: logits per chunk, inside
+      logits, head = logits
+    per_position = lambda *a: losses.per_position(*a, head=head)
     if cfg.kind == "masked_elbo":
       # A pad position shows its clean token to the loss, so it never counts as masked.
       x_seen = x_t if real is None else jnp.where(real, x_t, x0)
       w = dsigma / jnp.expm1(sigma)
-      per_seq = w * losses.per_position(
+      per_seq = w * per_position(
           lambda s, lg, a, b: losses.masked_nll(lg, a, b, process.mask_id), chunk,
           (sigma,), logits, x0, x_seen).sum(-1)
     elif cfg.kind == "sedd":
@@ -114,8 +129,8 @@ def make_loss_fn(cfg: ml_collections.ConfigDict, process: Process, schedule: Sch
         log_score = process.noisy_log_score(scores.model_log_probs(lg, process, b, s),
                                             b, s)
         return losses.score_entropy(log_score, a, b, s, ds, process)
-      per_seq = _sum_real(losses.per_position(sedd_fn, chunk, (sigma, dsigma), logits,
-                                              x0, x_t), real)
+      per_seq = _sum_real(per_position(sedd_fn, chunk, (sigma, dsigma), logits,
+                                       x0, x_t), real)
     elif cfg.get("hamming", 1) == 2:
       per_seq = losses.time_weight(cfg.weighting, sigma, dsigma) * _pair_loss(
           cfg, process, logits, x0, x_t, sigma, target_fn, key)
@@ -123,7 +138,7 @@ def make_loss_fn(cfg: ml_collections.ConfigDict, process: Process, schedule: Sch
       w = losses.time_weight(cfg.weighting, sigma, dsigma)
       per_seq = 0.0
       if teacher_w < 1.0:
-        per_seq = (1.0 - teacher_w) * _sum_real(losses.per_position(
+        per_seq = (1.0 - teacher_w) * _sum_real(per_position(
             lambda s, lg, a, b: losses.tcsm_loss(lg, a, b, s, process, form=cfg.form,
                                                  divergence=cfg.divergence),
             chunk, (sigma,), logits, x0, x_t), real)
@@ -132,7 +147,7 @@ def make_loss_fn(cfg: ml_collections.ConfigDict, process: Process, schedule: Sch
         # corruption's keys stay as they were.
         target = jax.lax.stop_gradient(targets.call_target(
             target_fn, x0, jax.random.fold_in(key, 0x7a5)))
-        per_seq = per_seq + teacher_w * _sum_real(losses.per_position(
+        per_seq = per_seq + teacher_w * _sum_real(per_position(
             lambda s, lg, a, b, tg: losses.tcsm_loss(
                 lg, a, b, s, process, form=cfg.form, divergence=cfg.divergence,
                 target_log_cond=tg),

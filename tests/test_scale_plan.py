@@ -94,3 +94,93 @@ def test_compiled_step_memory_and_collectives_match_hand_counts():
   assert fsdp["argument"] == (fsdp["params"] + fsdp["opt"] + fsdp["ema"] + fsdp["batch"]
                               + small)
   assert param_bytes <= fsdp["collectives"]["all-gather"]["bytes"] <= 3 * param_bytes
+
+
+def test_replica_groups_iota_explicit_and_cross_slice_bytes():
+  """Iota groups with a transpose, explicit groups, and the DCN split: with devices
+  0-3 on slice 0 and 4-7 on slice 1, groups {0,4},{1,5}... cross slices, {0..3} do not."""
+  g = scale_plan.replica_groups("x), replica_groups=[4,2]<=[2,4]T(1,0), dims", 8)
+  assert g == [[0, 4], [1, 5], [2, 6], [3, 7]]
+  assert scale_plan.replica_groups("replica_groups=[2,4]<=[8], to_apply", 8) == [
+      [0, 1, 2, 3], [4, 5, 6, 7]]
+  assert scale_plan.replica_groups("replica_groups={{0,2},{1,3}}, x", 4) == [[0, 2], [1, 3]]
+  assert scale_plan.replica_groups("to_apply=%add", 3) == [[0, 1, 2]]
+  hlo = _HLO.replace("replica_groups=[2,4]<=[8]", "replica_groups=[4,2]<=[2,4]T(1,0)")
+  c = scale_plan.collective_bytes(hlo, 8, slice_of=[0] * 4 + [1] * 4)
+  # the all-reduce now pairs i with i + 4 (across slices); the loop's collectives use
+  # all 8 devices (also across); bytes equal the per-kind totals
+  assert c["dcn"]["bytes"] == (c["all-reduce"]["bytes"] + c["all-gather"]["bytes"]
+                               + c["reduce-scatter"]["bytes"])
+  inside = scale_plan.collective_bytes(_HLO.replace("replica_groups=[1,8]<=[8]",
+                                                    "replica_groups=[2,4]<=[8]"), 8,
+                                       slice_of=[0] * 4 + [1] * 4)
+  assert inside["dcn"]["bytes"] == inside["reduce-scatter"]["bytes"]   # only the RS spans
+
+
+def test_hybrid_mesh_keeps_fsdp_inside_a_slice():
+  """Devices from two slices (stand-ins with ``slice_index``): data across slices."""
+  class Dev:
+    def __init__(self, i, s):
+      self.id, self.slice_index, self.process_index, self.platform = i, s, 0, "cpu"
+      self.device_kind = "fake"
+  devs = jax.devices()[:8]
+  fakes = [Dev(d.id, d.id // 4) for d in devs]
+  assert partition.num_slices(fakes) == 2 and partition.num_slices(devs) == 1
+  with pytest.raises(Exception, match="one slice"):
+    partition.make_mesh(8, fakes)
+
+
+def test_tpu_plan_compiles_the_tiny_model_for_a_v5e_slice():
+  """The TPU compiler (libtpu) compiles the train step for v5e 2x2 ahead of time: the
+  splash kernels are in the program, FSDP gathers weights, memory and cost come back."""
+  pytest.importorskip("libtpu", reason="libtpu is not installed (pip install -e .[tpu]):"
+                      " the TPU compiler is needed to compile for a TPU slice")
+  devices = scale_plan.tpu_devices("v5e:2x2")
+  assert len(devices) == 4 and "v5" in devices[0].device_kind.lower()
+  cfg = scale_plan.plan_config("tiny", 256, "none", True, "bfloat16",
+                               attention_impl="splash")
+  r = scale_plan.compile_step(cfg, 512, partition.make_mesh(4, devices), 2, min_bytes=0)
+  assert r["hlo"].count("tpu_custom_call") >= 3          # splash fwd, dq, dkv
+  param_bytes = r["num_params"] * 4
+  assert r["params"] == param_bytes // 4
+  assert param_bytes <= r["collectives"]["all-gather"]["bytes"] <= 3 * param_bytes
+  assert r["temp"] > 0 and r["peak"] >= r["argument"]
+  assert 0.2 < r["flops"] / scale_plan.hand_flops(dict(r, b=2), 256) < 3.0
+
+
+def test_tpu_plan_two_slices_reduce_gradients_across_dcn_only():
+  """Two v5e 2x2 slices (8 chips): FSDP within a slice, data parallel across slices.
+  The mesh's data axis is the slice; the weight all-gathers stay in a slice; the
+  gradients cross the DCN (megascale all-reduce sends of the 1/4 FSDP shards; the
+  compiler sends them in bf16, measured)."""
+  pytest.importorskip("libtpu", reason="libtpu is not installed (pip install -e .[tpu]):"
+                      " the TPU compiler is needed to compile for a TPU slice")
+  devices = scale_plan.tpu_devices("v5e:2x2", slices=2)
+  assert len(devices) == 8 and partition.num_slices(devices) == 2
+  mesh = partition.make_mesh(4, devices)
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 4}
+  for row in mesh.devices:                      # one slice per data index
+    assert len({d.slice_index for d in row}) == 1
+  cfg = scale_plan.plan_config("tiny", 256, "none", True, "bfloat16",
+                               attention_impl="splash")
+  r = scale_plan.compile_step(cfg, 512, mesh, 1, min_bytes=0)
+  c = r["collectives"]
+  param_bytes = r["num_params"] * 4
+  assert c["all-gather"]["bytes"] >= param_bytes          # in-slice weight gathers
+  assert 0 < c["dcn"]["bytes"] < c["all-gather"]["bytes"]
+  assert c["dcn"]["bytes"] >= param_bytes // 8            # the shards' gradients
+  assert c["dcn"]["count"] == r["hlo"].count("_xla_megascale_transfer_type") // 2
+
+
+def test_tpu_target_without_libtpu_is_one_error_line():
+  """Where libtpu is missing the TPU plan says so in one line (status 2)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  if importlib.util.find_spec("libtpu") is not None:
+    pytest.skip("libtpu is installed: the TPU target runs instead of refusing")
+  proc = subprocess.run([sys.executable, "-m", "experiments.benchmarks.scale_plan",
+                         "--target=tpu:v5e:2x2"], capture_output=True, text=True,
+                        timeout=120, cwd=scale_plan.__file__.rsplit("/experiments/", 1)[0])
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines()[-1].startswith("error: --target=tpu:... needs")

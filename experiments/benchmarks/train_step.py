@@ -56,12 +56,25 @@ def bench(size, loss_name):
   config.train.batch_size = _BATCH.value
   for k, v in LOSSES[loss_name].items():
     config.loss[k] = v
-  tokens = np.random.default_rng(0).integers(0, 27, 200_000).astype(np.uint8)
-  ds = pipeline.TokenDataset(tokens, tokens[:10000], text8.VOCAB_SIZE, text8.decode, "rand")
+  return dict(measure(config, _STEPS.value), size=size, loss=loss_name)
+
+
+def measure(config, steps: int, vocab: int = text8.VOCAB_SIZE):
+  """Compiles and times the train step of ``config`` (``train.batch_size`` x
+  ``data.seq_len`` random tokens of ``vocab`` symbols, all devices data parallel): a
+  dict with ``params``,
+  ``compile_s``, ``step_ms``, ``steps_s``, ``tok_s``, ``tflops`` (model FLOP/s per
+  device), ``mfu`` (None where the peak is unknown), ``mem_gib`` and ``mem_src``."""
+  seq, batch_size = config.data.seq_len, config.train.batch_size
+  tokens = np.random.default_rng(0).integers(0, vocab, 200_000).astype(
+      np.uint8 if vocab <= 256 else np.int32)
+  ds = pipeline.TokenDataset(tokens, tokens[:10000], vocab, text8.decode, "rand")
   exp = trainer.build(config, ds)
   mesh = partition.make_mesh(1)
   optimizer, sched = optim.make_optimizer(config.optim, 1000)
-  loss_fn = objective.make_loss_fn(config.loss, exp.process, exp.schedule, exp.apply_fn)
+  tile = bool(config.loss.get("tile_vocab", False))
+  apply = lambda p, x, s, tr, k: exp.apply_fn(p, x, s, tr, k, hidden=tile)
+  loss_fn = objective.make_loss_fn(config.loss, exp.process, exp.schedule, apply)
   create = lambda k: state_lib.create(exp.init_params(k), optimizer, k)
   abstract = jax.eval_shape(create, jax.random.PRNGKey(0))
   sh = partition.state_shardings(abstract, mesh)
@@ -70,7 +83,7 @@ def bench(size, loss_name):
   step = jax.jit(step_lib.make_train_step(loss_fn, optimizer, sched, 0.999),
                  in_shardings=(sh, bsh), out_shardings=(sh, partition.replicated(mesh)),
                  donate_argnums=(0,))
-  sampler = pipeline.ChunkSampler(tokens, _SEQ.value, _BATCH.value)
+  sampler = pipeline.ChunkSampler(tokens, seq, batch_size)
   batch = partition.to_global(sampler.batch(0), bsh)
   t_c = time.perf_counter()
   compiled = step.lower(state, batch).compile()
@@ -78,16 +91,16 @@ def bench(size, loss_name):
   state, m = compiled(state, batch)
   jax.block_until_ready(m)
   t0 = time.perf_counter()
-  for i in range(_STEPS.value):
+  for _ in range(steps):
     state, m = compiled(state, batch)
   jax.block_until_ready(m)
-  dt = (time.perf_counter() - t0) / _STEPS.value
+  dt = (time.perf_counter() - t0) / steps
   n = models.count_params(state.params)
-  tok_s = _BATCH.value * _SEQ.value / dt
+  tok_s = batch_size * seq / dt
   cfg = exp.model.cfg
   fl = train_flops_per_token(matmul_params(state.params), cfg.num_layers, cfg.width,
-                             _SEQ.value)
-  pk = peak_flops(jax.devices()[0].device_kind, _DTYPE.value,
+                             seq)
+  pk = peak_flops(jax.devices()[0].device_kind, config.model.dtype,
                   jax.config.jax_default_matmul_precision)
   achieved = fl * tok_s / jax.device_count()              # model FLOP/s per device
   mfu = achieved / pk if pk else None
@@ -99,7 +112,7 @@ def bench(size, loss_name):
     mem = (ma.argument_size_in_bytes + ma.output_size_in_bytes + ma.temp_size_in_bytes
            - ma.alias_size_in_bytes) if ma is not None else float("nan")
     src = "xla-estimate"
-  return dict(size=size, loss=loss_name, params=n, compile_s=compile_s,
+  return dict(params=n, compile_s=compile_s,
               step_ms=dt * 1e3, steps_s=1 / dt,
               tok_s=tok_s, tflops=achieved / 1e12, mfu=mfu, mem_gib=mem / 2 ** 30,
               mem_src=src)

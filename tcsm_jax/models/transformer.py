@@ -16,10 +16,11 @@ accelerators).
 
 Attention (``TransformerConfig.attention_impl``, config key ``model.attention_impl``):
 
-* ``"auto"`` (default): on GPU with bfloat16/float16 activations and a head dimension
+* ``"auto"`` (default): on TPU splash attention (below) where the sequence length is a
+  multiple of 128; on GPU with bfloat16/float16 activations and a head dimension
   cuDNN supports (a multiple of 8, at most 128), the cuDNN fused kernel; where JAX's
-  cuDNN path refuses the call at trace time, and on GPU in float32 and on TPU,
-  ``jax.nn.dot_product_attention(implementation=None)`` (which does *not* pick cuDNN by
+  cuDNN path refuses the call at trace time, on GPU in float32 and on TPU at other
+  lengths, ``jax.nn.dot_product_attention(implementation=None)`` (which does *not* pick cuDNN by
   itself: measured on an H200, GPT-2-small size, bf16, 32 x 1024 tokens, its train step
   ran at 330k tokens/s and 41.8 GiB peak against cuDNN's 607k tokens/s and 14.1 GiB);
   on CPU the same arithmetic written head-major (``_attention_einsum``),
@@ -30,8 +31,16 @@ Attention (``TransformerConfig.attention_impl``, config key ``model.attention_im
   anything else is a ``ValueError`` (no silent fallback: asking for cuDNN and getting
   XLA would make timings and MFU numbers lie).
 * ``"einsum"``: the head-major form on every backend.
+* ``"splash"``: the Pallas TPU flash-attention kernel
+  (``jax.experimental.pallas.ops.tpu.splash_attention``; forward, dq and dkv kernels, no
+  ``[T, T]`` logits in memory). Needs a sequence length that is a multiple of 128 (its
+  tile); ``auto`` picks it on TPU where the length allows. The choice of program is made
+  when the function is lowered (``jax.lax.platform_dependent``): lowered for a TPU the
+  program holds the Mosaic kernels (``tpu_custom_call``), lowered for the CPU it runs
+  the same kernel in Pallas interpret mode (slow; what the tests compare against XLA's
+  attention). On GPU it is a ``ValueError``.
 
-All four compute the same function (equal to float32 rounding; tested) and none has
+All five compute the same function (equal to float32 rounding; tested) and none has
 parameters, so checkpoints do not depend on the choice. Rotary tables are built once per
 trace with NumPy (constants of the compiled program) and applied to ``q`` and ``k`` in
 one pass.
@@ -70,7 +79,10 @@ SIZES = {
 REMAT_POLICIES = ("nothing_saveable", "dots_with_no_batch_dims_saveable",
                   "dots_saveable", "everything_saveable")
 
-ATTENTION_IMPLS = ("auto", "xla", "cudnn", "einsum")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "einsum", "splash")
+
+# Splash attention (the Pallas TPU kernel) tiles the sequence in blocks of 128 lanes.
+SPLASH_BLOCK = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +104,7 @@ class TransformerConfig:
   scan_layers: bool = False       # one compiled block, scanned (faster compiles)
   causal: bool = False
   rope_base: float = 10000.0
-  attention_impl: str = "auto"    # auto | xla | cudnn | einsum (see the module docstring)
+  attention_impl: str = "auto"    # auto | xla | cudnn | einsum | splash (module docstring)
 
   def __post_init__(self):
     if self.width % self.num_heads:
@@ -192,11 +204,72 @@ def _cudnn_may_run(q) -> bool:
           and q.shape[-1] <= 128)
 
 
+def splash_unsupported(length: int) -> Optional[str]:
+  """Why splash attention cannot run a sequence of ``length`` (``None`` if it can)."""
+  if length % SPLASH_BLOCK:
+    return (f"model.attention_impl='splash' needs a sequence length that is a multiple "
+            f"of {SPLASH_BLOCK} (the kernel's tile), got {length}")
+  return None
+
+
+def _splash_kernels(length: int, heads: int, causal: bool):
+  """``(tpu, interpret)``: the splash kernel of one ``[heads, length, head_dim]`` example,
+  compiled (Mosaic) and in Pallas interpret mode. Built at each trace (its mask tables
+  are arrays of the trace: a cached kernel would leak them into the next trace)."""
+  from jax.experimental.pallas.ops.tpu.splash_attention import (  # pylint: disable=g-import-not-at-top
+      splash_attention_kernel as sk, splash_attention_mask as sm)
+  one = sm.CausalMask((length, length)) if causal else sm.FullMask((length, length))
+  mask = sm.MultiHeadMask([one] * heads)
+  b = max(blk for blk in (512, 256, 128) if length % blk == 0)
+  sizes = sk.BlockSizes(block_q=b, block_kv=b, block_kv_compute=b, block_q_dkv=b,
+                        block_kv_dkv=b, block_kv_dkv_compute=b, block_q_dq=b,
+                        block_kv_dq=b)
+  make = lambda interpret: sk.make_splash_mha(mask, block_sizes=sizes, head_shards=1,
+                                              q_seq_shards=1, interpret=interpret)
+  return make(False), make(True)
+
+
+def splash_attention(q, k, v, causal: bool):
+  """Splash attention ``[batch, length, heads, head_dim]`` (see the module docstring).
+
+  The kernel runs per example (``vmap``) on ``[heads, length, head_dim]``, with ``q``
+  scaled by ``1 / sqrt(head_dim)``; logits and softmax statistics in float32. Under a
+  context mesh it runs inside ``shard_map`` over the batch axes (a Mosaic call is not
+  partitioned by XLA: each device runs it on its own rows).
+  """
+  t, n, d = q.shape[1:]
+  why = splash_unsupported(t)
+  if why:
+    raise ValueError(why)
+  if jax.default_backend() == "gpu":
+    raise ValueError("model.attention_impl='splash' is a TPU kernel; on GPU use 'auto', "
+                     "'cudnn' or 'xla'")
+  tpu, interpret = _splash_kernels(t, n, causal)
+  scale = np.float32(1.0 / math.sqrt(d))
+
+  def run(q, k, v):                                # [b, T, N, H] -> [b, T, N, H]
+    qh = (q * scale.astype(q.dtype)).transpose(0, 2, 1, 3)
+    kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    out = jax.lax.platform_dependent(qh, kh, vh, tpu=jax.vmap(tpu),
+                                     default=jax.vmap(interpret))
+    return out.transpose(0, 2, 1, 3)
+
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or q.shape[0] % mesh.size:
+    return run(q, k, v)
+  spec = jax.sharding.PartitionSpec(tuple(mesh.axis_names))
+  return jax.shard_map(run, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec,
+                       check_vma=False)(q, k, v)
+
+
 def attention(q, k, v, *, causal: bool, impl: str = "auto"):
   """Softmax attention ``[batch, length, heads, head_dim]`` with the chosen kernel."""
   if impl not in ATTENTION_IMPLS:
     raise ValueError(f"attention impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
   backend = jax.default_backend()
+  if impl == "splash" or (impl == "auto" and backend == "tpu"
+                          and not splash_unsupported(q.shape[1])):
+    return splash_attention(q, k, v, causal)
   if impl == "cudnn":
     if backend != "gpu":
       raise ValueError(f"model.attention_impl='cudnn' needs a GPU (backend is {backend!r}); "
@@ -304,7 +377,8 @@ class _Trunk(nn.Module):
   cfg: TransformerConfig
 
   @nn.compact
-  def __call__(self, tokens, cond, deterministic, soft_tokens=None):
+  def __call__(self, tokens, cond, deterministic, soft_tokens=None,
+               return_hidden: bool = False):
     cfg = self.cfg
     if tokens.ndim != 2:
       raise ValueError(f"tokens must be [batch, length], got shape {tokens.shape}")
@@ -316,7 +390,8 @@ class _Trunk(nn.Module):
     x = embed(tokens)
     if soft_tokens is not None:
       # [batch, length, num_input_states] weights (e.g. one-hot): differentiable input.
-      x = soft_tokens.astype(jnp.float32) @ embed.embedding
+      x = jnp.matmul(soft_tokens.astype(jnp.float32), embed.embedding,
+                     precision=jax.lax.Precision.HIGHEST)
     x = constrain_batch(x.astype(cfg.dtype))
     if cfg.scan_layers:
       scanned = nn.scan(_ScanBlock, variable_axes={"params": 0},
@@ -334,10 +409,20 @@ class _Trunk(nn.Module):
                                         kernel_init=nn.initializers.zeros,
                                         name="adaln_final")(nn.silu(cond)), 2, -1)
       y = _modulate(y, shift, scale)
+    if return_hidden:
+      return constrain_batch(y)
     init = nn.initializers.zeros if cond is not None else nn.initializers.normal(0.02)
     logits = nn.Dense(cfg.vocab_size, dtype=cfg.dtype, kernel_init=init,
                       name="head")(constrain_batch(y))
     return constrain_batch(logits)
+
+
+def head_fn(cfg: TransformerConfig, params):
+  """``rows [n, width] -> logits [n, vocab_size]``: the trunk's output layer alone (the
+  same ``nn.Dense`` as inside the model), for a loss that runs it per chunk of
+  positions (``loss.tile_vocab``) on the hidden states of ``return_hidden=True``."""
+  head = nn.Dense(cfg.vocab_size, dtype=cfg.dtype, name="head")
+  return lambda rows: head.apply({"params": params["trunk"]["head"]}, rows)
 
 
 class DiffusionTransformer(nn.Module):
@@ -346,14 +431,18 @@ class DiffusionTransformer(nn.Module):
   cfg: TransformerConfig
 
   @nn.compact
-  def __call__(self, x_t, sigma_bar, deterministic: bool = True):
+  def __call__(self, x_t, sigma_bar, deterministic: bool = True,
+               return_hidden: bool = False):
+    """``return_hidden``: the hidden states ``[batch, length, width]`` before the output
+    layer (``head_fn`` maps them to logits)."""
     cfg = self.cfg
     sigma_bar = jnp.broadcast_to(jnp.asarray(sigma_bar, jnp.float32), x_t.shape[:1])
     # Condition on log(sigma_bar), which spreads the noise levels evenly.
     feat = noise_embedding(jnp.log(jnp.maximum(sigma_bar, 1e-8)) / 10.0, 256)
     cond = nn.Dense(cfg.cond_width, name="cond_in")(feat)
     cond = nn.Dense(cfg.cond_width, name="cond_out")(nn.silu(cond)).astype(cfg.dtype)
-    return _Trunk(cfg, name="trunk")(x_t, cond, deterministic)
+    return _Trunk(cfg, name="trunk")(x_t, cond, deterministic,
+                                     return_hidden=return_hidden)
 
 
 class CausalTransformer(nn.Module):

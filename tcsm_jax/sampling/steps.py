@@ -101,7 +101,8 @@ def reverse_transition_log_probs(process: Process, log_probs, x_t, sigma_t, sigm
   col_t = jnp.take_along_axis(k_t, x_t[..., None, None], -1)[..., 0]      # [..., V]
   col_ts = jnp.take_along_axis(k_ts, x_t[..., None, None], -1)[..., 0]    # [..., S]
   w = jnp.where(col_t > 0, jnp.exp(log_probs) / jnp.where(col_t > 0, col_t, 1.0), 0.0)
-  probs = jnp.einsum("...a,...az->...z", w, k_s) * col_ts
+  probs = jnp.einsum("...a,...az->...z", w, k_s,
+                     precision=jax.lax.Precision.HIGHEST) * col_ts
   return _log_normalize(jnp.log(jnp.maximum(probs, 0.0)))
 
 

@@ -77,9 +77,10 @@ def default_config() -> ml_collections.ConfigDict:
                                      # dots_with_no_batch_dims_saveable | dots_saveable |
                                      # everything_saveable (jax.checkpoint_policies)
   c.model.scan_layers = False        # lax.scan over layers: compile time flat in depth
-  c.model.attention_impl = "auto"    # auto | xla | cudnn (GPU, bfloat16) | einsum;
-                                     # auto = cuDNN on GPU in bf16, XLA's otherwise,
-                                     # head-major einsum on CPU
+  c.model.attention_impl = "auto"    # auto | xla | cudnn (GPU, bfloat16) | einsum |
+                                     # splash (TPU; seq_len % 128 == 0);
+                                     # auto = cuDNN on GPU in bf16, splash on TPU,
+                                     # XLA's otherwise, head-major einsum on CPU
 
   c.loss = ml_collections.ConfigDict()
   c.loss.kind = "tcsm"               # tcsm | masked_elbo | sedd
@@ -95,6 +96,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.loss.chunk_size = 0              # > 0: the loss over [b, L, V] logits in chunks of
                                      # this many positions (memory at large V; same
                                      # values and gradients); 0 = all at once
+  c.loss.tile_vocab = False          # with chunk_size > 0: the output layer too runs
+                                     # per chunk (no [b, L, V] logits at all)
 
   c.teacher = ml_collections.ConfigDict()
   c.teacher.kind = "none"            # none | ar | mlm | markov: parametric clean-space
@@ -372,6 +375,13 @@ RULES: List[Tuple[Callable[[Any], bool], Callable[[Any], str]]] = [
     (lambda c: not (c.loss.hamming == 2 and c.data.layout == "padded"),
      lambda c: "loss.hamming=2 needs data.layout='packed' (pairs over pad positions "
                "are not defined)"),
+    (lambda c: not (c.loss.get("tile_vocab", False) and c.loss.chunk_size <= 0),
+     lambda c: "loss.tile_vocab runs the output layer per loss chunk: it needs "
+               "loss.chunk_size > 0"),
+    (lambda c: not (c.loss.get("tile_vocab", False) and (
+        c.model.arch == "causal" or c.finetune.kind != "none")),
+     lambda c: "loss.tile_vocab applies to diffusion pre-training (model.arch="
+               "'diffusion', finetune.kind='none')"),
     (lambda c: not (c.loss.hamming == 2 and c.loss.chunk_size > 0),
      lambda c: "loss.chunk_size applies to the 1-Hamming losses; loss.hamming=2 needs "
                "loss.chunk_size=0"),
@@ -406,6 +416,9 @@ RULES: List[Tuple[Callable[[Any], bool], Callable[[Any], str]]] = [
     (lambda c: not (c.model.attention_impl == "cudnn" and c.model.dtype != "bfloat16"),
      lambda c: "model.attention_impl='cudnn' needs model.dtype='bfloat16' (cuDNN flash "
                "attention has no float32 kernel)"),
+    (lambda c: not (c.model.attention_impl == "splash"
+                    and transformer.splash_unsupported(c.data.seq_len)),
+     lambda c: transformer.splash_unsupported(c.data.seq_len)),
     (lambda c: _profile_ok(c.train.profile_steps),
      lambda c: f"train.profile_steps must be 'first,last' with 0 <= first < last, got "
                f"{c.train.profile_steps!r}"),
@@ -540,7 +553,8 @@ HARMLESS_PREFIXES = (
     "train.divergence_factor", "train.max_bad_evals", "train.allow_config_change",
     "train.allow_reference_change", "train.prefetch",
     "train.profile_steps", "train.tensorboard", "mesh.", "eval.", "sampling.", "model.remat",
-    "model.dtype", "model.attention_impl", "data.tfds_dir", "loss.chunk_size")
+    "model.dtype", "model.attention_impl", "data.tfds_dir", "loss.chunk_size",
+    "loss.tile_vocab")
 
 
 def flatten(d, prefix=""):

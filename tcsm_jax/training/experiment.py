@@ -32,6 +32,7 @@ import ml_collections
 
 from tcsm_jax import errors, models, objective, processes, schedules, targets
 from tcsm_jax.data import pipeline
+from tcsm_jax.models import transformer
 from tcsm_jax.training import config as config_lib
 from tcsm_jax.training import optim, state as state_lib
 
@@ -74,9 +75,15 @@ class Experiment:
   def causal(self) -> bool:
     return self.config.model.arch == "causal"
 
-  def apply_fn(self, params, x_t, sigma, train: bool = False, key=None):
-    """Denoiser logits ``[b, l, V]`` (diffusion models) from ``full_params``."""
+  def apply_fn(self, params, x_t, sigma, train: bool = False, key=None,
+               hidden: bool = False):
+    """Denoiser logits ``[b, l, V]`` (diffusion models) from ``full_params``; with
+    ``hidden``, ``objective.Hidden(states [b, l, D], head)`` (vocabulary tiling)."""
     rngs = {"dropout": key} if (train and key is not None) else None
+    if hidden:
+      states = self.model.apply({"params": params}, x_t, sigma, deterministic=not train,
+                                rngs=rngs, return_hidden=True)
+      return objective.Hidden(states, transformer.head_fn(self.model.cfg, params))
     return self.model.apply({"params": params}, x_t, sigma, deterministic=not train,
                             rngs=rngs)
 
@@ -117,8 +124,9 @@ class Experiment:
       if self.target_fn is not None:
         tfn = lambda x, key=None, **kw: targets.call_target(   # kw: pairs (hamming 2)
             functools.partial(self.target_fn, frozen, **kw), x, key)
+      tile = bool(cfg.loss.get("tile_vocab", False))
       apply = lambda p, x_t, s, tr, k: self.apply_fn(self.full_params(p, frozen), x_t, s,
-                                                     tr, k)
+                                                     tr, k, hidden=tile)
       return objective.make_loss_fn(cfg.loss, proc, sched, apply, target_fn=tfn,
                                     pad_id=pad_id)(params, x0, key, train)
 

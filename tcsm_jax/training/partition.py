@@ -9,6 +9,13 @@ smaller arrays cost more in collectives than they save) is split along its large
 dimension divisible by the ``fsdp`` axis size, and XLA inserts the
 all-gathers/reduce-scatters. Shardings depend only on the current mesh, never on the
 one a checkpoint was written with: restoring with them reshards any checkpoint.
+
+Multi-slice (TPU slices joined by the data-centre network, DCN): when the devices span
+several slices (``device.slice_index``), the mesh is built by
+``mesh_utils.create_hybrid_device_mesh``: the ``data`` axis runs across slices (only the
+gradient all-reduce of data parallelism crosses DCN), ``fsdp`` stays inside one slice
+(its all-gathers and reduce-scatters ride the ICI), so ``mesh.fsdp`` must divide the
+chips of one slice.
 """
 
 from __future__ import annotations
@@ -26,11 +33,20 @@ BATCH_AXES = ("data", "fsdp")
 DEFAULT_MIN_BYTES = 4 * 2 ** 20
 
 
+def num_slices(devices) -> int:
+  """How many TPU slices ``devices`` span (1 for CPU/GPU and single slices)."""
+  return len({getattr(d, "slice_index", 0) for d in devices})
+
+
 def make_mesh(fsdp: int = 1, devices=None) -> Mesh:
   """``('data', 'fsdp')`` mesh over ``devices`` (default: every device of every host).
 
+  Over several slices the ``data`` axis is slices x (per-slice data groups), slice-major
+  (``create_hybrid_device_mesh``), and ``fsdp`` groups never cross a slice.
+
   Raises:
-    errors.ConfigError: ``fsdp`` does not divide the device count.
+    errors.ConfigError: ``fsdp`` does not divide the device count (over several slices:
+      the device count of one slice).
   """
   devices = jax.devices() if devices is None else list(devices)
   n = len(devices)
@@ -38,6 +54,17 @@ def make_mesh(fsdp: int = 1, devices=None) -> Mesh:
     raise errors.ConfigError(f"config key 'mesh.fsdp' = {fsdp} must divide the {n} "
                              "devices")
   auto = (jax.sharding.AxisType.Auto,) * 2
+  slices = num_slices(devices)
+  if slices > 1:
+    per = n // slices
+    if n % slices or per % fsdp:
+      raise errors.ConfigError(f"config key 'mesh.fsdp' = {fsdp} must divide the {per} "
+                               f"devices of one slice ({slices} slices: FSDP stays "
+                               "inside a slice, data parallel across them)")
+    from jax.experimental import mesh_utils  # pylint: disable=g-import-not-at-top
+    grid = mesh_utils.create_hybrid_device_mesh(
+        (per // fsdp, fsdp), (slices, 1), devices=devices, allow_split_physical_axes=True)
+    return Mesh(grid, BATCH_AXES, auto)
   try:
     return jax.make_mesh((n // fsdp, fsdp), BATCH_AXES, auto, devices=devices)
   except (ValueError, NotImplementedError):
