@@ -285,6 +285,21 @@ COVERAGE: Dict[str, object] = {
                   "--teacher=hf: the committed tiny GPT-2 on data prepared with its "
                   "tokenizer (OpenWebText and gpt2-large need downloads; slow); default: "
                   "test_gpt2_teacher.py (targets against enumeration)"),
+    # README.md, TPU pods (libtpu is the optional extra, about 700 MB)
+    "pip install -e '.[tpu]'": Skip("installs libtpu (about 700 MB) from the registry; "
+                                    "the TPU-compile tests skip without it, saying why"),
+    "python -m experiments.benchmarks.scale_plan --target=tpu:v5p:2x2x1 --sizes=7b "
+    "--mesh=fsdp --remat=nothing_saveable --batches=1,4 --extrapolate_to=v5p:4x4x8":
+        Elsewhere("test_scale_plan.py::test_tpu_plan_compiles_the_tiny_model_for_a_v5e_"
+                  "slice", "--target=tpu: at the tiny size for v5e:2x2 where libtpu is "
+                  "installed (slow; a 7B compile takes minutes); default: test_scale_plan.py"
+                  "::test_tpu_target_without_libtpu_is_one_error_line"),
+    "python -m experiments.benchmarks.tpu_sample_plan --target=tpu:v5e:2x2 "
+    "--size=gpt2_small":
+        Elsewhere("test_tpu_sample_plan.py::test_sampler_compiled_for_v5e_is_one_device_"
+                  "loop", "the same binary for v5e:2x2 at a tiny size where libtpu is "
+                  "installed (slow); default: test_tpu_sample_plan.py::test_while_loops_"
+                  "and_host_ops_of_a_tpu_style_program"),
     # notebooks/README.md
     "jupyter lab notebooks/": Skip("starts a server"),
     "jupytext --to notebook --execute notebooks/01_concrete_scores.py": Skip(
