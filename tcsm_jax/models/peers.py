@@ -290,6 +290,10 @@ def read(kind: str, directory) -> Imported:
     raise _err(directory, f"config.json is not JSON ({e})") from e
   if not isinstance(cfg, dict):
     raise _err(directory, "config.json is not a JSON object")
+  mtype = cfg.get("model_type")
+  if isinstance(mtype, str) and mtype.lower() in KINDS and mtype.lower() != kind:
+    raise _err(directory, f"config.json is a {mtype!r} checkpoint, not {kind!r} (use "
+               f"--from={mtype.lower()}:DIR)")
   h = _hparams(kind, cfg, directory)
   state, files, dtype = _read_weights(directory)
   files["config.json"] = _sha(craw)

@@ -1,0 +1,299 @@
+"""Pre-trained diffusion LMs (MDLM, SEDD, DUO): the DiT, the checkpoint readers, the
+converted workdir and the binaries on it.
+
+Default tests use the committed fixtures ``tests/fixtures/{mdlm,sedd,duo}_tiny`` (a tiny
+random-weight model made by each peer's own PyTorch module, saved in the peer's format,
+with that module's outputs on fixed inputs: ``tests/fixtures/make_peer_fixtures.py``)
+and a tokenizer and prepared data made here. The parity tests that run the peers'
+modules themselves are in ``tests/test_diffusion_parity.py`` (torch: the parity extra).
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tcsm_jax import errors, likelihood, sampling
+from tcsm_jax.data import base, prepared, sources, tokenizer as tok_lib
+from tcsm_jax.models import dit, peers, torch_zip
+from tcsm_jax.training import imports, restore
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(REPO, "tests", "fixtures")
+WORDS = ("the and of to in a is that for it as was with be by on not he i this are or "
+         "his from at which but have an had they you were their one all we can her has "
+         "there been if more when will would who so no she other its may these about "
+         "them than some him time into only do out could two then").split()
+
+
+def fixture_dir(kind):
+  return os.path.join(FIXTURES, f"{kind}_tiny")
+
+
+def make_tokenizer(path, n):
+  """A word-level Hugging Face tokenizer JSON with ``n`` ids (id 0 ``<|endoftext|>``)."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+  vocab = {"<|endoftext|>": 0}
+  for w in WORDS[:n - 1]:
+    vocab[w] = len(vocab)
+  tok = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
+  tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+  tok.decoder = decoders.WordPiece(prefix="##")
+  tok.save(path)
+  return path
+
+
+def make_prepared(out, tok_path, n_docs=600, seed=0):
+  rng = np.random.default_rng(seed)
+  vocab = json.load(open(tok_path))["model"]["vocab"]
+  words = [w for w in vocab if w != "<|endoftext|>"]
+  docs = [" ".join(rng.choice(words, rng.integers(5, 30))) for _ in range(n_docs)]
+  path = os.path.join(os.path.dirname(out), os.path.basename(out) + ".txt")
+  with open(path, "w") as f:
+    f.write("\n".join(docs) + "\n")
+  prepared.prepare(out, sources.documents_source(path, doc_sep="line", validation_fraction=0.2), tok_lib.from_spec(f"hf:{tok_path}"),
+                   progress=False)
+  return out
+
+
+def dit_of(imp):
+  return dit.DiT(dit.DiTConfig(
+      vocab_size=imp.vocab_size, num_input_states=imp.rows, max_length=imp.max_length,
+      num_layers=imp.model["num_layers"], width=imp.model["width"],
+      num_heads=imp.model["num_heads"], cond_width=imp.model["cond_width"],
+      mlp_ratio=imp.model["mlp_ratio"], time_conditioning=imp.model["time_conditioning"]))
+
+
+# ----------------------------------------------------------- the peers' own numbers
+
+@pytest.mark.parametrize("kind", peers.KINDS)
+def test_fixture_logits_match_the_peers_module(kind):
+  """The imported DiT gives the peer module's logits (committed reference, made by the
+  peer's own PyTorch module) to 1e-4, and its parameterized output: MDLM's SUBS
+  log-probabilities, SEDD's score times (e^sigma - 1) up to a constant per position,
+  DUO's log-softmax."""
+  imp = peers.read(kind, fixture_dir(kind))
+  ref = np.load(os.path.join(fixture_dir(kind), "reference.npz"))
+  x, sigma = ref["x"], ref["sigma"]
+  logits = np.asarray(jax.jit(dit_of(imp).apply)({"params": imp.params}, jnp.asarray(x),
+                                                 jnp.asarray(sigma)))
+  v = imp.vocab_size
+  assert logits.shape == x.shape + (v,)
+  lp = np.asarray(jax.nn.log_softmax(logits, -1))
+  masked = x == v
+  if kind == "mdlm":
+    assert imp.process == "absorbing" and not imp.model["time_conditioning"]
+    np.testing.assert_allclose(logits, ref["raw"][..., :v], atol=1e-4, rtol=0)
+    assert masked.any() and (~masked).any()
+    np.testing.assert_allclose(lp[masked], ref["peer"][..., :v][masked], atol=1e-4)
+    # SUBS carries unmasked tokens over: log-prob 0 at the token itself.
+    carried = np.take_along_axis(ref["peer"], x[..., None], -1)[..., 0]
+    np.testing.assert_allclose(carried[~masked], 0.0, atol=1e-6)
+  elif kind == "sedd":
+    assert imp.process == "absorbing" and imp.model["time_conditioning"]
+    denoiser = ref["peer"][..., :v] + np.log(np.expm1(sigma))[:, None, None]
+    gap = (lp - denoiser)[masked]                        # constant per position
+    assert masked.any()
+    np.testing.assert_allclose(gap - gap.mean(-1, keepdims=True), 0.0, atol=1e-4)
+    # SEDD's scale_by_sigma shift is -log(V): the score of a uniform denoiser is
+    # exactly 1 / (V (e^sigma - 1)); here the offset is what its logits' mean leaves.
+    np.testing.assert_allclose(ref["peer"][..., v][masked], 0.0, atol=1e-6)
+  else:
+    assert imp.process == "uniform" and imp.rows == v
+    np.testing.assert_allclose(logits, ref["raw"], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(lp, ref["peer"], atol=1e-4)
+
+
+def test_time_conditioning_off_ignores_sigma():
+  imp = peers.read("mdlm", fixture_dir("mdlm"))
+  f, x = jax.jit(dit_of(imp).apply), jnp.zeros((1, 8), jnp.int32)
+  a = f({"params": imp.params}, x, jnp.array([0.1]))
+  b = f({"params": imp.params}, x, jnp.array([5.0]))
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_torch_zip_reader_matches_torch():
+  """A torch.save file (float32, bfloat16, a transposed and a sliced view, int64) read
+  with NumPy alone equals what torch wrote."""
+  with open(os.path.join(FIXTURES, "torch_zip_small.pt"), "rb") as f:
+    state = torch_zip.load_bytes(f.read())
+  want = np.load(os.path.join(FIXTURES, "torch_zip_small.npz"))
+  assert sorted(state) == sorted(want.files)
+  for k in want.files:
+    np.testing.assert_array_equal(np.asarray(state[k]).astype(want[k].dtype), want[k])
+  assert str(state["b.bf16"].dtype) == "bfloat16"
+  with pytest.raises(torch_zip.FormatError, match="not a torch.save zip"):
+    torch_zip.load_bytes(b"\x80\x04 a legacy pickle")
+
+
+# ----------------------------------------------------------------- bad input
+
+def _copy(tmp_path, kind, name):
+  d = str(tmp_path / name)
+  shutil.copytree(fixture_dir(kind), d)
+  os.remove(os.path.join(d, "reference.npz"))
+  return d
+
+
+def _edit_weights(d, fn):
+  import safetensors.numpy
+  path = os.path.join(d, "model.safetensors")
+  state = dict(safetensors.numpy.load_file(path))
+  fn(state)
+  safetensors.numpy.save_file(state, path)
+
+
+def _bad_cases(tmp_path):
+  """name -> (kind, directory, tokenizer size, expected message part)."""
+  cases = {}
+  cases["missing dir"] = ("mdlm", str(tmp_path / "nope"), 64, "is not a directory")
+  d = _copy(tmp_path, "mdlm", "noconfig")
+  os.remove(os.path.join(d, "config.json"))
+  cases["no config.json"] = ("mdlm", d, 64, "no config.json")
+  d = _copy(tmp_path, "mdlm", "notjson")
+  open(os.path.join(d, "config.json"), "w").write("{not json")
+  cases["config not JSON"] = ("mdlm", d, 64, "config.json is not JSON")
+  d = _copy(tmp_path, "mdlm", "noweights")
+  os.remove(os.path.join(d, "model.safetensors"))
+  cases["no weights"] = ("mdlm", d, 64, "no weights")
+  d = _copy(tmp_path, "mdlm", "garbage")
+  open(os.path.join(d, "model.safetensors"), "wb").write(b"garbage bytes")
+  cases["garbage weights"] = ("mdlm", d, 64, "is not a safetensors file")
+  cases["duo named mdlm"] = ("mdlm", _copy(tmp_path, "duo", "duo_as_mdlm"), 64,
+                             "is a 'duo' checkpoint, not 'mdlm'")
+  cases["sedd config as mdlm"] = ("duo", _copy(tmp_path, "mdlm", "mdlm_as_duo"), 64,
+                                  "is a 'mdlm' checkpoint, not 'duo'")
+  d = _copy(tmp_path, "mdlm", "unknown_key")
+  _edit_weights(d, lambda s: s.update({"backbone.extra.weight": np.zeros(3, np.float32)}))
+  cases["unknown key"] = ("mdlm", d, 64, "unknown key 'backbone.extra.weight'")
+  d = _copy(tmp_path, "mdlm", "missing_key")
+  _edit_weights(d, lambda s: s.pop("backbone.blocks.1.attn_out.weight"))
+  cases["missing key"] = ("mdlm", d, 64, "first 'blocks.1.attn_out.weight'")
+  d = _copy(tmp_path, "sedd", "uniform_graph")
+  cfg = json.load(open(os.path.join(d, "config.json")))
+  cfg["graph"]["type"] = "uniform"
+  json.dump(cfg, open(os.path.join(d, "config.json"), "w"))
+  cases["sedd uniform graph"] = ("sedd", d, 64, "only the absorbing graph")
+  cases["tokenizer vocabulary"] = ("mdlm", fixture_dir("mdlm"), 60,
+                                   "has 60 ids; the checkpoint predicts 64")
+  return cases
+
+
+def test_convert_refuses_bad_input_naming_it(tmp_path):
+  """Every bad input is a UserError (one line, status 2 in the binary) naming it."""
+  for name, (kind, d, n, expected) in _bad_cases(tmp_path).items():
+    tok = make_tokenizer(str(tmp_path / f"tok{n}.json"), n)
+    with pytest.raises(errors.UserError) as e:
+      imports.convert(kind, d, str(tmp_path / "w" / name.replace(" ", "_")), tok)
+    assert expected in str(e.value), (name, str(e.value))
+    assert "\n" not in str(e.value)
+  w = tmp_path / "full"
+  w.mkdir()
+  (w / "x").write_text("x")
+  with pytest.raises(errors.WorkdirError, match="is not empty"):
+    imports.convert("mdlm", fixture_dir("mdlm"), str(w),
+                    make_tokenizer(str(tmp_path / "t.json"), 64))
+
+
+# -------------------------------------------------- converted workdirs, in-process
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+  """The MDLM fixture converted (``{"mdlm": workdir, "data": prepared set, ...}``)."""
+  root = tmp_path_factory.mktemp("pretrained")
+  tok64 = make_tokenizer(str(root / "tok64.json"), 64)
+  out = {"root": str(root), "tok64": tok64,
+         "data": make_prepared(str(root / "prep64"), tok64),
+         "mdlm": str(root / "w_mdlm")}
+  imports.convert("mdlm", fixture_dir("mdlm"), out["mdlm"], tok64)
+  return out
+
+
+def check_converted(kind, wd, data_dir, tokenizer_size, sample_and_evaluate=True):
+  """load_run restores exactly the imported parameters (EMA = raw = the peer's) and
+  gives the peer's logits; the record names the files' sha256; the model samples and
+  has a finite NLL bound near log V (random weights) on the prepared set."""
+  run = restore.load_run(wd)
+  imp = peers.read(kind, fixture_dir(kind))
+  for a, b in zip(jax.tree.leaves(run.params), jax.tree.leaves(imp.params)):
+    np.testing.assert_array_equal(np.asarray(a), b)
+  assert run.config.model.arch == "dit" and run.step == 0
+  assert run.config.process == imp.process
+  rec = json.load(open(os.path.join(wd, imports.RECORD)))
+  assert rec["files"]["model.safetensors"]["sha256"] == imp.files[
+      "model.safetensors"]["sha256"]
+  assert run.trained_on["imported"] == kind and run.fingerprint
+  exp = run.experiment
+  assert exp.dataset.vocab_size == imp.vocab_size
+  assert exp.dataset.tokenizer.vocab_size == imp.vocab_size >= tokenizer_size
+  ref = np.load(os.path.join(fixture_dir(kind), "reference.npz"))
+  if "raw" in ref.files:
+    logits = jax.jit(exp.apply_fn)(run.params, jnp.asarray(ref["x"]),
+                                   jnp.asarray(ref["sigma"]))
+    np.testing.assert_allclose(np.asarray(logits), ref["raw"][..., :imp.vocab_size],
+                               atol=1e-4)
+  if not sample_and_evaluate:
+    return run
+  x, _ = sampling.jit_sampler(exp.apply_fn, exp.process, exp.schedule, (2, 16),
+                              steps=4)(run.params, jax.random.PRNGKey(0))
+  x = np.asarray(x)
+  assert x.shape == (2, 16) and x.min() >= 0 and x.max() < exp.dataset.vocab_size
+  assert all(isinstance(t, str) for t in exp.dataset.decode(x))
+  data = prepared.load(data_dir)
+  batches = base.eval_batches(data.validation, 16, 4, 1)
+  rep = likelihood.evaluate(jax.random.PRNGKey(1), exp.apply_fn, batches, exp.process,
+                            exp.schedule, num_t=1, params=run.params)
+  assert np.isfinite(rep.nats_per_token) and 2.0 < rep.nats_per_token < 12.0
+  return run
+
+
+def test_converted_mdlm_restores(converted):
+  """(Sampling and evaluating it: the slow tests below and test_binaries_on_converted.)"""
+  check_converted("mdlm", converted["mdlm"], converted["data"], 64,
+                  sample_and_evaluate=False)
+
+
+@pytest.mark.parametrize("kind", ["sedd", "duo"])
+def test_converted_sedd_duo_restore_sample_and_evaluate(converted, kind, tmp_path):
+  """As the MDLM test; DUO's tokenizer is one short and gets [PAD] appended (its
+  uniform process has GPT-2's ids and [PAD])."""
+  n = 63 if kind == "duo" else 64
+  tok = make_tokenizer(str(tmp_path / f"tok{n}.json"), n)
+  wd = str(tmp_path / f"w_{kind}")
+  imports.convert(kind, fixture_dir(kind), wd, tok)
+  data = converted["data"] if kind == "sedd" else make_prepared(
+      str(tmp_path / "prep_duo"), os.path.join(wd, "tokenizer", "tokenizer.json"))
+  run = check_converted(kind, wd, data, n)
+  if kind == "duo":
+    assert run.experiment.dataset.tokenizer.pad_id == 63
+
+
+def test_imported_reference_is_checked_on_vocabulary_and_tokenizer(converted, tmp_path):
+  from tcsm_jax.training import pins
+  trained_on = restore.trained_on(converted["mdlm"])
+  ds = prepared.load(converted["data"])
+  pins.require_same_data("reference", converted["mdlm"], trained_on, ds)   # same tokens
+  other = make_prepared(str(tmp_path / "other"), make_tokenizer(
+      str(tmp_path / "t50.json"), 50))
+  with pytest.raises(errors.ConfigError, match="vocabulary"):
+    pins.require_same_data("reference", converted["mdlm"], trained_on,
+                           prepared.load(other))
+
+
+def test_convert_binary_one_line_error(tmp_path):
+  """The binary: a bad --from is one `error:` line and status 2."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("TCSM_TRACEBACK", None)
+  p = subprocess.run([sys.executable, "-m", "experiments.convert", "--from=gpt9:/x",
+                      f"--workdir={tmp_path / 'w'}"], cwd=REPO, env=env,
+                     capture_output=True, text=True, timeout=300)
+  lines = [l for l in p.stderr.splitlines() if l.startswith("error:")]
+  assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
+  assert lines == ["error: --from must be KIND:DIR with KIND one of mdlm, sedd, duo, "
+                   "got 'gpt9:/x'"]
