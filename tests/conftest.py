@@ -71,6 +71,10 @@ SLOW_BY_BUDGET = (
     "test_prepared.py::test_training_on_a_rotted_shard_is_one_error_line",  # ..._bit_rot_...
     "test_pins.py::test_reference_on_other_data_or_vocabulary_is_refused",  # ..._names_what_differs
     "test_pins.py::test_reference_is_pinned_and_a_changed_one_refused",  # test_check_unchanged_...
+    "test_pretrained.py::test_binaries_on_converted_workdir",  # test_converted_mdlm_restores,
+                                                                # test_cli, test_end_to_end
+    "test_pretrained.py::test_converted_sedd_duo_restore_sample_and_evaluate",  # fixture logits
+                                                                # tests, ..._mdlm_restores
 )
 
 

@@ -297,3 +297,79 @@ def test_convert_binary_one_line_error(tmp_path):
   assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
   assert lines == ["error: --from must be KIND:DIR with KIND one of mdlm, sedd, duo, "
                    "got 'gpt9:/x'"]
+
+
+# ------------------------------------------------------ the binaries, as a user runs them
+
+def _run(args, timeout=900):
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env.pop("TCSM_TRACEBACK", None)
+  return subprocess.Popen([sys.executable, "-m"] + args, cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait(procs):
+  out = {}
+  for name, p in procs.items():
+    stdout, stderr = p.communicate(timeout=1800)
+    assert p.returncode == 0, (name, stderr[-3000:])
+    out[name] = stdout
+  return out
+
+
+def test_binaries_on_converted_workdir(tmp_path):
+  """convert -> sample (every absorbing sampler) -> evaluate --data -> finetune (reward,
+  preference) -> distill from the converted parameters (train.init_from) with an AR
+  teacher -> frontier under an AR judge, all as subprocesses on the MDLM fixture."""
+  from helpers import tiny_config
+  from tcsm_jax.training import trainer
+  tok = make_tokenizer(str(tmp_path / "tok.json"), 64)
+  data = make_prepared(str(tmp_path / "prep"), tok, n_docs=1500)
+  w = str(tmp_path / "w")
+  _wait({"convert": _run(["experiments.convert", f"--from=mdlm:{fixture_dir('mdlm')}",
+                          f"--workdir={w}", f"--tokenizer={tok}", f"--data={data}"])})
+  rec = json.load(open(os.path.join(w, "imported.json")))
+  assert rec["kind"] == "mdlm" and rec["tokenizer"]["vocab_size"] == 64
+  procs = {s: _run(["experiments.sample", f"--workdir={w}", "--num_samples=2",
+                    "--steps=4", f"--sampler={s}"])
+           for s in ("analytic", "ancestral", "first_hitting", "remdm", "euler")}
+  procs["evaluate"] = _run(["experiments.evaluate", f"--workdir={w}", f"--data={data}",
+                            "--num_batches=1", "--num_t=1"])
+  # A tiny AR model on the same data: teacher and judge.
+  judge = str(tmp_path / "judge")
+  cfg = tiny_config(**{"model.arch": "causal", "data.name": "prepared",
+                       "data.path": data, "data.seq_len": 16, "train.num_steps": 3,
+                       "train.batch_size": 8, "eval.batch_size": 8})
+  trainer.train_and_evaluate(cfg, judge)
+  common = ["--config=experiments/configs/pretrained.py:" + w,
+            f"--config.data.path={data}", "--config.train.num_steps=2",
+            "--config.train.batch_size=2", "--config.train.eval_every=2",
+            "--config.train.checkpoint_every=2", "--config.eval.batch_size=2",
+            "--config.eval.num_batches=1", "--config.finetune.num_pairs=32",
+            "--config.finetune.pair_sample_steps=2"]
+  ft = ["--config.finetune.ref_workdir=" + w, "--config.finetune.reward=token",
+        "--config.finetune.token_weights=ai=1", "--num_samples=2", "--sample_steps=2"]
+  procs["reward"] = _run(["experiments.finetune", f"--workdir={tmp_path / 'ft_r'}"] +
+                         common + ft + ["--config.finetune.kind=reward"])
+  procs["preference"] = _run(["experiments.finetune", f"--workdir={tmp_path / 'ft_p'}"]
+                             + common + ft + ["--config.finetune.kind=preference"])
+  procs["distill"] = _run(["experiments.distill", f"--workdir={tmp_path / 'student'}",
+                           f"--teacher_workdir={judge}", "--mode=top_k", "--top_k=2"]
+                          + common + [f"--config.train.init_from={w}"])
+  procs["frontier"] = _run(["experiments.frontier", f"--workdir={w}",
+                            f"--judge_workdir={judge}", f"--outdir={tmp_path / 'fr'}",
+                            "--samplers=analytic,first_hitting", "--steps=4",
+                            "--temperatures=1.0", "--top_ps=1.0", "--num_samples=4",
+                            "--batch_size=4"])
+  out = _wait(procs)
+  for s in ("analytic", "ancestral", "first_hitting", "remdm", "euler"):
+    assert os.path.exists(os.path.join(w, "samples", f"{s}_4steps.txt")), out[s]
+  assert "perplexity" in out["evaluate"]
+  assert "mean reward of samples" in out["reward"] and "mean reward" in out["preference"]
+  refs = json.load(open(tmp_path / "ft_r" / "references.json"))
+  assert refs["pins"]["reference"]["imported"] == "mdlm"
+  sref = json.load(open(tmp_path / "student" / "references.json"))
+  assert sref["pins"]["init"]["workdir"] == w and "teacher" in sref["pins"]
+  assert "student NLL bound" in out["distill"]
+  assert os.path.exists(tmp_path / "fr" / "frontier.csv")

@@ -160,6 +160,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.allow_config_change = False     # resume despite changed model/data/loss keys
   c.train.allow_reference_change = False  # resume/load although a borrowed reference,
                                           # teacher or classifier changed (recorded)
+  c.train.init_from = ""                  # a workdir whose parameters start this run
+                                          # (a converted MDLM/SEDD/DUO, or any run of
+                                          # the same model.*); pinned as "init"
   c.train.profile_steps = ""              # "a,b": jax.profiler trace of steps [a, b)
   c.train.prefetch = 2                    # batches cut and put on the devices ahead of
                                           # the step by a background thread (0 = off)
@@ -365,6 +368,10 @@ RULES: List[Tuple[Callable[[Any], bool], Callable[[Any], str]]] = [
                     and c.finetune.ratio_bound > 0),
      lambda c: "finetune.ratio_bound bounds the explicit log-ratio head; "
                "finetune.parameterization='implicit' has none"),
+    (lambda c: not (c.finetune.kind != "none" and c.train.init_from),
+     lambda c: "train.init_from starts a run from another run's parameters; a "
+               "fine-tuning run starts from finetune.ref_workdir: leave "
+               "train.init_from empty"),
     (lambda c: not (c.finetune.kind != "none" and not c.finetune.ref_workdir),
      lambda c: "finetune.ref_workdir must name the reference model's workdir"),
     (lambda c: not (c.data.name in ("text8", "text_file", "prepared") and not c.data.path),

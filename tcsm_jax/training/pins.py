@@ -33,6 +33,7 @@ from tcsm_jax import errors, fs
 from tcsm_jax.data import base
 
 ROLES = {"reference": "fine-tuning reference", "teacher": "teacher",
+         "init": "initial model (train.init_from)",
          "classifier": "reward classifier"}
 RECORD = "references.json"
 # identity key -> what differs when it does

@@ -53,7 +53,7 @@ from tcsm_jax.training import checkpoint as ckpt_lib
 from tcsm_jax.training import config as config_lib
 from tcsm_jax.training import experiment as experiment_lib
 from tcsm_jax.training import metrics as metrics_lib
-from tcsm_jax.training import partition, pins as pins_lib, step as step_lib
+from tcsm_jax.training import partition, pins as pins_lib, restore, step as step_lib
 from tcsm_jax.training import workdir as workdir_lib
 
 # Re-exported: the builders live in ``experiment.py``.
@@ -359,6 +359,36 @@ def _restore_or_init(ckpt, create, abstract, state_sh, seed: int
   return state, {}, 0
 
 
+def _init_from(workdir: str, exp: Experiment, state, state_sh):
+  """``(state with the parameters of workdir's run, its pin)``: a fresh run started
+  from another run's (EMA) parameters (``train.init_from``), e.g. a converted peer
+  checkpoint. The model must have the same parameter shapes and the same process;
+  the run must have been trained on this config's vocabulary and tokenizer."""
+  pins_lib.require_same_data("init", workdir, restore.trained_on(workdir), exp.dataset)
+  run = restore.load_run(workdir, dataset=exp.dataset)
+  if run.config.process != exp.config.process:
+    raise errors.ConfigError(f"train.init_from {workdir} is a {run.config.process!r} "
+                             f"model; this config's process is {exp.config.process!r}")
+  want = jax.tree_util.tree_leaves_with_path(state.params)
+  have = jax.tree_util.tree_leaves(run.params)
+  same = (jax.tree_util.tree_structure(state.params)
+          == jax.tree_util.tree_structure(run.params)) and all(
+              a.shape == b.shape for (_, a), b in zip(want, have))
+  if not same:
+    diff = [k for k in sorted(set(config_lib.flatten(run.config.model.to_dict()))
+                              | set(config_lib.flatten(exp.config.model.to_dict())))
+            if run.config.model.get(k) != exp.config.model.get(k)]
+    raise errors.ConfigError(f"train.init_from {workdir} holds a model of other shapes "
+                             f"than this config's (model keys that differ: {diff}); "
+                             "set model.* to its config.json's")
+  params = jax.device_put(run.params, state_sh.params)
+  ema = jax.jit(lambda t: jax.tree.map(lambda a: a + 0, t),      # its own buffers: both
+                out_shardings=state_sh.ema_params)(params)       # are donated to the step
+  logging.info("initialized from %s (step %d, parameters %s)", workdir, run.step,
+               run.fingerprint)
+  return state.replace(params=params, ema_params=ema), run.pin()
+
+
 # ---------------------------------------------------------------------------------------
 # The loop.
 
@@ -423,6 +453,11 @@ def _train(config, workdir, stop_at_step, experiment, target_fn, on_log):
                                max_to_keep=tcfg.keep_checkpoints,
                                async_save=tcfg.async_checkpoint, clean_tmp=True)
   state, meta0, start = _restore_or_init(ckpt, create, abstract, state_sh, config.seed)
+  if tcfg.get("init_from") and not ckpt.all_steps():
+    state, init_pin = _init_from(tcfg.init_from, exp, state, state_sh)
+    exp = dataclasses.replace(exp, pins=dict(exp.pins, init=init_pin))
+  elif "init" in (meta0.get("pins") or {}):          # keep the record across resumes
+    exp = dataclasses.replace(exp, pins=dict(exp.pins, init=meta0["pins"]["init"]))
   _check_tokenizer(meta0, exp, config)
   pin_changes = list(meta0.get("pin_changes", [])) + [
       dict(c, step=start) for c in pins_lib.check_unchanged(
