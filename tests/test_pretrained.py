@@ -57,8 +57,8 @@ def make_prepared(out, tok_path, n_docs=600, seed=0):
   path = os.path.join(os.path.dirname(out), os.path.basename(out) + ".txt")
   with open(path, "w") as f:
     f.write("\n".join(docs) + "\n")
-  prepared.prepare(out, sources.documents_source(path, doc_sep="line", validation_fraction=0.2), tok_lib.from_spec(f"hf:{tok_path}"),
-                   progress=False)
+  src = sources.documents_source(path, doc_sep="line", validation_fraction=0.2)
+  prepared.prepare(out, src, tok_lib.from_spec(f"hf:{tok_path}"), progress=False)
   return out
 
 
