@@ -49,6 +49,7 @@ from tcsm_jax.models import peers
 from tcsm_jax.training import checkpoint as ckpt_lib
 from tcsm_jax.training import config as config_lib
 from tcsm_jax.training import experiment as experiment_lib
+from tcsm_jax.training import state as state_lib
 from tcsm_jax.training import workdir as workdir_lib
 
 RECORD = "imported.json"
@@ -159,7 +160,7 @@ def convert(kind: str, directory: str, workdir: str, tokenizer: str = "",
       tokenizer_manifest(tok, f"{kind} tokenizer"), indent=2) + "\n")
   dataset = prepared.tokenizer_only(os.fspath(tok_dir))
   exp = experiment_lib.build(config, dataset, workdir=workdir)
-  create, optimizer, _ = experiment_lib.state_factory(exp)
+  _, optimizer, _ = experiment_lib.state_factory(exp)
   shapes = jax.eval_shape(exp.init_params, jax.random.PRNGKey(0))
   got = jax.tree_util.tree_structure(imp.params)
   if got != jax.tree_util.tree_structure(shapes):
@@ -171,9 +172,9 @@ def convert(kind: str, directory: str, workdir: str, tokenizer: str = "",
           f"{directory!r}: {jax.tree_util.keystr(path)} has shape {np.shape(have)}, the "
           f"DiT of this config needs {tuple(want.shape)}")
   params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), imp.params)
-  state = create(jax.random.PRNGKey(config.seed))
-  state = state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params),
-                        opt_state=optimizer.init(params))
+  # What state_factory's create() builds, with the peer's parameters (EMA = raw).
+  state = state_lib.create(params, optimizer,
+                           jax.random.split(jax.random.PRNGKey(config.seed))[1])
   record = {"kind": kind, "source": os.fspath(directory), "files": imp.files,
             "weights_dtype": imp.weights_dtype, "peer_config": imp.peer_config,
             "tokenizer": {"path": tok_path, "sha256": tok.sha256,
