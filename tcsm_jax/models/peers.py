@@ -318,7 +318,8 @@ def read(kind: str, directory) -> Imported:
   vocab = rows - 1 if h["process"] == "absorbing" else rows
   model = dict(arch="dit", num_layers=h["num_layers"], width=h["width"],
                num_heads=h["num_heads"], cond_width=h["cond_width"],
-               mlp_ratio=mlp // h["width"], time_conditioning=h["time_conditioning"])
+               mlp_ratio=mlp // h["width"], time_conditioning=h["time_conditioning"],
+               dropout=float(h.get("dropout") or 0.0))    # the peer's training dropout
   return Imported(kind=kind, vocab_size=vocab, rows=rows, process=h["process"],
                   schedule=h["schedule"], model=model, max_length=h["max_length"],
                   params=params, files=files, peer_config=cfg, weights_dtype=dtype)
