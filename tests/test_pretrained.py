@@ -373,3 +373,21 @@ def test_binaries_on_converted_workdir(tmp_path):
   assert sref["pins"]["init"]["workdir"] == w and "teacher" in sref["pins"]
   assert "student NLL bound" in out["distill"]
   assert os.path.exists(tmp_path / "fr" / "frontier.csv")
+
+
+def test_init_from_refuses_another_model_before_compiling(converted, tmp_path):
+  """train.init_from with another model shape (or no run there) is one ConfigError /
+  WorkdirError naming the keys, raised before anything compiles."""
+  from helpers import tiny_config
+  from tcsm_jax.training import trainer
+  cfg = tiny_config(**{"data.name": "prepared", "data.path": converted["data"],
+                       "data.seq_len": 16, "train.batch_size": 8,
+                       "train.init_from": converted["mdlm"]})
+  with pytest.raises(errors.ConfigError, match="model.arch: 'dit' there, 'diffusion' here"):
+    trainer.train_and_evaluate(cfg, str(tmp_path / "a"))
+  cfg.train.init_from = str(tmp_path / "nothing")
+  with pytest.raises(errors.WorkdirError, match="does not exist"):
+    trainer.train_and_evaluate(cfg, str(tmp_path / "b"))
+  cfg.finetune.kind, cfg.finetune.ref_workdir = "reward", converted["mdlm"]
+  with pytest.raises(errors.ConfigError, match="leave train.init_from empty"):
+    trainer.train_and_evaluate(cfg, str(tmp_path / "c"))
