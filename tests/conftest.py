@@ -75,6 +75,8 @@ SLOW_BY_BUDGET = (
                                                                 # test_cli, test_end_to_end
     "test_pretrained.py::test_converted_sedd_duo_restore_sample_and_evaluate",  # fixture logits
                                                                 # tests, ..._mdlm_restores
+    "test_pretrained.py::test_convert_binary_every_flag_error",  # ..._one_line_error,
+                                                                # ..._refuses_bad_input_...
 )
 
 

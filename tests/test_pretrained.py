@@ -193,6 +193,15 @@ def test_convert_refuses_bad_input_naming_it(tmp_path):
       imports.convert(kind, d, str(tmp_path / "w" / name.replace(" ", "_")), tok)
     assert expected in str(e.value), (name, str(e.value))
     assert "\n" not in str(e.value)
+  tok = make_tokenizer(str(tmp_path / "tok64.json"), 64)
+  with pytest.raises(errors.DataError, match="no tokenizer: .* does not exist"):
+    imports.convert("mdlm", fixture_dir("mdlm"), str(tmp_path / "w_t"),
+                    str(tmp_path / "none.json"))
+  other = make_prepared(str(tmp_path / "p50"), make_tokenizer(str(tmp_path / "t50.json"),
+                                                              50), n_docs=20)
+  with pytest.raises(errors.DataError, match="is not tokenized with the model's"):
+    imports.convert("mdlm", fixture_dir("mdlm"), str(tmp_path / "w_d"), tok, other)
+  assert not os.path.exists(tmp_path / "w_t") and not os.path.exists(tmp_path / "w_d")
   w = tmp_path / "full"
   w.mkdir()
   (w / "x").write_text("x")
@@ -286,17 +295,41 @@ def test_imported_reference_is_checked_on_vocabulary_and_tokenizer(converted, tm
                            prepared.load(other))
 
 
-def test_convert_binary_one_line_error(tmp_path):
-  """The binary: a bad --from is one `error:` line and status 2."""
+def _convert_cases(tmp_path):
+  """error line -> flags of experiments.convert."""
+  return {"error: --from must be KIND:DIR with KIND one of mdlm, sedd, duo, got "
+          "'gpt9:/x'": ["--from=gpt9:/x"],
+          "error: --seq_len must be >= 0, got -1": [f"--from=mdlm:{fixture_dir('mdlm')}",
+                                                    "--seq_len=-1"],
+          f"error: --from '{tmp_path / 'no'}' does not exist": [
+              f"--from=sedd:{tmp_path / 'no'}"],
+          f"error: --data '{tmp_path / 'no'}' does not exist": [
+              f"--from=mdlm:{fixture_dir('mdlm')}", f"--data={tmp_path / 'no'}"]}
+
+
+def _check_convert_errors(tmp_path, cases):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("TCSM_TRACEBACK", None)
-  p = subprocess.run([sys.executable, "-m", "experiments.convert", "--from=gpt9:/x",
-                      f"--workdir={tmp_path / 'w'}"], cwd=REPO, env=env,
-                     capture_output=True, text=True, timeout=300)
-  lines = [l for l in p.stderr.splitlines() if l.startswith("error:")]
-  assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
-  assert lines == ["error: --from must be KIND:DIR with KIND one of mdlm, sedd, duo, "
-                   "got 'gpt9:/x'"]
+  procs = {want: subprocess.Popen(
+      [sys.executable, "-m", "experiments.convert", f"--workdir={tmp_path / 'w'}"] + args,
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for want, args in cases.items()}
+  for want, p in procs.items():
+    _, stderr = p.communicate(timeout=300)
+    lines = [l for l in stderr.splitlines() if l.startswith("error:")]
+    assert p.returncode == 2 and "Traceback" not in stderr, stderr[-2000:]
+    assert lines == [want], stderr[-2000:]
+
+
+def test_convert_binary_one_line_error(tmp_path):
+  """The binary: a bad --from is one `error:` line and status 2 (the library's errors,
+  in-process above, reach the user the same way: tests/test_cli.py)."""
+  cases = _convert_cases(tmp_path)
+  _check_convert_errors(tmp_path, dict([next(iter(cases.items()))]))
+
+
+def test_convert_binary_every_flag_error(tmp_path):
+  _check_convert_errors(tmp_path, _convert_cases(tmp_path))
 
 
 # ------------------------------------------------------ the binaries, as a user runs them
