@@ -130,6 +130,13 @@ def _hparams(kind: str, cfg: Dict[str, Any], directory) -> Dict[str, Any]:
     if cfg.get("causal"):
       raise _err(directory, "config.json describes a causal (AR) model, not a diffusion DiT")
     tc, noise, graph, tokens = cfg.get("time_conditioning"), {}, None, None
+    algo = {}
+  param = cfg.get("parameterization", algo.get("parameterization") if isinstance(
+      cfg.get("model"), dict) else None)
+  want = {"mdlm": "subs", "duo": "mean", "sedd": None}[kind]
+  if param is not None and want is not None and param != want:
+    raise _err(directory, f"config.json has parameterization {param!r}; a {kind} "
+               f"checkpoint maps only from {want!r}")
   if kind == "mdlm":
     out.update(process="absorbing", time_conditioning=bool(tc) if tc is not None else False)
     ntype = noise.get("type", "loglinear")
