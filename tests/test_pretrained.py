@@ -118,6 +118,22 @@ def test_time_conditioning_off_ignores_sigma():
   np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_bfloat16_activations_stay_close():
+  """model.dtype=bfloat16 (float32 parameters, LayerNorm statistics in float32): the
+  denoiser's log-probabilities stay within bfloat16 rounding of float32's."""
+  import dataclasses
+  imp = peers.read("sedd", fixture_dir("sedd"))
+  ref = np.load(os.path.join(fixture_dir("sedd"), "reference.npz"))
+  m32 = dit_of(imp)
+  m16 = dit.DiT(dataclasses.replace(m32.cfg, dtype=jnp.bfloat16))
+  args = (jnp.asarray(ref["x"]), jnp.asarray(ref["sigma"]))
+  a = jax.nn.log_softmax(jax.jit(m32.apply)({"params": imp.params}, *args), -1)
+  b = jax.nn.log_softmax(jax.jit(m16.apply)({"params": imp.params}, *args)
+                         .astype(jnp.float32), -1)
+  assert b.dtype == jnp.float32 and np.isfinite(np.asarray(b)).all()
+  assert float(jnp.max(jnp.abs(jnp.exp(a) - jnp.exp(b)))) < 0.05
+
+
 def test_torch_zip_reader_matches_torch():
   """A torch.save file (float32, bfloat16, a transposed and a sliced view, int64) read
   with NumPy alone equals what torch wrote."""
