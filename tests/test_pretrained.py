@@ -101,8 +101,8 @@ def test_fixture_logits_match_the_peers_module(kind):
     gap = (lp - denoiser)[masked]                        # constant per position
     assert masked.any()
     np.testing.assert_allclose(gap - gap.mean(-1, keepdims=True), 0.0, atol=1e-4)
-    # SEDD's scale_by_sigma shift is -log(V): the score of a uniform denoiser is
-    # exactly 1 / (V (e^sigma - 1)); here the offset is what its logits' mean leaves.
+    # SEDD sets the log score of the input token itself (the mask, here) to 0: that
+    # entry is not a clean token and is dropped from the denoiser.
     np.testing.assert_allclose(ref["peer"][..., v][masked], 0.0, atol=1e-6)
   else:
     assert imp.process == "uniform" and imp.rows == v
