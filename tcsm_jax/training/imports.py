@@ -36,6 +36,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import shutil
 from typing import Any, Dict, Optional
 
 import jax
@@ -153,45 +154,50 @@ def convert(kind: str, directory: str, workdir: str, tokenizer: str = "",
                              f"tokenizer ({imp.vocab_size} ids, sha256 "
                              f"{tok.sha256[:12]}...)")
   config = make_config(imp, data or os.fspath(tok_dir), seq_len)
-
-  fs.makedirs(tok_dir)
-  fs.write_text_atomic(fs.join(tok_dir, tok_lib.FILE_NAMES["hf"]), text)
-  fs.write_text_atomic(fs.join(tok_dir, prepared.MANIFEST), json.dumps(
-      tokenizer_manifest(tok, f"{kind} tokenizer"), indent=2) + "\n")
-  dataset = prepared.tokenizer_only(os.fspath(tok_dir))
-  exp = experiment_lib.build(config, dataset, workdir=workdir)
-  _, optimizer, _ = experiment_lib.state_factory(exp)
-  shapes = jax.eval_shape(exp.init_params, jax.random.PRNGKey(0))
-  got = jax.tree_util.tree_structure(imp.params)
-  if got != jax.tree_util.tree_structure(shapes):
-    raise AssertionError(f"mapped tree {got} is not the DiT's")
-  for (path, want), have in zip(jax.tree_util.tree_leaves_with_path(shapes),
-                                jax.tree_util.tree_leaves(imp.params)):
-    if tuple(want.shape) != tuple(np.shape(have)):
-      raise peers.CheckpointFormatError(
-          f"{directory!r}: {jax.tree_util.keystr(path)} has shape {np.shape(have)}, the "
-          f"DiT of this config needs {tuple(want.shape)}")
-  params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), imp.params)
-  # What state_factory's create() builds, with the peer's parameters (EMA = raw).
-  state = state_lib.create(params, optimizer,
-                           jax.random.split(jax.random.PRNGKey(config.seed))[1])
-  record = {"kind": kind, "source": os.fspath(directory), "files": imp.files,
-            "weights_dtype": imp.weights_dtype, "peer_config": imp.peer_config,
-            "tokenizer": {"path": tok_path, "sha256": tok.sha256,
-                          "vocab_size": tok.vocab_size},
-            "vocab_size": imp.vocab_size, "rows": imp.rows, "process": imp.process,
-            "schedule": imp.schedule, "model": imp.model,
-            "converted": datetime.datetime.now(datetime.timezone.utc).isoformat(
-                timespec="seconds")}
-  meta = {"config": json.loads(config_lib.to_json(config)),
-          "dataset": {"vocab_size": int(imp.vocab_size),
-                      "tokenizer_sha256": tok.sha256},
-          "dataset_name": f"imported:{kind}", "imported": record, "pins": {},
-          "pin_changes": []}
-  ckpt = ckpt_lib.Checkpointer(fs.join(workdir, "checkpoints"), async_save=False)
-  ckpt.save(0, state, meta, good=True)
-  ckpt.wait()
-  ckpt.close()
-  workdir_lib.save_config(workdir, config, 0)
-  fs.write_text_atomic(fs.join(workdir, RECORD), json.dumps(record, indent=2) + "\n")
+  created = not fs.exists(workdir)
+  try:
+    fs.makedirs(tok_dir)
+    fs.write_text_atomic(fs.join(tok_dir, tok_lib.FILE_NAMES["hf"]), text)
+    fs.write_text_atomic(fs.join(tok_dir, prepared.MANIFEST), json.dumps(
+        tokenizer_manifest(tok, f"{kind} tokenizer"), indent=2) + "\n")
+    dataset = prepared.tokenizer_only(os.fspath(tok_dir))
+    exp = experiment_lib.build(config, dataset, workdir=workdir)
+    _, optimizer, _ = experiment_lib.state_factory(exp)
+    shapes = jax.eval_shape(exp.init_params, jax.random.PRNGKey(0))
+    got = jax.tree_util.tree_structure(imp.params)
+    if got != jax.tree_util.tree_structure(shapes):
+      raise AssertionError(f"mapped tree {got} is not the DiT's")
+    for (path, want), have in zip(jax.tree_util.tree_leaves_with_path(shapes),
+                                  jax.tree_util.tree_leaves(imp.params)):
+      if tuple(want.shape) != tuple(np.shape(have)):
+        raise peers.CheckpointFormatError(
+            f"{directory!r}: {jax.tree_util.keystr(path)} has shape {np.shape(have)}, "
+            f"the DiT of this config needs {tuple(want.shape)}")
+    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), imp.params)
+    # What state_factory's create() builds, with the peer's parameters (EMA = raw).
+    state = state_lib.create(params, optimizer,
+                             jax.random.split(jax.random.PRNGKey(config.seed))[1])
+    record = {"kind": kind, "source": os.fspath(directory), "files": imp.files,
+              "weights_dtype": imp.weights_dtype, "peer_config": imp.peer_config,
+              "tokenizer": {"path": tok_path, "sha256": tok.sha256,
+                            "vocab_size": tok.vocab_size},
+              "vocab_size": imp.vocab_size, "rows": imp.rows, "process": imp.process,
+              "schedule": imp.schedule, "model": imp.model,
+              "converted": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                  timespec="seconds")}
+    meta = {"config": json.loads(config_lib.to_json(config)),
+            "dataset": {"vocab_size": int(imp.vocab_size),
+                        "tokenizer_sha256": tok.sha256},
+            "dataset_name": f"imported:{kind}", "imported": record, "pins": {},
+            "pin_changes": []}
+    ckpt = ckpt_lib.Checkpointer(fs.join(workdir, "checkpoints"), async_save=False)
+    ckpt.save(0, state, meta, good=True)
+    ckpt.wait()
+    ckpt.close()
+    workdir_lib.save_config(workdir, config, 0)
+    fs.write_text_atomic(fs.join(workdir, RECORD), json.dumps(record, indent=2) + "\n")
+  except BaseException:
+    if created and not fs.is_remote(workdir):      # leave no half-written workdir
+      shutil.rmtree(os.fspath(workdir), ignore_errors=True)
+    raise
   return record
