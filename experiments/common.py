@@ -16,10 +16,12 @@ from typing import Any, Callable, List, Optional, Tuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
 from experiments import cli
-from tcsm_jax import errors, fs, likelihood
+from tcsm_jax import errors, fs, gen_ppl, likelihood
 from tcsm_jax.data import pipeline, prepared
+from tcsm_jax.posttrain import judges
 from tcsm_jax.training import config as config_lib
 from tcsm_jax.training import partition, restore
 
@@ -58,6 +60,46 @@ def require_run_dir(path: str, flag: str = "workdir", config_given: bool = False
     raise errors.WorkdirError(
         f"--{flag} {path!r} has no config.json: not a training workdir (train first "
         "with experiments.train, or pass --config)")
+
+
+def define_judge_flags(help_suffix: str = "") -> Tuple[Any, Any]:
+  """``--judge`` (alias ``--judge_workdir``) and ``--gen_ppl_convention`` of a binary
+  that reports generative perplexity; returns their flag holders."""
+  judge = flags.DEFINE_string(
+      "judge", "", "Generative-perplexity judge: a causal model's training workdir, or "
+      "hf:DIR (a Hugging Face GPT-2 directory: config.json, model.safetensors, "
+      "tokenizer.json)" + help_suffix)
+  flags.DEFINE_alias("judge_workdir", "judge")
+  conv = flags.DEFINE_enum(
+      "gen_ppl_convention", "auto", ["auto"] + sorted(gen_ppl.CONVENTIONS),
+      "How generative perplexity is computed (README, Pre-trained models): auto = "
+      "project for a workdir judge, mdlm for hf:DIR; " + "; ".join(
+          f"{k}: {v}" for k, v in gen_ppl.CONVENTIONS.items()))
+  return judge, conv
+
+
+def check_judge_spec(spec: str, flag: str = "judge") -> None:
+  """Before any work: a workdir judge must be a training workdir, an ``hf:`` judge an
+  existing directory (a hub id is fetched here, the only download the user can ask
+  for)."""
+  if spec and not judges.is_hf(spec):
+    require_run_dir(spec, flag)
+  elif spec:
+    judges.gpt2.resolve(spec, what="judge")
+
+
+def load_judge(spec: str, dataset=None, convention: str = "auto", flag: str = "judge",
+               dtype: str = "float32"):
+  """The ``gen_ppl.Judge`` of ``--judge`` bound to the sampling model's ``dataset``
+  (its decode and tokenizer) and ``--gen_ppl_convention``; None without a spec."""
+  if not spec:
+    return None
+  check_judge_spec(spec, flag)
+  judge = judges.load_judge(spec, dtype=dtype)
+  kw = {"convention": "" if convention in ("", "auto") else convention}
+  if dataset is not None:
+    kw.update(decode=dataset.decode, model_tokenizer_sha=model_tokenizer_sha(dataset))
+  return judge.bind(**kw)
 
 
 def validate_config(config) -> None:

@@ -3,7 +3,7 @@ r"""Trains several variants of a config and compares their NLL-bound curves.
   python -m experiments.compare_targets --config=experiments/configs/kjv_tiny.py \
       --outdir=DIR --variants="data:loss.teacher_weight=0" \
       --variants="teacher:teacher.kind=ar,teacher.workdir=JDIR,loss.teacher_weight=0.5" \
-      [--judge_workdir=JDIR] [--config.train.num_steps=300 ...]
+      [--judge=JDIR|hf:DIR] [--gen_ppl_convention=auto] [--config.train.num_steps=300 ...]
 
 Each variant trains in ``DIR/<name>`` (re-running resumes) with the base config plus
 its overrides. Writes ``DIR/curves.csv`` (variant, step, train seconds, NLL bound) and
@@ -31,7 +31,7 @@ from tcsm_jax.training import log_setup, trainer  # noqa: E402
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Base config.")
 _OUT = flags.DEFINE_string("outdir", None, "Output directory.")
 _VARIANTS = flags.DEFINE_multi_string("variants", [], "name:key=value,key=value")
-_JUDGE = flags.DEFINE_string("judge_workdir", "", "Causal judge for sample quality.")
+_JUDGE, _CONV = common.define_judge_flags(" (--judge_workdir: alias).")
 _SAMPLES = flags.DEFINE_integer("num_samples", 32, "Samples per variant for quality "
                                 "(>= 1).")
 _STEPS = flags.DEFINE_integer("sample_steps", 128, "Sampling steps (>= 1).")
@@ -100,15 +100,11 @@ def main(_):
     common.validate_config(cfg)
   outdir = _OUT.value
   common.require_output_dir(outdir, "outdir")
-  if _JUDGE.value:
-    common.require_run_dir(_JUDGE.value, "judge_workdir")
+  common.check_judge_spec(_JUDGE.value)
   log_setup.quiet_libraries()
   fs.makedirs(outdir)
   rows, summary = [], {}
-  judge = None
-  if _JUDGE.value:
-    jr = common.load_run(_JUDGE.value, flag="judge_workdir")
-    judge = (jr.experiment.model, jr.params)
+  judge = common.load_judge(_JUDGE.value, None, _CONV.value)
   for name, overrides in variants:
     cfg = configs[name]
     wd = str(fs.join(outdir, name))
@@ -128,7 +124,9 @@ def main(_):
       x, _ = sampling.jit_sampler(exp.apply_fn, exp.process, exp.schedule,
                                   (_SAMPLES.value, cfg.data.seq_len),
                                   steps=_STEPS.value)(run.params, jax.random.PRNGKey(0))
-      info.update(quality.report(np.asarray(x), judge))
+      info.update(quality.report(np.asarray(x), judge.bind(
+          decode=exp.dataset.decode,
+          model_tokenizer_sha=common.model_tokenizer_sha(exp.dataset))))
       info["example"] = exp.dataset.decode(np.asarray(x)[0])
     summary[name] = info
   common.write_csv(fs.join(outdir, "curves.csv"), rows,

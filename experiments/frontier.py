@@ -1,6 +1,7 @@
 r"""The generative frontier: generative perplexity against sample entropy.
 
-  python -m experiments.frontier --workdir=DIR --judge_workdir=JDIR --outdir=OUT \
+  python -m experiments.frontier --workdir=DIR --judge=JDIR|hf:DIR --outdir=OUT \
+      [--gen_ppl_convention=auto|project|mdlm|duo|remdm|sedd] \
       [--samplers=analytic,remdm,first_hitting] [--steps=16,64,256,1024] \
       [--temperatures=0.8,0.9,1.0] [--top_ps=0.9,1.0] [--draws=exact] \
       [--remask_eta=0.02] [--num_samples=64]
@@ -28,7 +29,7 @@ from tcsm_jax import errors, fs, quality, sampling
 from tcsm_jax.training import log_setup
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Diffusion model's workdir.")
-_JUDGE = flags.DEFINE_string("judge_workdir", None, "Causal judge's workdir.")
+_JUDGE, _CONV = common.define_judge_flags(" (required; --judge_workdir: alias).")
 _OUT = flags.DEFINE_string("outdir", None, "Output directory.")
 _SAMPLERS = flags.DEFINE_list("samplers", ["analytic", "remdm", "first_hitting"],
                               "Samplers to sweep.")
@@ -44,7 +45,7 @@ _BATCH = flags.DEFINE_integer("batch_size", 64, "Batch size.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Network compute "
                            "dtype (default: the config's model.dtype).")
-flags.mark_flags_as_required(["workdir", "judge_workdir", "outdir"])
+flags.mark_flags_as_required(["workdir", "outdir"])
 
 
 def _floats(name, values, lo, hi):
@@ -108,15 +109,17 @@ def main(_):
   common.at_least("batch_size", _BATCH.value, 1)
   sweep = settings()
   common.require_run_dir(_WORKDIR.value, "workdir")
-  common.require_run_dir(_JUDGE.value, "judge_workdir")
+  common.check_flag(bool(_JUDGE.value), "--judge is required (a causal workdir or "
+                    "hf:DIR)")
+  common.check_judge_spec(_JUDGE.value)
   common.require_output_dir(_OUT.value, "outdir")
   log_setup.quiet_libraries()
   cfg = common.with_model_dtype(common.load_config(_WORKDIR.value), _DTYPE.value)
   run = common.load_run(_WORKDIR.value, cfg)
-  jr = common.load_run(_JUDGE.value, flag="judge_workdir")
   exp = run.experiment
+  judge = common.load_judge(_JUDGE.value, exp.dataset, _CONV.value).bind(
+      group_size=min(_BATCH.value, _NUM.value))   # mdlm/duo: per sampling batch
   length = exp.config.data.seq_len
-  judge = (jr.experiment.model, jr.params)
   n_ref = min(_NUM.value, len(exp.dataset.validation) // length)
   if n_ref == 0:         # e.g. a converted checkpoint without --data: no data point
     raise errors.DataError(f"{_WORKDIR.value!r} has no validation sequence of "
@@ -145,21 +148,24 @@ def main(_):
           f"{row['gen_perplexity']:>9.3f}{row['unigram_entropy']:>9.3f}"
           f"{row['samples_per_sec']:>10.2f}", flush=True)
   keys = ["sampler", "draw", "steps", "temperature", "top_p", "remask_eta", "nfe",
-          "gen_perplexity", "gen_log_perplexity_se", "unigram_entropy", "samples_per_sec",
-          "num_samples"]
+          "gen_perplexity", "gen_log_perplexity_se", "gen_ppl_tokens", "gen_ppl_convention",
+          "unigram_entropy", "judge_unigram_entropy", "samples_per_sec", "num_samples"]
   data_csv = dict.fromkeys(keys, "")
   data_csv.update(sampler="data", gen_perplexity=data_row["gen_perplexity"],
-                  gen_log_perplexity_se=data_row["gen_log_perplexity_se"],
                   unigram_entropy=data_row["unigram_entropy"], num_samples=len(ref))
+  for k in ("gen_log_perplexity_se", "gen_ppl_tokens", "gen_ppl_convention",
+            "judge_unigram_entropy"):
+    if k in data_row:
+      data_csv[k] = data_row[k]
   common.write_csv(f"{_OUT.value}/frontier.csv", [data_csv] + rows, keys)
   buf = io.BytesIO()                          # the samples, row i of the csv = setting_i
   np.savez_compressed(buf, **arrays)
   fs.write_bytes_atomic(f"{_OUT.value}/samples.npz", buf.getvalue())
   plot(rows, data_row, f"{_OUT.value}/frontier.png")
   meta = {**common.provenance(), "workdir": _WORKDIR.value,
-          "judge_workdir": _JUDGE.value, "step": run.step,
-          "dtype": cfg.model.dtype,
-          "judge_step": jr.step, "command": " ".join(["python -m experiments.frontier"] + sys.argv[1:])}
+          "judge": _JUDGE.value, "step": run.step,
+          "dtype": cfg.model.dtype, "gen_ppl_convention": data_row.get("gen_ppl_convention"),
+          "judge_step": judge.info.get("step"), "command": " ".join(["python -m experiments.frontier"] + sys.argv[1:])}
   common.write_json(f"{_OUT.value}/frontier.json", meta)
   print(json.dumps(meta))
 

@@ -1,7 +1,8 @@
 r"""Reward fine-tuning for several beta: reward up, fidelity down (table, CSV, PNG).
 
   python -m experiments.reward_sweep --config=experiments/configs/kjv_reward.py \
-      --outdir=DIR --config.finetune.ref_workdir=REF --judge_workdir=JDIR \
+      --outdir=DIR --config.finetune.ref_workdir=REF --judge=JDIR|hf:DIR \
+      [--gen_ppl_convention=auto|project|mdlm|duo|remdm|sedd] \
       [--betas=1.0,0.3,0.1] [--num_samples=64]
 
 For the reference and each beta: mean reward of samples, their NLL bound under the
@@ -26,7 +27,7 @@ from tcsm_jax.training import log_setup, trainer  # noqa: E402
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Fine-tuning config.")
 _OUT = flags.DEFINE_string("outdir", None, "Output directory.")
 _BETAS = flags.DEFINE_list("betas", ["1.0", "0.3", "0.1"], "Betas (> 0).")
-_JUDGE = flags.DEFINE_string("judge_workdir", "", "Causal judge.")
+_JUDGE, _CONV = common.define_judge_flags(" (--judge_workdir: alias).")
 _NUM = flags.DEFINE_integer("num_samples", 64, "Samples per model (>= 1).")
 _STEPS = flags.DEFINE_integer("sample_steps", 64, "Sampling steps (>= 1).")
 flags.mark_flags_as_required(["config", "outdir"])
@@ -41,6 +42,9 @@ def evaluate(exp, params, ref, ref_params, reward_fn, judge, length):
   nll = jax.jit(lambda p, k, xx: likelihood.nll_bound(
       k, lambda xt, s: ref.apply_fn(p, xt, s), xx, ref.process, ref.schedule,
       num_t=16)["bound"])(ref_params, jax.random.PRNGKey(1), jnp.asarray(x))
+  if judge is not None:
+    judge = judge.bind(decode=exp.dataset.decode,
+                       model_tokenizer_sha=common.model_tokenizer_sha(exp.dataset))
   q = quality.report(x, judge)
   return dict(reward=rew, ref_nll_per_token=float(np.mean(nll)) / length,
               gen_perplexity=q.get("gen_perplexity", float("nan")),
@@ -78,14 +82,10 @@ def main(_):
   common.require_output_dir(outdir, "outdir")
   common.require_run_dir(_CONFIG.value.finetune.ref_workdir,
                          "config.finetune.ref_workdir")
-  if _JUDGE.value:
-    common.require_run_dir(_JUDGE.value, "judge_workdir")
+  common.check_judge_spec(_JUDGE.value)
   log_setup.quiet_libraries()
   fs.makedirs(outdir)
-  judge = None
-  if _JUDGE.value:
-    jr = common.load_run(_JUDGE.value, flag="judge_workdir")
-    judge = (jr.experiment.model, jr.params)
+  judge = common.load_judge(_JUDGE.value, None, _CONV.value)
   rows = []
   ref_row = None
   for beta, cfg in configs:

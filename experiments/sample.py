@@ -7,7 +7,7 @@ generation.
       [--prompt="in the beginning"] [--suffix="amen"] \
       [--template="and god said ____ there was light"] [--length=512 --overlap=16] \
       [--guide=token --guide_gamma=2 --guide_token_weights="aeiou=1"] \
-      [--judge_workdir=JDIR]
+      [--judge=JDIR|hf:DIR [--gen_ppl_convention=auto|project|mdlm|duo|remdm|sedd]]
 
 Sampler options default to the run's ``config.sampling`` (``tcsm_jax/training/config.py``).
 ``--prompt`` clamps a prefix, ``--suffix`` the end, ``--template`` any positions (``_``
@@ -79,7 +79,7 @@ _TEMPLATE = flags.DEFINE_string("template", "", "Text with '_' holes (character 
 _CLEAN = flags.DEFINE_bool("clean_prompt", False, "Apply the tokenizer's cleaning to "
                            "--prompt/--suffix/--template (printing what changed) "
                            "instead of refusing characters it cannot encode.")
-_JUDGE = flags.DEFINE_string("judge_workdir", "", "Causal judge's workdir.")
+_JUDGE, _CONV = common.define_judge_flags(" (--judge_workdir: alias).")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.mark_flag_as_required("workdir")
 
@@ -104,8 +104,7 @@ def main(_):
                                _maybe(_TEMP.value, 1.0), _BATCH.value, length_flag)
   workdir = _WORKDIR.value
   common.require_run_dir(workdir, "workdir", config_given=_CONFIG.value is not None)
-  if _JUDGE.value:
-    common.require_run_dir(_JUDGE.value, "judge_workdir")
+  common.check_judge_spec(_JUDGE.value)
   log_setup.quiet_libraries()
   cfg = common.load_config(workdir, _CONFIG.value)
   opts = generate.options(cfg.get("sampling"), sampler=_SAMPLER.value, steps=_STEPS.value,
@@ -137,9 +136,13 @@ def main(_):
   if template.max() >= exp.dataset.vocab_size:
     raise errors.FlagError(f"the prompt flags encode to token {int(template.max())}, "
                            f"outside the model's vocabulary of {exp.dataset.vocab_size}")
-  tilt = guidance_tilt(cfg, exp, workdir)
+  # Samples longer than the judge's window are scored in windows (gen_ppl conventions).
   eos = getattr(exp.dataset, "eos_id", None) if _EOS.value else None
   b = min(_BATCH.value, _NUM.value)
+  judge = common.load_judge(_JUDGE.value, exp.dataset, _CONV.value)
+  if judge is not None:               # mdlm/duo retokenize per sampling batch, as MDLM
+    judge = judge.bind(group_size=b)
+  tilt = guidance_tilt(cfg, exp, workdir)
 
   from tqdm import tqdm
   win_steps = opts["steps"] if opts["sampler"] != "first_hitting" else 1
@@ -158,14 +161,6 @@ def main(_):
          "nfe_per_batch": info["nfe"], "dtype": cfg.model.dtype}
   if _GUIDE.value != "none":
     rep.update(guide=_GUIDE.value, guide_gamma=_GAMMA.value)
-  judge = None
-  if _JUDGE.value:
-    jr = common.load_run(_JUDGE.value, flag="judge_workdir")
-    judge = (jr.experiment.model, jr.params)
-    if length > jr.experiment.config.data.seq_len:
-      judge = None
-      print("note: samples longer than the judge's data.seq_len: no generative perplexity",
-            file=sys.stderr)
   n_ref = min(len(samples), len(exp.dataset.validation) // length)
   ref = exp.dataset.validation[:n_ref * length].reshape(-1, length) if n_ref else None
   rep.update(generate.record(samples, opts, judge, ref))

@@ -48,18 +48,33 @@ def unigram_entropy(tokens) -> float:
   return float(np.mean(ents))
 
 
-def report(tokens, judge=None, reference=None) -> Dict[str, float]:
+def report(tokens, judge=None, reference=None, decode=None, convention: str = "",
+           model_tokenizer_sha: Optional[str] = None, **score_kw) -> Dict[str, float]:
   """Quality scalars of ``tokens [num, length]``.
 
-  ``gen_perplexity`` is ``exp`` of the mean per-token NLL under the judge (sequences of
+  With a ``(model, params)`` project causal judge on the model's own ids,
+  ``gen_perplexity`` is ``exp`` of the mean per-token NLL (BOS prepended; sequences of
   equal length); ``gen_log_perplexity_se`` the standard error of its log over sequences.
+  With a ``gen_ppl.Judge`` (``posttrain.judges.load_judge``: a workdir or ``hf:DIR``)
+  the samples are decoded with ``decode``, retokenized and scored under ``convention``
+  (``gen_ppl.CONVENTIONS``), and the report adds the tokens scored, the convention, the
+  judge and the unigram entropy over the judge's tokens.
 
   Args:
-    judge: optional ``(model, params)`` causal judge for generative perplexity.
+    judge: optional causal judge: ``(model, params)`` or a ``gen_ppl.Judge``.
     reference: optional real data ``[num, length]``; its entropy is reported alongside.
+    decode: the model's ``ids -> texts`` (a ``Judge`` with its own tokenizer needs it).
+    convention, model_tokenizer_sha, score_kw: passed to ``Judge.score``.
   """
   out = {"unigram_entropy": unigram_entropy(tokens), "num_samples": int(len(tokens))}
-  if judge is not None:
+  if judge is not None and hasattr(judge, "score"):
+    kw = dict(decode=decode, convention=convention,
+              model_tokenizer_sha=model_tokenizer_sha, **score_kw)
+    out.update(judge.score(np.asarray(tokens), **kw))
+    if reference is not None:
+      out["data_perplexity_under_judge"] = judge.score(np.asarray(reference),
+                                                       **kw)["gen_perplexity"]
+  elif judge is not None:
     tokens = np.asarray(tokens)
     nll = -judge_log_likelihood(judge[0], judge[1], tokens) / tokens.shape[1]   # [num]
     out["gen_perplexity"] = float(math.exp(nll.mean()))

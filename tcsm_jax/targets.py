@@ -34,6 +34,7 @@ gives no mass (Top-K leaves the rest out).
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from typing import Callable
 
@@ -57,10 +58,57 @@ def call_target(fn: Callable, x0, key=None):
 
 
 # ---- causal-model adapters ----------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class CausalLM:
+  """A causal LM as the AR teacher sees it: one adapter per model family, so nothing
+  below branches on where a teacher came from.
+
+  Attributes:
+    logits_fn: ``(params, inputs [n, T]) -> [n, T, V]`` next-token logits.
+    soft_logits_fn: ``(params, soft [n, T, num_inputs]) -> [n, T, V]``, the same with
+      the embedding lookup replaced by a weighted sum (differentiable in the input).
+    vocab_size: ``V``, the predicted tokens (the student's vocabulary).
+    bos_id: the id fed before the first token (a project causal model: its own BOS
+      row ``V``; GPT-2: ``<|endoftext|>``).
+    num_inputs: input embedding rows (``V + 1`` with a BOS row of its own, ``V`` for
+      GPT-2).
+  """
+
+  logits_fn: Callable
+  soft_logits_fn: Callable
+  vocab_size: int
+  bos_id: int
+  num_inputs: int
+
+
+def as_causal_lm(model) -> CausalLM:
+  """``model`` itself if a ``CausalLM``; a project ``CausalTransformer`` adapted."""
+  if isinstance(model, CausalLM):
+    return model
+  v = model.cfg.vocab_size
+  return CausalLM(
+      logits_fn=lambda p, t: model.apply({"params": p}, t),
+      soft_logits_fn=lambda p, s: model.apply(
+          {"params": p}, jnp.zeros(s.shape[:2], jnp.int32), soft_tokens=s),
+      vocab_size=v, bos_id=v, num_inputs=v + 1)
+
+
+def _with_bos(lm: CausalLM, tokens):
+  return jnp.concatenate([jnp.full(tokens.shape[:1] + (1,), lm.bos_id, tokens.dtype),
+                          tokens[:, :-1]], 1)
+
+
 def ar_log_prob_fn(model, params) -> Callable:
-  """``tokens [n, L] -> log p_AR(tokens) [n]`` for a ``CausalTransformer`` (BOS = V)."""
-  from tcsm_jax.models.transformer import ar_log_likelihood
-  return lambda tokens: ar_log_likelihood(model, params, tokens)
+  """``tokens [n, L] -> log p_AR(tokens) [n]`` (BOS prepended, every token scored) for a
+  ``CausalLM`` or a ``CausalTransformer`` (BOS = V)."""
+  lm = as_causal_lm(model)
+
+  def fn(tokens):
+    logits = lm.logits_fn(params, _with_bos(lm, tokens)).astype(jnp.float32)
+    lp = jax.nn.log_softmax(logits, -1)
+    return jnp.take_along_axis(lp, tokens[..., None], -1)[..., 0].sum(-1)
+
+  return fn
 
 
 def ar_soft_log_prob_fn(model, params) -> Callable:
@@ -70,15 +118,14 @@ def ar_soft_log_prob_fn(model, params) -> Callable:
   BOS row) as the network input, and as the selector of each position's
   log-probability.
   """
-  v = model.cfg.vocab_size
+  lm = as_causal_lm(model)
 
   def fn(onehot):
-    n, length, _ = onehot.shape
-    padded = jnp.pad(onehot, ((0, 0), (0, 0), (0, 1)))               # room for BOS
-    bos = jax.nn.one_hot(jnp.full((n, 1), v), v + 1)
+    n, _, v = onehot.shape
+    padded = jnp.pad(onehot, ((0, 0), (0, 0), (0, lm.num_inputs - v)))   # input rows
+    bos = jax.nn.one_hot(jnp.full((n, 1), lm.bos_id), lm.num_inputs)
     soft = jnp.concatenate([bos, padded[:, :-1]], 1)
-    dummy = jnp.zeros((n, length), jnp.int32)
-    logits = model.apply({"params": params}, dummy, soft_tokens=soft)
+    logits = lm.soft_logits_fn(params, soft)
     lp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
     return jnp.sum(onehot * lp, (-1, -2))
 
@@ -139,9 +186,9 @@ def pair_exact(log_prob_fn: Callable, x0, vocab_size: int, pairs):
 
 def next_token_log_probs(model, params, x0):
   """``[b, L, V]``: ``log p_AR(x^i = . | x^{<i})`` at every position (one pass)."""
-  v = model.cfg.vocab_size
-  inp = jnp.concatenate([jnp.full(x0.shape[:1] + (1,), v, x0.dtype), x0[:, :-1]], 1)
-  return jax.nn.log_softmax(model.apply({"params": params}, inp).astype(jnp.float32), -1)
+  lm = as_causal_lm(model)
+  logits = lm.logits_fn(params, _with_bos(lm, x0))
+  return jax.nn.log_softmax(logits.astype(jnp.float32), -1)
 
 
 def ar_top_k(log_prob_fn: Callable, x0, candidate_log_probs, k: int):
@@ -221,12 +268,14 @@ def ar_taylor(soft_log_prob_fn: Callable, x0, vocab_size: int):
 
 def ar_teacher(model, params, mode: str = "taylor", top_k: int = 8,
                tail_samples: int = 4) -> Callable:
-  """A target function from a causal transformer (see module docstring);
-  ``top_k_tail`` returns ``fn(x0, key)`` (its tail draws need a key), the others
-  ``fn(x0, key=None)``."""
+  """A target function from a causal model (a ``CausalTransformer`` or any
+  ``CausalLM``: a Hugging Face GPT-2 through ``models.gpt2.causal_lm``; see the module
+  docstring); ``top_k_tail`` returns ``fn(x0, key)`` (its tail draws need a key), the
+  others ``fn(x0, key=None)``."""
   if mode not in MODES:
     raise ValueError(f"unknown AR teacher mode {mode!r}; choose one of {MODES}")
-  v = model.cfg.vocab_size
+  model = as_causal_lm(model)
+  v = model.vocab_size
   lp_fn = ar_log_prob_fn(model, params)
   if mode == "exact":
     return lambda x0, key=None: ar_exact(lp_fn, x0, v)

@@ -55,6 +55,14 @@ def _cases(root):
                               "--config.train.no_such_key=1"],
                              "unknown config key 'no_such_key' in "
                              "--config.train.no_such_key"),
+      "hf judge missing": (["experiments.frontier", f"--workdir={wd}",
+                            f"--judge=hf:{missing}", f"--outdir={missing}"],
+                           f"judge directory '{missing}' does not exist"),
+      "hf teacher, other vocabulary": (
+          ["experiments.distill", tiny, f"--workdir={missing}_student",
+           "--teacher=hf:tests/fixtures/gpt2_tiny", "--config.train.num_steps=1"],
+          "the teacher hf:tests/fixtures/gpt2_tiny predicts 300 tokens (its vocab_size), "
+          "the student's data has a vocabulary of 27"),
       "run: snowman prompt": (["experiments.sample", f"--workdir={wd}",
                                "--prompt=☃☃☃!!!"],
                               "--prompt has characters the tokenizer cannot encode: "

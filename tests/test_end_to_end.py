@@ -123,6 +123,28 @@ def test_binaries_train_evaluate_sample_and_refuse_empty_workdirs(tmp_path):
   assert all(l.startswith("in the beginning") and l.endswith(" amen") for l in lines)
   q = json.load(open(os.path.join(wd, "samples", "analytic_8steps.json")))
   assert q["gen_perplexity"] > 1 and q["unigram_entropy"] > 0
+  assert q["gen_ppl_convention"] == "project" and q["gen_ppl_tokens"] == 3 * 32
+  # A Hugging Face GPT-2 judge (the committed tiny fixture): the character samples are
+  # decoded, retokenized with its byte-level BPE and scored under MDLM's convention.
+  r = _run(["experiments.sample", f"--workdir={wd}", "--num_samples=3", "--steps=8",
+            "--judge=hf:tests/fixtures/gpt2_tiny", "--gen_ppl_convention=mdlm"])
+  assert r.returncode == 0, r.stderr[-3000:]
+  q = json.load(open(os.path.join(wd, "samples", "analytic_8steps.json")))
+  assert q["gen_ppl_convention"] == "mdlm" and q["gen_ppl_retokenized"]
+  assert q["gen_perplexity"] > 1 and q["gen_ppl_tokens"] > 0
+  assert q["judge_unigram_entropy"] > 0 and q["gen_ppl_judge"].startswith("hf:")
+  fr = str(tmp_path / "frontier")
+  r = _run(["experiments.frontier", f"--workdir={wd}", "--judge=hf:tests/fixtures/gpt2_tiny",
+            f"--outdir={fr}", "--samplers=analytic", "--steps=4", "--temperatures=1.0",
+            "--top_ps=1.0", "--num_samples=2", "--batch_size=2",
+            "--gen_ppl_convention=remdm"])
+  assert r.returncode == 0, r.stderr[-3000:]
+  rows = open(os.path.join(fr, "frontier.csv")).read().splitlines()
+  assert len(rows) == 3 and "gen_ppl_convention" in rows[0] and "remdm" in rows[2]
+  meta = json.load(open(os.path.join(fr, "frontier.json")))
+  assert meta["judge"].startswith("hf:") and meta["gen_ppl_convention"] == "remdm"
+  r = _run(["experiments.sample", f"--workdir={wd}", f"--judge=hf:{tmp_path}/nothing"])
+  assert r.returncode == 2 and "does not exist" in r.stderr.splitlines()[-1], r.stderr
   for binary in ("experiments.evaluate", "experiments.sample"):
     r = _run([binary, f"--workdir={tmp_path / 'empty'}"])
     assert r.returncode != 0 and "no config.json" in r.stderr, r.stderr[-2000:]
@@ -155,3 +177,53 @@ def test_finetune_and_distill_binaries(tmp_path):
             "--mode=top_k", "--top_k=2"] + small)
   assert r.returncode == 0, r.stderr[-3000:]
   assert "student NLL bound" in r.stdout
+
+
+def test_distill_from_an_hf_gpt2_teacher(tmp_path):
+  """--teacher=hf:DIR end to end: data prepared with the GPT-2's own tokenizer.json, a
+  diffusion student distilled from it (Top-K + tail), the teacher pinned by its file;
+  then a reference trained on those data, reward fine-tuning toward a GPT-2 sequence
+  classifier sharing the tokenizer (hf:DIR), and guided sampling with it, judged by
+  the GPT-2."""
+  text = tmp_path / "kjv.txt"
+  import lzma
+  text.write_text(lzma.open(os.path.join(REPO, "tcsm_jax", "data", "bundled",
+                                         "kjv_text8.txt.xz"), "rt").read(60000))
+  prep = str(tmp_path / "prep")
+  r = _run(["experiments.prepare_data", f"--source=text:{text}",
+            "--tokenizer=hf:tests/fixtures/gpt2_tiny/tokenizer.json", f"--out={prep}"])
+  assert r.returncode == 0, r.stderr[-3000:]
+  small = ["--config.data.name=prepared", f"--config.data.path={prep}",
+           "--config.data.seq_len=16", "--config.model.num_layers=1",
+           "--config.model.width=32", "--config.model.num_heads=2",
+           "--config.train.batch_size=8", "--config.train.num_steps=2",
+           "--config.train.log_every=1", "--config.train.eval_every=2",
+           "--config.train.eval_batches=1"]
+  wd = str(tmp_path / "student")
+  r = _run(["experiments.distill", "--config=experiments/configs/kjv_tiny.py",
+            f"--workdir={wd}", "--teacher=hf:tests/fixtures/gpt2_tiny",
+            "--mode=top_k_tail", "--top_k=4", "--tail_samples=2"] + small)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "student NLL bound" in r.stdout
+  pins = json.load(open(os.path.join(wd, "references.json")))["pins"]["teacher"]
+  assert pins["dir"] == "hf:tests/fixtures/gpt2_tiny" and pins["vocab_size"] == 300
+  ref, ft = str(tmp_path / "ref"), str(tmp_path / "ft")
+  r = _run(["experiments.train", "--config=experiments/configs/kjv_tiny.py",
+            f"--workdir={ref}", "--summary_samples=1"] + small)
+  assert r.returncode == 0, r.stderr[-3000:]
+  r = _run(["experiments.finetune", "--config=experiments/configs/kjv_reward.py",
+            f"--workdir={ft}", f"--config.finetune.ref_workdir={ref}",
+            "--config.finetune.classifier_dir=hf:tests/fixtures/gpt2_tiny_cls",
+            "--config.finetune.classifier_label=2", "--num_samples=2",
+            "--sample_steps=2"] + small)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "mean reward of samples: reference" in r.stdout
+  pin = json.load(open(os.path.join(ft, "references.json")))["pins"]["classifier"]
+  assert pin["dir"] == "hf:tests/fixtures/gpt2_tiny_cls"
+  r = _run(["experiments.sample", f"--workdir={ref}", "--num_samples=2", "--steps=4",
+            "--batch_size=2", "--guide=classifier",
+            "--guide_classifier_dir=hf:tests/fixtures/gpt2_tiny_cls", "--guide_gamma=2",
+            "--judge=hf:tests/fixtures/gpt2_tiny"])
+  assert r.returncode == 0, r.stderr[-3000:]
+  q = json.load(open(os.path.join(ref, "samples", "analytic_4steps.json")))
+  assert q["guide"] == "classifier" and q["gen_ppl_convention"] == "mdlm"

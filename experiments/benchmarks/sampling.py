@@ -26,7 +26,7 @@ from tcsm_jax.processes import Absorbing
 from tcsm_jax.training import log_setup
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Diffusion model workdir.")
-_JUDGE = flags.DEFINE_string("judge_workdir", "", "Causal judge workdir.")
+_JUDGE, _CONV = common.define_judge_flags(" (--judge_workdir: alias).")
 _STEPS = flags.DEFINE_list("steps", ["8", "16", "32", "64", "128", "256", "512", "1024"],
                            "Step counts.")
 _SAMPLERS = flags.DEFINE_list("samplers", ["analytic", "ancestral", "euler"], "Samplers.")
@@ -39,10 +39,7 @@ def main(_):
   log_setup.quiet_libraries()
   run = common.load_or_exit(_WORKDIR.value)
   exp, cfg = run.experiment, run.config
-  judge = None
-  if _JUDGE.value:
-    jr = common.load_or_exit(_JUDGE.value)
-    judge = (jr.experiment.model, jr.params)
+  judge = common.load_judge(_JUDGE.value, exp.dataset, _CONV.value)
   length = cfg.data.seq_len
   ref = exp.dataset.validation[:_NUM.value * length].reshape(-1, length)
   data_q = quality.report(ref, judge)

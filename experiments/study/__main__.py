@@ -51,6 +51,9 @@ _CACHE = flags.DEFINE_string(
     "compile_cache", "", "JAX persistent compilation cache (runs of one variant over "
     "seeds share executables); default <outdir>/jax_cache for a local outdir, 'none' "
     "to disable; $JAX_COMPILATION_CACHE_DIR wins.")
+_JUDGE, _CONV = common.define_judge_flags(
+    " (default: the study's own trained judge; studies distill, reward, guidance, ratio, "
+    "reward_bias)")
 flags.mark_flags_as_required(["study", "outdir"])
 
 
@@ -88,7 +91,10 @@ def run_study(name: str, ctx: Context, shard=None, prereq_only: bool = False,
   only shared runs or one shard were trained)."""
   mod = importlib.import_module(f"experiments.study.{name}")
   fs.makedirs(ctx.outdir)
-  check_design(ctx.outdir, dict(study=name, budget=ctx.budget, quick=ctx.quick))
+  design = dict(study=name, budget=ctx.budget, quick=ctx.quick)
+  if ctx.judge:                       # another judge, other numbers: part of the design
+    design.update(judge=ctx.judge, gen_ppl_convention=ctx.gen_ppl_convention)
+  check_design(ctx.outdir, design)
   runs = mod.plan(ctx)                    # trains the shared runs first
   for r in runs:
     common.validate_config(r.config)
@@ -118,6 +124,10 @@ def run_study(name: str, ctx: Context, shard=None, prereq_only: bool = False,
         "tables above):\n\n" + "\n".join(
             f"- {r['variant']} seed {r['seed']}, stopped at step "
             f"{int(r.get('stopped_step', r['step']))}" for r in diverged)]
+  if ctx.judge:
+    setup += (f"\n\n**Judge:** generative perplexity is scored by `--judge={ctx.judge}` "
+              f"(`--gen_ppl_convention={ctx.gen_ppl_convention}`), not by the study's own "
+              "causal judge described above (still trained as a prerequisite).")
   if ctx.notes.get("missing"):
     setup += ("\n\n**Partial study:** these runs had not finished and are left out: "
               + ", ".join(ctx.notes["missing"]) + ".")
@@ -140,10 +150,12 @@ def main(_):
   common.at_least("seeds", _SEEDS.value, 1)
   common.check_flag(_BUDGET.value > 0, f"--budget must be > 0, got {_BUDGET.value}")
   common.require_output_dir(_OUT.value, "outdir")
+  common.check_judge_spec(_JUDGE.value)
   use_compile_cache(_CACHE.value, _OUT.value)
   log_setup.quiet_libraries()
   ctx = Context(outdir=_OUT.value, seeds=list(range(_SEEDS.value)),
-                budget=_BUDGET.value, quick=_QUICK.value,
+                budget=_BUDGET.value, quick=_QUICK.value, judge=_JUDGE.value,
+                gen_ppl_convention=_CONV.value,
                 command="python -m experiments.study " + " ".join(
                     shlex.quote(a) for a in sys.argv[1:]))
   shard = parse_shard(_SHARD.value) if _SHARD.value else None

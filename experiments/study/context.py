@@ -18,6 +18,8 @@ class Context:
   budget: float = 1.0      # multiplies every full-study step count
   quick: bool = False      # a smoke-sized study (tests): few steps, few variants
   command: str = ""
+  judge: str = ""          # --judge: replaces the study's own trained judge (workdir/hf:DIR)
+  gen_ppl_convention: str = "auto"
   # What plan() learned for report_() (e.g. the teachers' cost and quality).
   notes: dict = dataclasses.field(default_factory=dict)
 

@@ -13,6 +13,7 @@ from experiments.study.context import Context, with_overrides
 from experiments.study.teacher import corpus_config
 from experiments.study.runner import Run
 from tcsm_jax import fs, quality
+from tcsm_jax.data import pipeline
 
 NAME = "distill"
 TITLE = "Study: distilling an AR teacher into a diffusion student"
@@ -61,12 +62,11 @@ def variants(ctx: Context, teacher: str):
 def plan(ctx: Context):
   dirs = ctx.prerequisites(prereq_configs(ctx))
   info = ctx.notes["prereq"]
-  jr = common.load_run(dirs["judge"], flag="judge")
-  judge = (jr.experiment.model, jr.params)
   base = corpus_config(ctx)
-  val = np.concatenate(evals.validation_batches(base, jr.experiment.dataset, 8))
-  info["data_gen_ppl"] = quality.generative_perplexity(judge[0], judge[1],
-                                                      val[:num_samples(ctx)])
+  data = pipeline.load(base)
+  judge = evals.study_judge(ctx, dirs["judge"], data)
+  val = np.concatenate(evals.validation_batches(base, data, 8))
+  info["data_gen_ppl"] = quality.report(val[:num_samples(ctx)], judge)["gen_perplexity"]
   info["data_entropy"] = quality.unigram_entropy(val[:num_samples(ctx)])
   nb = 2 if ctx.quick else 32
 

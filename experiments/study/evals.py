@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import common
 from tcsm_jax import likelihood, quality, sampling
 from tcsm_jax.data import pipeline
 
@@ -64,9 +65,20 @@ def final_nll(run, num_batches: int, num_t: int, markov_chain=None
   return out
 
 
+def study_judge(ctx, judge_dir: str, dataset):
+  """The judge of a study's sample quality: ``--judge`` (a workdir or ``hf:DIR``, bound
+  to the study's data and ``--gen_ppl_convention``) when given, else the study's own
+  trained causal judge ``judge_dir`` as ``(model, params)``."""
+  if ctx.judge:
+    return common.load_judge(ctx.judge, dataset, ctx.gen_ppl_convention)
+  jr = common.load_run(judge_dir, flag="judge")
+  return (jr.experiment.model, jr.params)
+
+
 def sample_quality(run, judge, steps: Sequence[int], num_samples: int,
                    seed: int = 0) -> Dict[str, float]:
-  """Generative perplexity under ``judge`` (``(model, params)``) and unigram entropy of
+  """Generative perplexity under ``judge`` (``(model, params)`` or a bound
+  ``gen_ppl.Judge``, ``study_judge``) and unigram entropy of
   ``num_samples`` samples of a loaded run for each number of sampling ``steps``
   (``gen_ppl_s<n>``, ``entropy_s<n>``): the analytic sampler with exact draws from the
   mask state (``sampling.sample``'s defaults)."""

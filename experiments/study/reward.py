@@ -12,7 +12,7 @@ import numpy as np
 
 from experiments import common
 from experiments.configs import kjv_reward
-from experiments.study import report, stats
+from experiments.study import evals, report, stats
 from experiments.study.context import Context, with_overrides
 from experiments.study.objectives import corpus_config
 from experiments.study.runner import Run
@@ -101,13 +101,12 @@ def plan(ctx: Context, variants_fn=None, extra_fn=None):
   ``extra_fn(loaded_run, judge, ref_samples, seed) -> dict`` adds final metrics."""
   dirs = ctx.prerequisites(prereq_configs(ctx))
   info = ctx.notes["prereq"]
-  jr = common.load_run(dirs["judge"], flag="judge")
-  judge = (jr.experiment.model, jr.params)
   base = finetune_config(ctx)
   num = num_samples(ctx)
   vs = (variants_fn or variants)(ctx, dirs["reference"])
   # The reference's own samples and metrics, once (kept for later re-runs).
   rr = common.load_run(dirs["reference"], flag="reference")
+  judge = evals.study_judge(ctx, dirs["judge"], rr.experiment.dataset)
   reward_fn, _ = finetune_lib.make_reward(
       with_overrides(base, next(iter(vs.values()))), rr.experiment.dataset, "")
   ref_path = fs.join(ctx.outdir, "reference_samples.npz")

@@ -22,6 +22,7 @@ import ml_collections
 
 from tcsm_jax import errors, targets
 from tcsm_jax.data import synthetic
+from tcsm_jax.models import gpt2
 from tcsm_jax.training import experiment as experiment_lib
 from tcsm_jax.training import pins, restore
 
@@ -33,26 +34,68 @@ def _trained_teacher(config: ml_collections.ConfigDict, dataset):
   return run, run.experiment
 
 
-def load_ar(config: ml_collections.ConfigDict, dataset) -> Tuple[Callable, Any, Any]:
-  """An autoregressive teacher (exact / Top-K / dense Top-K + tail / Taylor ratios)."""
-  vocab_size = dataset.vocab_size
-  run, exp = _trained_teacher(config, dataset)
+def _student_tokenizer_sha(dataset):
+  tok = getattr(dataset, "tokenizer", None)
+  return getattr(tok, "sha256", None) or (getattr(dataset, "info", None) or {}).get(
+      "tokenizer_sha256")
+
+
+def hf_teacher(config: ml_collections.ConfigDict, dataset):
+  """``(model, params, pin)`` of ``teacher.workdir = 'hf:DIR'``: a Hugging Face GPT-2
+  through ``gpt2.causal_lm`` (BOS = ``<|endoftext|>``). The student's vocabulary must be
+  GPT-2's: the same size and, where both are known, the same tokenizer file."""
   t = config.teacher
-  if not exp.causal:
-    raise errors.ConfigError(f"teacher.kind='ar' but {t.workdir} holds a diffusion model")
-  if run.config.data.seq_len < config.data.seq_len:
-    raise errors.ConfigError(
-        f"the AR teacher's max length {run.config.data.seq_len} is shorter than the "
-        f"student's data.seq_len {config.data.seq_len}")
+  pt = gpt2.load(t.workdir, dtype=config.model.dtype, classifier=False,
+                 need_tokenizer=False, what="teacher")
+  v, want = dataset.vocab_size, pt.config.vocab_size
+  sha, tsha = _student_tokenizer_sha(dataset), getattr(pt.tokenizer, "sha256", None)
+  fix = ("; a GPT-2 teacher needs data tokenized with its tokenizer.json "
+         f"(experiments.prepare_data --tokenizer=hf:{pt.directory}/tokenizer.json)")
+  if v != want:
+    raise errors.ConfigError(f"the teacher {t.workdir} predicts {want} tokens (its "
+                             f"vocab_size), the student's data has a vocabulary of {v}"
+                             + fix)
+  if gpt2.same_tokenizer(pt.tokenizer, getattr(dataset, "tokenizer", None), sha) is False:
+    raise errors.ConfigError(f"the teacher {t.workdir} has tokenizer sha256 "
+                             f"{str(tsha)[:12]}..., the student's data {str(sha)[:12]}... "
+                             f"(same size {v}, other tokens)" + fix)
+  if config.data.seq_len > pt.config.n_positions:
+    raise errors.ConfigError(f"the teacher {t.workdir}'s window n_positions "
+                             f"{pt.config.n_positions} is shorter than the student's "
+                             f"data.seq_len {config.data.seq_len}")
+  pin = {"dir": t.workdir, "directory": pt.directory, "step": None,
+         "fingerprint": gpt2.fingerprint(pt.directory), "vocab_size": want,
+         "tokenizer_sha256": tsha}
+  return gpt2.causal_lm(pt), pt.params, pin
+
+
+def load_ar(config: ml_collections.ConfigDict, dataset) -> Tuple[Callable, Any, Any]:
+  """An autoregressive teacher (exact / Top-K / dense Top-K + tail / Taylor ratios):
+  a project causal run (``teacher.workdir``) or a Hugging Face GPT-2
+  (``teacher.workdir = 'hf:DIR'``)."""
+  vocab_size = dataset.vocab_size
+  t = config.teacher
+  if t.workdir.startswith("hf:"):
+    model, params, pin = hf_teacher(config, dataset)
+    pin = {"teacher": pin}
+  else:
+    run, exp = _trained_teacher(config, dataset)
+    if not exp.causal:
+      raise errors.ConfigError(f"teacher.kind='ar' but {t.workdir} holds a diffusion "
+                               "model")
+    if run.config.data.seq_len < config.data.seq_len:
+      raise errors.ConfigError(
+          f"the AR teacher's max length {run.config.data.seq_len} is shorter than the "
+          f"student's data.seq_len {config.data.seq_len}")
+    model, params, pin = exp.model, run.params, {"teacher": run.pin()}
   if t.mode in ("top_k", "top_k_tail") and t.top_k > vocab_size:
     raise errors.ConfigError(f"teacher.top_k {t.top_k} exceeds the vocabulary {vocab_size}")
-  model, mode, k, m = exp.model, t.mode, t.top_k, t.tail_samples
-  pin = {"teacher": run.pin()}
+  mode, k, m = t.mode, t.top_k, t.tail_samples
   if config.loss.hamming == 2:                     # exact pair ratios (config rule)
     return ((lambda frozen, x0, pairs: targets.pair_exact(
-        targets.ar_log_prob_fn(model, frozen), x0, vocab_size, pairs)), run.params, pin)
+        targets.ar_log_prob_fn(model, frozen), x0, vocab_size, pairs)), params, pin)
   return ((lambda frozen, x0, key=None: targets.ar_teacher(model, frozen, mode, k, m)(
-      x0, key)), run.params, pin)
+      x0, key)), params, pin)
 
 
 def load_mlm(config: ml_collections.ConfigDict, dataset) -> Tuple[Callable, Any, Any]:

@@ -52,7 +52,9 @@ from absl import logging
 
 from tcsm_jax import errors, fs, losses, models, objective, sampling
 from tcsm_jax.data import pipeline
+from tcsm_jax.models import gpt2
 from tcsm_jax.posttrain import classifier as classifier_lib
+from tcsm_jax.posttrain import hf_reward
 from tcsm_jax.posttrain import reward as reward_lib
 from tcsm_jax.training import checkpoint as ckpt_lib
 from tcsm_jax.training import experiment as experiment_lib
@@ -204,6 +206,8 @@ def _reward(config, dataset, workdir: str):
     w = jnp.asarray(_token_weights(ft.token_weights, dataset.encode, v, dataset.decode))
     return (lambda toks: jnp.sum(w[toks], -1),
             lambda x0: reward_lib.token_reward_deltas(w, x0), {})
+  if ft.classifier_dir.startswith("hf:"):
+    return _hf_reward(config, dataset)
   if v != 27 or (dataset.tokenizer is not None and dataset.tokenizer.kind != "char"):
     raise errors.ConfigError(
         f"finetune.reward='classifier' reads the 27-symbol text8 alphabet; the data "
@@ -219,6 +223,31 @@ def _reward(config, dataset, workdir: str):
   hard = lambda toks: soft(jax.nn.one_hot(toks, v))
   return hard, lambda x0: reward_lib.sequence_reward_deltas(hard, x0, v, ft.reward_mode,
                                                             soft), pin
+
+
+def _hf_reward(config, dataset):
+  """A Hugging Face GPT-2 classifier reward (``posttrain/hf_reward.py``): differentiable
+  when it shares the data's tokenizer, else a retokenizing black box (exact only)."""
+  ft, v = config.finetune, dataset.vocab_size
+  pt = gpt2.load(ft.classifier_dir, dtype=config.model.dtype, classifier=True,
+                 need_tokenizer=False, what="reward classifier")
+  sha = getattr(getattr(dataset, "tokenizer", None), "sha256", None) or (
+      getattr(dataset, "info", None) or {}).get("tokenizer_sha256")
+  pin = {"classifier": {"dir": ft.classifier_dir, "directory": pt.directory, "step": None,
+                        "fingerprint": gpt2.fingerprint(pt.directory)}}
+  label = int(ft.classifier_label)
+  if hf_reward.shares_tokenizer(pt, v, sha, getattr(dataset, "tokenizer", None)):
+    hard, soft = hf_reward.shared_tokenizer_reward(pt, label)
+    return hard, lambda x0: reward_lib.sequence_reward_deltas(hard, x0, v, ft.reward_mode,
+                                                              soft), pin
+  if ft.reward_mode != "exact":
+    raise errors.ConfigError(
+        f"the reward classifier {ft.classifier_dir} has another tokenizer than the data "
+        f"({pt.config.vocab_size} tokens against {v}): it is a black box through "
+        "retokenization, with exact neighbour differences only: set "
+        "finetune.reward_mode='exact' (L V + 1 classifier calls per sequence)")
+  hard = hf_reward.retokenized_reward(pt, dataset.decode, label)
+  return hard, lambda x0: reward_lib.sequence_reward_deltas(hard, x0, v, "exact"), pin
 
 
 def make_reward(config, dataset, workdir: str):

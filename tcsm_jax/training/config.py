@@ -101,7 +101,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.teacher = ml_collections.ConfigDict()
   c.teacher.kind = "none"            # none | ar | mlm | markov: parametric clean-space
                                      # target (markov: the exact law of markov data)
-  c.teacher.workdir = ""             # the teacher's training workdir
+  c.teacher.workdir = ""             # the teacher's training workdir, or hf:DIR (a
+                                     # Hugging Face GPT-2; teacher.kind = ar)
   c.teacher.mode = "taylor"          # ar: exact | top_k | top_k_tail | taylor
   c.teacher.top_k = 8
   c.teacher.tail_samples = 4         # top_k_tail: sampled tail tokens per position
@@ -112,7 +113,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.finetune.beta = 1.0              # target p_ref exp(r / beta)
   c.finetune.reward = "classifier"   # classifier | token
   c.finetune.reward_mode = "taylor"  # neighbour reward differences: exact | taylor
-  c.finetune.classifier_dir = ""     # default: <workdir>/classifier (trained if absent)
+  c.finetune.classifier_dir = ""     # default: <workdir>/classifier (trained if absent);
+                                     # hf:DIR = a Hugging Face GPT-2 sequence classifier
+  c.finetune.classifier_label = 1    # hf classifier: reward = log p(label | x)
   c.finetune.classifier_steps = 300
   c.finetune.token_weights = "aeiou=1"  # token reward: "chars=weight,chars=weight"
   c.finetune.num_pairs = 256         # preference pairs generated from the reference
@@ -259,6 +262,7 @@ RANGES: Dict[str, Tuple[Any, Any, bool, bool]] = {
     "teacher.tail_samples": (1, None, True, False),
     "finetune.beta": (0, None, False, False),
     "finetune.classifier_steps": (1, None, True, False),
+    "finetune.classifier_label": (0, None, True, False),
     "finetune.num_pairs": (1, None, True, False),
     "finetune.pair_sample_steps": (1, None, True, False),
     "finetune.ratio_bound": (0, None, True, False),
@@ -338,6 +342,9 @@ RULES: List[Tuple[Callable[[Any], bool], Callable[[Any], str]]] = [
     (lambda c: not (c.loss.teacher_weight > 0 and c.teacher.kind in ("ar", "mlm")
                     and not c.teacher.workdir),
      lambda c: f"teacher.kind={c.teacher.kind!r} needs teacher.workdir (a trained run)"),
+    (lambda c: not (c.teacher.workdir.startswith("hf:") and c.teacher.kind != "ar"),
+     lambda c: f"teacher.workdir={c.teacher.workdir!r} (a Hugging Face GPT-2) is an AR "
+               f"teacher: set teacher.kind='ar' (got {c.teacher.kind!r})"),
     (lambda c: not (c.loss.hamming == 2 and (c.loss.kind, c.loss.form) != ("tcsm", "score")),
      lambda c: "loss.hamming=2 is the score form's pair neighbourhood: it needs "
                f"loss.kind='tcsm' and loss.form='score', got {c.loss.kind!r}/"
