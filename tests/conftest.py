@@ -78,6 +78,8 @@ SLOW_BY_BUDGET = (
     "test_pretrained.py::test_convert_binary_every_flag_error",  # ..._one_line_error,
                                                                 # ..._refuses_bad_input_...
     "test_pretrained.py::test_bfloat16_activations_stay_close",  # fixture logits tests
+    "test_pretrained.py::test_gpt2_teacher_and_judge_on_a_converted_mdlm",  # test_gpt2_teacher,
+                                                                # test_gen_ppl, ..._mdlm_restores
     "test_end_to_end.py::test_distill_from_an_hf_gpt2_teacher",  # test_gpt2_teacher (loader, exact targets)
 )
 

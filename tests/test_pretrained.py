@@ -440,3 +440,67 @@ def test_init_from_refuses_another_model_before_compiling(converted, tmp_path):
   cfg.finetune.kind, cfg.finetune.ref_workdir = "reward", converted["mdlm"]
   with pytest.raises(errors.ConfigError, match="leave train.init_from empty"):
     trainer.train_and_evaluate(cfg, str(tmp_path / "c"))
+
+
+def write_random_mdlm(directory, vocab, width=32, heads=2, layers=1, cond=16, seed=0,
+                      length=16):
+  """A random MDLM in MDLM's Hugging Face layout (torch names under ``backbone.``)."""
+  from safetensors.numpy import save_file
+  rng = np.random.default_rng(seed)
+  rows, d, c = vocab + 1, width, cond
+  w = lambda *s: (rng.standard_normal(s) / np.sqrt(s[-1])).astype(np.float32)
+  b = lambda n: (0.1 * rng.standard_normal(n)).astype(np.float32)
+  state = {"vocab_embed.embedding": w(rows, d), "sigma_map.mlp.0.weight": w(c, 256),
+           "sigma_map.mlp.0.bias": b(c), "sigma_map.mlp.2.weight": w(c, c),
+           "sigma_map.mlp.2.bias": b(c), "output_layer.norm_final.weight": 1 + b(d),
+           "output_layer.linear.weight": w(rows, d), "output_layer.linear.bias": b(rows),
+           "output_layer.adaLN_modulation.weight": w(2 * d, c),
+           "output_layer.adaLN_modulation.bias": b(2 * d)}
+  for i in range(layers):
+    p = f"blocks.{i}."
+    state.update({p + "norm1.weight": 1 + b(d), p + "norm2.weight": 1 + b(d),
+                  p + "attn_qkv.weight": w(3 * d, d), p + "attn_out.weight": w(d, d),
+                  p + "mlp.0.weight": w(4 * d, d), p + "mlp.0.bias": b(4 * d),
+                  p + "mlp.2.weight": w(d, 4 * d), p + "mlp.2.bias": b(d),
+                  p + "adaLN_modulation.weight": w(6 * d, c),
+                  p + "adaLN_modulation.bias": b(6 * d)})
+  os.makedirs(directory)
+  save_file({"backbone." + k: v for k, v in state.items()},
+            os.path.join(directory, "model.safetensors"))
+  with open(os.path.join(directory, "config.json"), "w") as f:
+    json.dump({"model_type": "mdlm", "vocab_size": rows, "model_length": length,
+               "hidden_dim": d, "cond_dim": c, "n_blocks": layers, "n_heads": heads,
+               "dropout": 0.1, "time_conditioning": False}, f)
+
+
+def test_gpt2_teacher_and_judge_on_a_converted_mdlm(tmp_path):
+  """With GPT-2's tokenizer (the tiny fixture's): a converted MDLM is distilled from
+  its parameters with ``--teacher=hf:`` (the GPT-2 as AR teacher) and sampled with
+  ``--judge=hf:`` under MDLM's generative-perplexity convention, as binaries."""
+  gdir = os.path.join(FIXTURES, "gpt2_tiny")
+  tok = os.path.join(gdir, "tokenizer.json")
+  vocab = tok_lib.from_spec(f"hf:{tok}").vocab_size
+  peer = str(tmp_path / "mdlm")
+  write_random_mdlm(peer, vocab)
+  src = sources.documents_source(os.path.join(REPO, "tcsm_jax/data/bundled/"
+                                              "kjv_text8.txt.xz"))
+  data = str(tmp_path / "prep")
+  prepared.prepare(data, src, tok_lib.from_spec(f"hf:{tok}"), progress=False)
+  w = str(tmp_path / "w")
+  _wait({"convert": _run(["experiments.convert", f"--from=mdlm:{peer}", f"--workdir={w}",
+                          f"--tokenizer={tok}", f"--data={data}"])})
+  out = _wait({
+      "distill": _run(["experiments.distill", f"--workdir={tmp_path / 'student'}",
+                       f"--teacher=hf:{gdir}", "--mode=top_k", "--top_k=2",
+                       f"--config=experiments/configs/pretrained.py:{w}",
+                       "--config.train.num_steps=2", "--config.train.batch_size=2",
+                       "--config.train.eval_every=2", "--config.train.checkpoint_every=2",
+                       "--config.eval.batch_size=2", "--config.eval.num_batches=1",
+                       f"--config.train.init_from={w}"]),
+      "sample": _run(["experiments.sample", f"--workdir={w}", "--num_samples=8",
+                      "--steps=4", f"--judge=hf:{gdir}", "--gen_ppl_convention=mdlm"])})
+  assert "student NLL bound" in out["distill"]
+  pins = json.load(open(tmp_path / "student" / "references.json"))["pins"]
+  assert pins["init"]["imported"] == "mdlm" and "teacher" in pins
+  assert '"gen_ppl_convention": "mdlm"' in out["sample"], out["sample"][-2000:]
+  assert '"gen_perplexity"' in out["sample"] and "gpt2_tiny" in out["sample"]
