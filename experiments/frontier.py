@@ -171,6 +171,10 @@ def main(_):
                          _floats("top_ps", _TOP_PS.value, 0, 1), length,
                          float(exp.schedule.sigma_bar(0.0)) == 0.0)
   n_ref = min(_NUM.value, len(exp.dataset.validation) // length)
+  if n_ref == 0:         # e.g. a converted checkpoint without --data: no data point
+    raise errors.DataError(f"{_WORKDIR.value!r} has no validation sequence of "
+                           f"{length} tokens for the data's point (a converted model: "
+                           "convert it with --data=PREPARED_DIR)")
   ref = exp.dataset.validation[:n_ref * length].reshape(-1, length)
   data_row = quality.report(ref, judge)
   print(f"data: gen PPL {data_row['gen_perplexity']:.3f}, unigram entropy "

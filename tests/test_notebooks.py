@@ -106,7 +106,7 @@ def quick_runs(tmp_path_factory):
 
 
 def test_notebooks_are_jupytext_percent_files():
-  assert len(NOTEBOOKS) == 3, NOTEBOOKS
+  assert len(NOTEBOOKS) == 4, NOTEBOOKS
   readme = (NB_DIR / "README.md").read_text()
   for name in NOTEBOOKS:
     text = (NB_DIR / name).read_text()

@@ -1,11 +1,19 @@
 """Model builders from configs."""
 
+from tcsm_jax.models import dit
+from tcsm_jax.models.dit import DiT, DiTConfig
 from tcsm_jax.models.transformer import (CausalTransformer, DiffusionTransformer,
                                          TransformerConfig, config_from, count_params)
 
 
-def build_denoiser(config, vocab_size: int, num_states: int) -> DiffusionTransformer:
-  """The diffusion denoiser of ``config.model`` for a process with ``num_states``."""
+def build_denoiser(config, vocab_size: int, num_states: int):
+  """The diffusion denoiser of ``config.model`` for a process with ``num_states``:
+  the project's ``DiffusionTransformer`` (``model.arch = diffusion``) or the
+  MDLM/SEDD/DUO ``DiT`` (``model.arch = dit``). Both map ``(x_t [b, L], sigma_bar [b])``
+  to ``[b, L, V]`` logits over clean tokens."""
+  if config.model.arch == "dit":
+    return DiT(dit.config_from(config.model, vocab_size=vocab_size,
+                               num_input_states=num_states, max_length=config.data.seq_len))
   cfg = config_from(config.model, vocab_size=vocab_size, num_input_states=num_states,
                     max_length=config.data.seq_len)
   return DiffusionTransformer(cfg)
@@ -18,5 +26,5 @@ def build_causal(config, vocab_size: int) -> CausalTransformer:
   return CausalTransformer(cfg)
 
 
-__all__ = ["CausalTransformer", "DiffusionTransformer", "TransformerConfig",
+__all__ = ["CausalTransformer", "DiT", "DiTConfig", "DiffusionTransformer", "TransformerConfig",
            "build_causal", "build_denoiser", "count_params"]

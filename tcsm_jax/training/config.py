@@ -63,6 +63,7 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.arch = "diffusion"         # diffusion | causal (AR teacher / judge / baseline)
+                                     # | dit (MDLM/SEDD/DUO's DiT: models/dit.py)
   c.model.size = "tiny"              # tiny | small | medium | gpt2_small | gpt2_medium
                                      # | 1b | 7b (planning sizes: scale_plan)
   c.model.dtype = "float32"          # float32 | bfloat16 (activations; params float32)
@@ -77,6 +78,7 @@ def default_config() -> ml_collections.ConfigDict:
                                      # dots_with_no_batch_dims_saveable | dots_saveable |
                                      # everything_saveable (jax.checkpoint_policies)
   c.model.scan_layers = False        # lax.scan over layers: compile time flat in depth
+  c.model.time_conditioning = True   # dit: condition on sigma_bar (False: on 0, MDLM-OWT)
   c.model.attention_impl = "auto"    # auto | xla | cudnn (GPU, bfloat16) | einsum |
                                      # splash (TPU; seq_len % 128 == 0);
                                      # auto = cuDNN on GPU in bf16, splash on TPU,
@@ -166,6 +168,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.allow_config_change = False     # resume despite changed model/data/loss keys
   c.train.allow_reference_change = False  # resume/load although a borrowed reference,
                                           # teacher or classifier changed (recorded)
+  c.train.init_from = ""                  # a workdir whose parameters start this run
+                                          # (a converted MDLM/SEDD/DUO, or any run of
+                                          # the same model.*); pinned as "init"
   c.train.profile_steps = ""              # "a,b": jax.profiler trace of steps [a, b)
   c.train.prefetch = 2                    # batches cut and put on the devices ahead of
                                           # the step by a background thread (0 = off)
@@ -214,7 +219,7 @@ CHOICES: Dict[str, Tuple[str, ...]] = {
     "data.verify": ("once", "always", "size"),
     "process": ("absorbing", "uniform"),
     "schedule.name": tuple(sorted(schedules._REGISTRY)),  # pylint: disable=protected-access
-    "model.arch": ("diffusion", "causal"),
+    "model.arch": ("diffusion", "causal", "dit"),
     "model.size": tuple(transformer.SIZES),
     "model.dtype": ("float32", "bfloat16"),
     "model.attention_impl": transformer.ATTENTION_IMPLS,
@@ -368,7 +373,7 @@ RULES: List[Tuple[Callable[[Any], bool], Callable[[Any], str]]] = [
      lambda c: "loss.hamming=2 with a teacher needs its pair ratios: teacher.kind="
                f"'markov', or 'ar' with teacher.mode='exact' (got {c.teacher.kind!r})"),
     (lambda c: not (c.loss.hamming == 2 and (c.finetune.kind != "none"
-                                             or c.model.arch != "diffusion")),
+                                             or c.model.arch == "causal")),
      lambda c: "loss.hamming=2 is a pre-training objective of a diffusion model; "
                f"finetune.kind={c.finetune.kind!r} / model.arch={c.model.arch!r} would "
                "ignore it"),
@@ -398,6 +403,10 @@ RULES: List[Tuple[Callable[[Any], bool], Callable[[Any], str]]] = [
     (lambda c: not (c.finetune.kind == "self_distill" and c.process != "absorbing"),
      lambda c: "finetune.kind='self_distill' needs process='absorbing' (the uniform "
                "process: see tcsm_jax/posttrain/self_distill.py)"),
+    (lambda c: not (c.finetune.kind != "none" and c.train.init_from),
+     lambda c: "train.init_from starts a run from another run's parameters; a "
+               "fine-tuning run starts from finetune.ref_workdir: leave "
+               "train.init_from empty"),
     (lambda c: not (c.finetune.kind != "none" and not c.finetune.ref_workdir),
      lambda c: "finetune.ref_workdir must name the reference model's workdir"),
     (lambda c: not (c.data.name in ("text8", "text_file", "prepared") and not c.data.path),
@@ -413,6 +422,8 @@ RULES: List[Tuple[Callable[[Any], bool], Callable[[Any], str]]] = [
     (lambda c: (_model_dims(c)[1] // _model_dims(c)[2]) % 2 == 0,
      lambda c: f"model head dimension {_model_dims(c)[1] // _model_dims(c)[2]} "
                "(width / num_heads) must be even (rotary embeddings)"),
+    (lambda c: not (c.model.arch == "dit" and c.model.scan_layers),
+     lambda c: "model.arch='dit' has no scanned form: set model.scan_layers=false"),
     (lambda c: not (c.model.attention_impl == "cudnn" and c.model.dtype != "bfloat16"),
      lambda c: "model.attention_impl='cudnn' needs model.dtype='bfloat16' (cuDNN flash "
                "attention has no float32 kernel)"),

@@ -33,6 +33,7 @@ from tcsm_jax import errors, fs, strict_json
 from tcsm_jax.data import base
 
 ROLES = {"reference": "fine-tuning reference", "teacher": "teacher",
+         "init": "initial model (train.init_from)",
          "classifier": "reward classifier"}
 RECORD = "references.json"
 # identity key -> what differs when it does
@@ -58,7 +59,10 @@ def identity_from_meta(meta: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any
   """The identity a trainer recorded in a checkpoint's meta; None if it did not."""
   if not meta or not isinstance(meta.get("dataset"), dict):
     return None
-  return {"data": meta.get("dataset_name"), **meta["dataset"]}
+  out = {"data": meta.get("dataset_name"), **meta["dataset"]}
+  if isinstance(meta.get("imported"), dict):       # a converted peer checkpoint
+    out["imported"] = meta["imported"].get("kind", True)
+  return out
 
 
 def require_same_data(role: str, workdir: str, trained_on: Optional[Dict[str, Any]],
@@ -70,7 +74,10 @@ def require_same_data(role: str, workdir: str, trained_on: Optional[Dict[str, An
   if trained_on is None:
     return
   want = identity(dataset)
-  diffs = [k for k in _WHAT if trained_on.get(k) != want.get(k)]
+  # An imported checkpoint (training/imports.py) was trained elsewhere on data this
+  # project never saw: its vocabulary and tokenizer are what must agree.
+  keys = ("vocab_size", "tokenizer_sha256") if trained_on.get("imported") else _WHAT
+  diffs = [k for k in keys if trained_on.get(k) != want.get(k)]
   if not diffs:
     return
   what = _WHAT[diffs[0]]

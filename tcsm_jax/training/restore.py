@@ -70,9 +70,13 @@ def abstract_state(exp: experiment_lib.Experiment, mesh: Mesh, seed: int = 0):
 def _tokenizer_only_if_data_missing(config, workdir: str):
   """A prepared-data run on a machine without its shards: the workdir's tokenizer copy
   (vocabulary, decode, encode; empty splits) is enough to sample."""
-  if config.data.name != "prepared" or fs.exists(fs.join(config.data.path,
-                                                         prepared.MANIFEST)):
+  if config.data.name != "prepared":
     return None
+  if fs.exists(fs.join(config.data.path, prepared.MANIFEST)):
+    if prepared.read_manifest(config.data.path).get("splits"):
+      return None
+    # A tokenizer without data (a converted checkpoint's: training/imports.py).
+    return prepared.tokenizer_only(os.fspath(config.data.path))
   copy = fs.join(workdir, "tokenizer")
   if not fs.exists(fs.join(copy, prepared.MANIFEST)):
     return None

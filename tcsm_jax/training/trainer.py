@@ -53,7 +53,7 @@ from tcsm_jax.training import checkpoint as ckpt_lib
 from tcsm_jax.training import config as config_lib
 from tcsm_jax.training import experiment as experiment_lib
 from tcsm_jax.training import metrics as metrics_lib
-from tcsm_jax.training import partition, pins as pins_lib, step as step_lib
+from tcsm_jax.training import partition, pins as pins_lib, restore, step as step_lib
 from tcsm_jax.training import workdir as workdir_lib
 
 # Re-exported: the builders live in ``experiment.py``.
@@ -361,6 +361,48 @@ def _restore_or_init(ckpt, create, abstract, state_sh, seed: int
   return state, {}, 0
 
 
+_SHAPE_KEYS = ("arch", "num_layers", "width", "num_heads", "cond_width", "mlp_ratio")
+
+
+def _check_init_from(workdir: str, exp: Experiment) -> None:
+  """Before anything compiles: ``train.init_from``'s run must have this config's
+  process, model shape, vocabulary and tokenizer (one ``ConfigError`` line if not)."""
+  other = restore.load_config(workdir)        # WorkdirError if it is not a run
+  pins_lib.require_same_data("init", workdir, restore.trained_on(workdir), exp.dataset)
+  mine = config_lib.complete(exp.config)
+  dims = lambda c: dict(zip(("num_layers", "width", "num_heads"),
+                            config_lib._model_dims(c)))  # pylint: disable=protected-access
+  a = {k: other.model.get(k) for k in _SHAPE_KEYS} | dims(other)
+  b = {k: mine.model.get(k) for k in _SHAPE_KEYS} | dims(mine)
+  diff = [f"model.{k}: {a[k]!r} there, {b[k]!r} here" for k in _SHAPE_KEYS if a[k] != b[k]]
+  if other.process != mine.process:
+    diff.append(f"process: {other.process!r} there, {mine.process!r} here")
+  if diff:
+    raise errors.ConfigError(f"train.init_from {workdir} holds another model ("
+                             f"{'; '.join(diff)}): use its config "
+                             f"(--config=experiments/configs/pretrained.py:{workdir})")
+
+
+def _init_from(workdir: str, exp: Experiment, state, state_sh):
+  """``(state with the parameters of workdir's run, its pin)``: a fresh run started
+  from another run's (EMA) parameters (``train.init_from``), e.g. a converted peer
+  checkpoint (checked by ``_check_init_from`` first)."""
+  run = restore.load_run(workdir, dataset=exp.dataset)
+  want = jax.tree_util.tree_leaves(state.params)
+  have = jax.tree_util.tree_leaves(run.params)
+  if (jax.tree_util.tree_structure(state.params)
+      != jax.tree_util.tree_structure(run.params)) or any(
+          a.shape != b.shape for a, b in zip(want, have)):
+    raise errors.ConfigError(f"train.init_from {workdir}: its parameters do not have "
+                             "this config's shapes")
+  params = jax.device_put(run.params, state_sh.params)
+  ema = jax.jit(lambda t: jax.tree.map(lambda a: a + 0, t),      # its own buffers: both
+                out_shardings=state_sh.ema_params)(params)       # are donated to the step
+  logging.info("initialized from %s (step %d, parameters %s)", workdir, run.step,
+               run.fingerprint)
+  return state.replace(params=params, ema_params=ema), run.pin()
+
+
 # ---------------------------------------------------------------------------------------
 # The loop.
 
@@ -408,6 +450,8 @@ def _train(config, workdir, stop_at_step, experiment, target_fn, on_log):
   if has_checkpoints(workdir):
     check_resume(config, workdir)
   exp = build(config, workdir=workdir) if experiment is None else experiment
+  if tcfg.get("init_from") and not has_checkpoints(workdir):
+    _check_init_from(tcfg.init_from, exp)
   if target_fn is not None:
     exp = dataclasses.replace(
         exp, target_fn=lambda frozen, x0, key=None, **kw: targets.call_target(
@@ -425,6 +469,11 @@ def _train(config, workdir, stop_at_step, experiment, target_fn, on_log):
                                max_to_keep=tcfg.keep_checkpoints,
                                async_save=tcfg.async_checkpoint, clean_tmp=True)
   state, meta0, start = _restore_or_init(ckpt, create, abstract, state_sh, config.seed)
+  if tcfg.get("init_from") and not ckpt.all_steps():
+    state, init_pin = _init_from(tcfg.init_from, exp, state, state_sh)
+    exp = dataclasses.replace(exp, pins=dict(exp.pins, init=init_pin))
+  elif "init" in (meta0.get("pins") or {}):          # keep the record across resumes
+    exp = dataclasses.replace(exp, pins=dict(exp.pins, init=meta0["pins"]["init"]))
   _check_tokenizer(meta0, exp, config)
   pin_changes = list(meta0.get("pin_changes", [])) + [
       dict(c, step=start) for c in pins_lib.check_unchanged(
