@@ -20,7 +20,8 @@ sees.
 Placeholders in ``BASE`` and ``args``: ``{wd}`` a trained diffusion workdir (sequence
 length 32, character data), ``{root}`` a scratch directory, ``{afile}`` a regular file,
 ``{missing}`` a path that does not exist, ``{corpus}`` a small text file, ``{gpt2}`` the
-committed tiny Hugging Face GPT-2 (tests/fixtures/gpt2_tiny).
+committed tiny Hugging Face GPT-2 (tests/fixtures/gpt2_tiny), ``{mdlm}`` the committed tiny
+MDLM checkpoint (tests/fixtures/mdlm_tiny).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import Dict, List, Tuple
 BINARIES = ("experiments.sample", "experiments.evaluate", "experiments.frontier",
             "experiments.finetune", "experiments.distill", "experiments.prepare_data",
             "experiments.study", "experiments.train", "experiments.reward_sweep",
-            "experiments.compare_targets", "experiments.judge")
+            "experiments.compare_targets", "experiments.judge", "experiments.convert")
 
 # Valid values of the required flags (each row appends its own; the last value wins).
 BASE: Dict[str, List[str]] = {
@@ -63,13 +64,14 @@ BASE: Dict[str, List[str]] = {
     "experiments.compare_targets": ["--config=experiments/configs/kjv_tiny.py",
                                     "--outdir={root}/compare", "--variants=data:"],
     "experiments.judge": ["--judge=hf:{gpt2}", "--text_file={corpus}"],
+    "experiments.convert": ["--from=mdlm:{mdlm}", "--workdir={root}/convert"],
 }
 
 S, E, F = "experiments.sample", "experiments.evaluate", "experiments.frontier"
 FT, D, P = "experiments.finetune", "experiments.distill", "experiments.prepare_data"
 ST, T = "experiments.study", "experiments.train"
 RS, CT = "experiments.reward_sweep", "experiments.compare_targets"
-J = "experiments.judge"
+J, CV = "experiments.judge", "experiments.convert"
 
 _ROWS: List[Tuple] = [
     # experiments.sample
@@ -255,6 +257,13 @@ _ROWS: List[Tuple] = [
     (J, "dtype", ["--dtype=float16"], None),
     (J, "json", ["--json={afile}/x.json"], None),
     (J, "gen_ppl_convention", ["--gen_ppl_convention=md4"], None),
+    # experiments.convert (tests/test_pretrained.py holds the library's refusals)
+    (CV, "from", ["--from=gpt9:/x"], None),
+    (CV, "from", ["--from=sedd:{missing}"], "does not exist"),
+    (CV, "workdir", ["--workdir={afile}"], None),
+    (CV, "tokenizer", ["--tokenizer={missing}"], None),
+    (CV, "data", ["--data={missing}"], None),
+    (CV, "seq_len", ["--seq_len=-1"], None),
 ]
 # Flags every binary has (experiments/cli.py); study defines its own --compile_cache.
 for _b in BINARIES:
@@ -271,7 +280,7 @@ NO_BAD_VALUE: Dict[Tuple[str, str], str] = {}
 SUBPROCESS_ROWS = [
     (S, "length"), (E, "num_t"), (F, "samplers"), (FT, "num_samples"), (D, "top_k"),
     (P, "batch_docs"), (ST, "seeds"), (T, "summary_samples"), (RS, "betas"),
-    (CT, "variants"), (J, "max_length")]
+    (CT, "variants"), (J, "max_length"), (CV, "seq_len")]
 
 
 def fill(args: List[str], places: Dict[str, str]) -> List[str]:

@@ -89,7 +89,8 @@ def _places(root):
   return dict(wd=os.path.join(root, "run"), root=root, afile=os.path.join(root, "a_file"),
               missing=os.path.join(root, "missing"),
               corpus=os.path.join(root, "corpus.txt"),
-              gpt2=os.path.join(REPO, "tests", "fixtures", "gpt2_tiny"))
+              gpt2=os.path.join(REPO, "tests", "fixtures", "gpt2_tiny"),
+              mdlm=os.path.join(REPO, "tests", "fixtures", "mdlm_tiny"))
 
 
 # Long generation past the model's data.seq_len (32) from the command line.
@@ -206,7 +207,7 @@ def test_every_flag_of_every_binary_has_a_bad_value_row(results):
   assert not unknown, f"rows for flags the binary does not define: {unknown}"
   # Refused commands made none of their outputs.
   made = [n for n in ("frontier", "finetune", "distill", "prepared", "study", "train",
-                      "sweep", "compare")
+                      "sweep", "compare", "convert")
           if os.path.exists(os.path.join(results["root"], n))]
   assert not made, made
 

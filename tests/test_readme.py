@@ -192,6 +192,18 @@ _STUDY = Elsewhere("test_study.py::test_quick_study_writes_sane_outputs",
                    "experiments.study rows of tests/flag_table.py and test_study's "
                    "runner tests")
 
+_DOWNLOAD = "downloads weights from the Hugging Face hub (nothing downloads in the tests)"
+_CONVERTED = Elsewhere(
+    "test_pretrained.py::test_binaries_on_converted_workdir", "convert a random-weight "
+    "MDLM in MDLM's layout, then every sampler, evaluate --data, finetune (reward, "
+    "preference), distill with init_from and frontier on it, as binaries (slow); "
+    "default: test_pretrained.py::test_convert_binary_one_line_error and "
+    "::test_converted_mdlm_restores")
+_CONVERTED_GPT2 = Elsewhere(
+    "test_pretrained.py::test_gpt2_teacher_and_judge_on_a_converted_mdlm",
+    "a converted MDLM over the fixture GPT-2's tokenizer: distill --teacher=hf: with "
+    "init_from, sample --judge=hf: --gen_ppl_convention=mdlm (slow); default: "
+    "test_gpt2_teacher.py and test_gen_ppl.py")
 COVERAGE: Dict[str, object] = {
     # README.md
     "pip install -r requirements.txt -e . && python -m pytest -q":
@@ -285,6 +297,38 @@ COVERAGE: Dict[str, object] = {
                   "--teacher=hf: the committed tiny GPT-2 on data prepared with its "
                   "tokenizer (OpenWebText and gpt2-large need downloads; slow); default: "
                   "test_gpt2_teacher.py (targets against enumeration)"),
+    # README.md, Diffusion LMs and Reproducing a peer's number (real weights and data
+    # are downloads; the same binaries run on committed random-weight peer fixtures)
+    **{c: _CONVERTED for c in (
+        "python -m experiments.convert --from=mdlm:/data/mdlm-owt --workdir=/runs/mdlm-owt "
+        "--tokenizer=/data/gpt2/tokenizer.json [--data=/data/owt_gpt2] [--seq_len=1024]",
+        "python -m experiments.convert --from=mdlm:/data/mdlm-owt --workdir=/runs/mdlm-owt "
+        "--tokenizer=/data/gpt2/tokenizer.json --data=/data/owt_gpt2",
+        "python -m experiments.evaluate --workdir=/runs/mdlm-owt "
+        "--data=/data/wikitext103_gpt2",
+        "python -m experiments.evaluate --workdir=/runs/mdlm-owt --data=/data/ptb_gpt2 "
+        "--split=test",
+        "python -m experiments.sample --workdir=/runs/mdlm-owt --num_samples=8 --steps=1000 "
+        "--sampler=ancestral",
+        "python -m experiments.finetune --config=experiments/configs/pretrained.py:"
+        "/runs/mdlm-owt --workdir=/runs/mdlm-reward --config.data.path=/data/owt_gpt2 "
+        "--config.finetune.kind=reward --config.finetune.ref_workdir=/runs/mdlm-owt ...")},
+    **{c: _CONVERTED_GPT2 for c in (
+        "python -m experiments.distill --config=experiments/configs/pretrained.py:"
+        "/runs/mdlm-owt --workdir=/runs/mdlm-distill --teacher=hf:/data/gpt2-large "
+        "--config.data.path=/data/owt_gpt2 --config.train.init_from=/runs/mdlm-owt",
+        "python -m experiments.sample --workdir=/runs/mdlm-owt --num_samples=512 "
+        "--steps=1000 --sampler=ancestral --judge=hf:/data/gpt2-large "
+        "--gen_ppl_convention=mdlm")},
+    "pip install -e .[parity] && python -m pytest -n 0 tests/test_diffusion_parity.py":
+        Skip("installs torch and transformers (the parity extra); the default suite "
+             "checks the same imports against committed fixtures (test_pretrained.py)"),
+    "python tests/fixtures/make_peer_fixtures.py":
+        Skip("rewrites the committed fixtures; needs torch and the peers' repositories"),
+    "huggingface-cli download kuleshov-group/mdlm-owt --local-dir /data/mdlm-owt":
+        Skip(_DOWNLOAD),
+    "huggingface-cli download gpt2 tokenizer.json --local-dir /data/gpt2": Skip(_DOWNLOAD),
+    "huggingface-cli download gpt2-large --local-dir /data/gpt2-large": Skip(_DOWNLOAD),
     # README.md, TPU pods (libtpu is the optional extra, about 700 MB)
     "pip install -e '.[tpu]'": Skip("installs libtpu (about 700 MB) from the registry; "
                                     "the TPU-compile tests skip without it, saying why"),
