@@ -128,10 +128,6 @@ class LayerNorm(nn.Module):
     return ((xf - mean) * jax.lax.rsqrt(var + LN_EPS) * w).astype(x.dtype)
 
 
-def _modulate(x, shift, scale):
-  return x * (1.0 + scale[:, None]) + shift[:, None]
-
-
 class DiTBlock(nn.Module):
   cfg: DiTConfig
 
@@ -143,14 +139,14 @@ class DiTBlock(nn.Module):
                                                       name=name, **kw)
     mod = dense(6 * d, "adaLN_modulation", kernel_init=nn.initializers.zeros)(c)
     sh1, sc1, g1, sh2, sc2, g2 = jnp.split(mod, 6, -1)
-    y = _modulate(LayerNorm(name="norm1")(x), sh1, sc1)
+    y = transformer.modulate(LayerNorm(name="norm1")(x), sh1, sc1)
     qkv = dense(3 * d, "attn_qkv", bias=False)(y).reshape(x.shape[:2] + (3, h, d // h))
     qk = transformer.rotary(qkv[:, :, :2], cfg.rope_base)
     att = transformer.attention(qk[:, :, 0], qk[:, :, 1], qkv[:, :, 2], causal=False,
                                 impl=cfg.attention_impl)
     y = dense(d, "attn_out", bias=False)(att.reshape(x.shape[:2] + (d,)))
     x = x + g1[:, None] * nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
-    y = _modulate(LayerNorm(name="norm2")(x), sh2, sc2)
+    y = transformer.modulate(LayerNorm(name="norm2")(x), sh2, sc2)
     y = dense(cfg.mlp_ratio * d, "mlp_0")(y)
     y = dense(d, "mlp_2")(nn.gelu(y, approximate=True))
     x = x + g2[:, None] * nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
@@ -190,7 +186,7 @@ class DiT(nn.Module):
     shift, scale = jnp.split(nn.Dense(2 * cfg.width, dtype=cfg.dtype,
                                       kernel_init=nn.initializers.zeros,
                                       name="final_adaLN_modulation")(c), 2, -1)
-    y = _modulate(LayerNorm(name="norm_final")(x), shift, scale)
+    y = transformer.modulate(LayerNorm(name="norm_final")(x), shift, scale)
     logits = nn.Dense(cfg.num_input_states, dtype=cfg.dtype,
                       kernel_init=nn.initializers.zeros, name="final_linear")(y)
     return transformer.constrain_batch(logits[..., :cfg.vocab_size])

@@ -315,7 +315,8 @@ def noise_embedding(sigma, dim: int, max_period: float = 10000.0):
   return jnp.concatenate([jnp.cos(args), jnp.sin(args)], -1)
 
 
-def _modulate(x, shift, scale):
+def modulate(x, shift, scale):
+  """adaLN: ``x [batch, length, d] * (1 + scale[:, None]) + shift[:, None]``."""
   return x * (1.0 + scale[:, None]) + shift[:, None]
 
 
@@ -336,7 +337,7 @@ class Block(nn.Module):
     # Attention.
     y = norm("ln_attn")(x)
     if cond is not None:
-      y = _modulate(y, sh1, sc1)
+      y = modulate(y, sh1, sc1)
     qkv = dense(3 * d, "qkv", use_bias=False)(y).reshape(x.shape[:2] + (3, h, d // h))
     qk = rotary(qkv[:, :, :2], cfg.rope_base)                  # q and k in one pass
     att = attention(qk[:, :, 0], qk[:, :, 1], qkv[:, :, 2], causal=cfg.causal,
@@ -347,7 +348,7 @@ class Block(nn.Module):
     # MLP.
     y = norm("ln_mlp")(x)
     if cond is not None:
-      y = _modulate(y, sh2, sc2)
+      y = modulate(y, sh2, sc2)
     y = dense(d, "mlp_out")(nn.gelu(dense(cfg.mlp_ratio * d, "mlp_in")(y)))
     y = nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
     return constrain_batch(x + (g2[:, None] * y if cond is not None else y))
@@ -408,7 +409,7 @@ class _Trunk(nn.Module):
       shift, scale = jnp.split(nn.Dense(2 * cfg.width, dtype=cfg.dtype,
                                         kernel_init=nn.initializers.zeros,
                                         name="adaln_final")(nn.silu(cond)), 2, -1)
-      y = _modulate(y, shift, scale)
+      y = modulate(y, shift, scale)
     if return_hidden:
       return constrain_batch(y)
     init = nn.initializers.zeros if cond is not None else nn.initializers.normal(0.02)

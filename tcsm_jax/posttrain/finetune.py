@@ -295,6 +295,15 @@ def _preference_pairs(config, ref, ref_params, reward_fn, workdir):
   return pairs
 
 
+def load_reference(config, workdir: str = "", dataset=None):
+  """``(dataset, run)``: the config's data (``dataset`` when given) and the frozen run
+  at ``finetune.ref_workdir``, refused in one line when it was trained on other data."""
+  ref_workdir = config.finetune.ref_workdir
+  ds = pipeline.load(config, workdir) if dataset is None else dataset
+  pins_lib.require_same_data("reference", ref_workdir, restore.trained_on(ref_workdir), ds)
+  return ds, restore.load_run(ref_workdir, dataset=ds)
+
+
 def build(config, workdir: str = "", dataset=None) -> FinetuneExperiment:
   """The fine-tuning experiment of ``config.finetune`` (reference restored and pinned).
 
@@ -304,10 +313,7 @@ def build(config, workdir: str = "", dataset=None) -> FinetuneExperiment:
       of the config's process and length.
   """
   ft = config.finetune
-  ds = pipeline.load(config, workdir) if dataset is None else dataset
-  pins_lib.require_same_data("reference", ft.ref_workdir,
-                             restore.trained_on(ft.ref_workdir), ds)
-  ref_run = restore.load_run(ft.ref_workdir, dataset=ds)
+  ds, ref_run = load_reference(config, workdir, dataset)
   ref = ref_run.experiment
   if ref.causal:
     raise errors.ConfigError(f"finetune.ref_workdir {ft.ref_workdir} holds a causal model")

@@ -83,12 +83,10 @@ import jax
 import jax.numpy as jnp
 
 from tcsm_jax import errors, losses, objective
-from tcsm_jax.data import pipeline
+from tcsm_jax.posttrain import finetune
 from tcsm_jax.processes import Absorbing
 from tcsm_jax.sampling import steps as steps_lib
 from tcsm_jax.training import experiment as experiment_lib
-from tcsm_jax.training import pins as pins_lib
-from tcsm_jax.training import restore
 
 T_END = 0.0           # the grid's last time: the last step reveals every position
 
@@ -207,10 +205,7 @@ def build(config, workdir: str = "", dataset=None) -> SelfDistillExperiment:
   """The self-distillation experiment: teacher restored from ``finetune.ref_workdir``
   and pinned; the student is the teacher's network (``config.model`` is not used)."""
   ft = config.finetune
-  ds = pipeline.load(config, workdir) if dataset is None else dataset
-  pins_lib.require_same_data("reference", ft.ref_workdir,
-                             restore.trained_on(ft.ref_workdir), ds)
-  run = restore.load_run(ft.ref_workdir, dataset=ds)
+  ds, run = finetune.load_reference(config, workdir, dataset)
   teacher = run.experiment
   if run.config.finetune.kind not in ("none", "self_distill"):
     raise errors.ConfigError(f"finetune.kind='self_distill' distils a plain diffusion "
