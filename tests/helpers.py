@@ -35,3 +35,17 @@ def small_dataset(n_train=20000, n_val=4000, seed=0):
   ds = pipeline.load_bundled()
   return pipeline.TokenDataset(ds.train[:n_train], ds.validation[:n_val], ds.vocab_size,
                                ds.decode, "kjv-slice", pipeline.encode_text)
+
+
+def newest_report(samples_dir, prefix: str) -> dict:
+  """The JSON report ``experiments.sample`` wrote last under ``samples_dir`` whose name
+  starts with ``prefix`` (reports are named ``<sampler>_<steps>steps_<hash>.json``, the
+  hash of every setting that changes the samples)."""
+  import json as json_lib
+  import os as os_lib
+  names = [n for n in os_lib.listdir(samples_dir)
+           if n.startswith(prefix) and n.endswith(".json")]
+  assert names, f"no {prefix}*.json report in {samples_dir}"
+  path = max((os_lib.path.join(samples_dir, n) for n in names), key=os_lib.path.getmtime)
+  with open(path) as f:
+    return json_lib.load(f)

@@ -15,7 +15,7 @@ from tcsm_jax.data import pipeline, synthetic
 from tcsm_jax.models import transformer
 from tcsm_jax.training import restore, trainer
 
-from helpers import tiny_config
+from helpers import newest_report, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -131,7 +131,7 @@ def test_binaries_train_evaluate_sample_and_refuse_empty_workdirs(tmp_path):
   r = _run(["experiments.sample", f"--workdir={wd}", "--num_samples=3", "--steps=8",
             "--judge=hf:tests/fixtures/gpt2_tiny", "--gen_ppl_convention=mdlm"])
   assert r.returncode == 0, r.stderr[-3000:]
-  q = json.load(open(os.path.join(wd, "samples", "analytic_8steps.json")))
+  q = newest_report(os.path.join(wd, "samples"), "analytic_8steps_")
   assert q["gen_ppl_convention"] == "mdlm" and q["gen_ppl_retokenized"]
   assert q["gen_perplexity"] > 1 and q["gen_ppl_tokens"] > 0
   assert q["judge_unigram_entropy"] > 0 and q["gen_ppl_judge"].startswith("hf:")
@@ -227,5 +227,5 @@ def test_distill_from_an_hf_gpt2_teacher(tmp_path):
             "--guide_classifier_dir=hf:tests/fixtures/gpt2_tiny_cls", "--guide_gamma=2",
             "--judge=hf:tests/fixtures/gpt2_tiny"])
   assert r.returncode == 0, r.stderr[-3000:]
-  q = json.load(open(os.path.join(ref, "samples", "analytic_4steps.json")))
+  q = newest_report(os.path.join(ref, "samples"), "analytic_4steps_")
   assert q["guide"] == "classifier" and q["gen_ppl_convention"] == "mdlm"

@@ -15,7 +15,7 @@ import pytest
 from experiments import few_calls
 from tcsm_jax.training import config as config_lib
 
-from helpers import tiny_config
+from helpers import newest_report, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _ABSL_LOG = re.compile(r"^[IWEF]\d{4} ")
@@ -132,7 +132,7 @@ def test_self_distillation_binary_rounds_resume_and_sample(tmp_path):
               "--sampler=confidence", "--unmask_per_call=8"])
   out, err = p.communicate(timeout=600)
   assert p.returncode == 0, err[-3000:]
-  rep = json.loads((sd / "round_2" / "samples" / "confidence_2steps.json").read_text())
+  rep = newest_report(sd / "round_2" / "samples", "confidence_2steps_")
   assert rep["nfe_per_batch"] == 4 and rep["unmask_per_call"] == 8
 
 
