@@ -615,3 +615,22 @@ def test_snis_effective_sample_size_bounds():
   assert float(ess(np.eye(8)[3])) == pytest.approx(1.0)
   w = np.asarray(reward.snis_weights(jnp.asarray([0.0, 0.0, 10.0, 10.0]), 0.1))
   assert float(ess(w)) == pytest.approx(2.0, rel=1e-6)
+
+
+def test_preference_pairs_that_all_tie_are_one_config_error(monkeypatch, tmp_path):
+  """Reference samples that all tie under the reward give no pair: a ConfigError (one
+  line from the binaries) instead of a crash on an empty pair array, and nothing saved."""
+  import types
+  import ml_collections
+  from tcsm_jax import errors
+  from tcsm_jax.posttrain import finetune as finetune_lib
+  monkeypatch.setattr(finetune_lib.sampling, "jit_sampler", lambda *a, **k: (
+      lambda params, key: (jnp.zeros((64, 8), jnp.int32), {})))
+  config = ml_collections.ConfigDict({
+      "seed": 0, "data": {"seq_len": 8},
+      "finetune": {"num_pairs": 4, "pair_sample_steps": 1, "reward": "token"}})
+  ref = types.SimpleNamespace(apply_fn=None, process=None, schedule=None)
+  with pytest.raises(errors.ConfigError, match="all 4 pairs of reference samples tie"):
+    finetune_lib._preference_pairs(config, ref, None, lambda x: jnp.zeros(x.shape[0]),
+                                   str(tmp_path))
+  assert not (tmp_path / "preferences.npz").exists()

@@ -290,6 +290,11 @@ def _preference_pairs(config, ref, ref_params, reward_fn, workdir):
                             for i in range(0, n, b)])[:n]
   rewards = np.asarray(jax.jit(reward_fn)(jnp.asarray(samples)))
   pairs = reward_lib.make_preference_pairs(samples, rewards, config.seed)
+  if not len(pairs):
+    raise errors.ConfigError(
+        f"finetune.kind='preference': all {n // 2} pairs of reference samples tie under "
+        f"finetune.reward={ft.reward!r} (no preference to learn); use a reward that "
+        "separates the reference's samples")
   reward_lib.save_pairs(path, pairs, {"generator": "reference samples ranked by reward",
                                       "reward": ft.reward, "num_samples": n})
   return pairs
