@@ -49,3 +49,16 @@ def newest_report(samples_dir, prefix: str) -> dict:
   path = max((os_lib.path.join(samples_dir, n) for n in names), key=os_lib.path.getmtime)
   with open(path) as f:
     return json_lib.load(f)
+
+
+def tiny_train_cmd(workdir, data, steps: int, *extra: str):
+  """``python -m experiments.train`` on the prepared set ``data``: a 1-layer, width-32
+  kjv_tiny model, ``steps`` steps of batch 8, no summary samples; ``extra`` flags last."""
+  import sys as sys_lib
+  return [sys_lib.executable, "-m", "experiments.train",
+          "--config=experiments/configs/kjv_tiny.py", f"--workdir={workdir}",
+          "--summary_samples=0", "--config.data.name=prepared",
+          f"--config.data.path={data}", "--config.data.seq_len=32",
+          "--config.model.num_layers=1", "--config.model.width=32",
+          "--config.model.num_heads=2", "--config.model.cond_width=32",
+          "--config.train.batch_size=8", f"--config.train.num_steps={steps}", *extra]

@@ -15,6 +15,8 @@ from tcsm_jax import errors, fs
 from tcsm_jax.data import prepared, tokenizer
 from tcsm_jax.training import workdir as workdir_lib
 
+from helpers import tiny_train_cmd
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -60,13 +62,7 @@ def _untouched(victims):
 
 
 def _train_cmd(workdir, data):
-  return [sys.executable, "-m", "experiments.train",
-          "--config=experiments/configs/kjv_tiny.py", f"--workdir={workdir}",
-          "--summary_samples=0", "--config.data.name=prepared",
-          f"--config.data.path={data}", "--config.data.seq_len=32",
-          "--config.model.num_layers=1", "--config.model.width=32",
-          "--config.model.num_heads=2", "--config.model.cond_width=32",
-          "--config.train.batch_size=8", "--config.train.num_steps=2"]
+  return tiny_train_cmd(workdir, data, 2)
 
 
 def _one_line_refusal(r, *words):

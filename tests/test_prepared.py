@@ -16,6 +16,8 @@ from tcsm_jax import errors, fs
 from tcsm_jax.data import base, pipeline, prepared, sources, text8, tokenizer
 from tcsm_jax.training import config as config_lib
 
+from helpers import tiny_train_cmd
+
 from test_tokenizers import corpus_slice, train_bpe
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -596,15 +598,8 @@ def test_training_on_a_rotted_shard_is_one_error_line(tmp_path):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
              JAX_PLATFORMS="cpu")
   env.pop("TCSM_TRACEBACK", None)
-  r = subprocess.run(
-      [sys.executable, "-m", "experiments.train", "--config=experiments/configs/kjv_tiny.py",
-       f"--workdir={tmp_path / 'run'}", "--summary_samples=0",
-       "--config.data.name=prepared", f"--config.data.path={out}",
-       "--config.data.seq_len=32", "--config.model.num_layers=1",
-       "--config.model.width=32", "--config.model.num_heads=2",
-       "--config.model.cond_width=32", "--config.train.batch_size=8",
-       "--config.train.num_steps=2"], cwd=REPO, env=env, capture_output=True, text=True,
-      timeout=300)
+  r = subprocess.run(tiny_train_cmd(tmp_path / "run", out, 2), cwd=REPO, env=env,
+                     capture_output=True, text=True, timeout=300)
   last = r.stderr.strip().splitlines()[-1]
   assert r.returncode == 2, r.stderr[-3000:]
   assert last.startswith("error: ") and "train.bin" in last and "65535" in last, last
@@ -714,14 +709,8 @@ def test_a_manifest_without_block_checksums_loads_and_verify_adds_them(tmp_path)
 
 
 def _tiny_train(workdir, data, steps):
-  return [sys.executable, "-m", "experiments.train",
-          "--config=experiments/configs/kjv_tiny.py", f"--workdir={workdir}",
-          "--summary_samples=0", "--config.data.name=prepared",
-          f"--config.data.path={data}", "--config.data.seq_len=32",
-          "--config.model.num_layers=1", "--config.model.width=32",
-          "--config.model.num_heads=2", "--config.model.cond_width=32",
-          "--config.train.batch_size=8", f"--config.train.num_steps={steps}",
-          "--config.train.eval_every=100000", "--config.train.eval_batches=1"]
+  return tiny_train_cmd(workdir, data, steps, "--config.train.eval_every=100000",
+                        "--config.train.eval_batches=1")
 
 
 def _rotted_run(tmp_path, train_first):
