@@ -83,6 +83,34 @@ def test_flipped_bytes_fall_back_to_older_good_step(tmp_path, caplog):
     ck.restore(_abstract(s1))
 
 
+def test_undecodable_chunk_is_one_line_and_falls_back(tmp_path, caplog):
+  """Bytes flipped on a chunk's encoding (offset 0 of the largest data file) fail to
+  decode instead of decoding wrong: the step is reported unreadable in one line, without
+  TensorStore's multi-line spec dump, and the older step is restored."""
+  d = str(tmp_path / "ck")
+  ck = ckpt_lib.Checkpointer(d, max_to_keep=3)
+  s1, s2 = _state(1), _state(2)
+  ck.save(1, s1, {"step": 1})
+  ck.save(2, s2, {"step": 2})
+  ck.close()
+  files = [os.path.join(r, f) for r, _, n in os.walk(os.path.join(d, "2", "state"))
+           for f in n if os.sep + "d" + os.sep in os.path.join(r, f)]
+  path = max(files, key=os.path.getsize)
+  with open(path, "r+b") as f:
+    b = f.read(64)
+    f.seek(0)
+    f.write(bytes(x ^ 0x5A for x in b))
+  ck = ckpt_lib.Checkpointer(d)
+  with caplog.at_level(logging.WARNING):
+    restored, meta, step = ck.restore(_abstract(s1))
+  assert step == 1 and meta == {"step": 1}
+  _assert_tree_equal(restored, s1)
+  lines = [r.getMessage() for r in caplog.records if "step 2 is unreadable" in
+           r.getMessage()]
+  assert len(lines) == 1 and "trying an older step" in lines[0], _warnings(caplog)
+  assert "\n" not in lines[0] and "TensorStore details" not in lines[0], lines[0]
+
+
 def test_bad_saves_never_rotate_out_last_good(tmp_path, caplog):
   d = str(tmp_path / "ck")
   ck = ckpt_lib.Checkpointer(d, max_to_keep=2)

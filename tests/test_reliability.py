@@ -348,8 +348,13 @@ def test_flipped_bytes_in_newest_checkpoint_resume_from_older_good_step(
   ckdir = os.path.join(wd, "checkpoints")
   _flip_64_bytes_in_largest_file(os.path.join(ckdir, "4"))
   log = _run(_cmd(wd, 6, every2), env)
-  assert re.search(r"step 4 is corrupt \(fingerprint mismatch.*trying an older step",
-                   log), log[-3000:]
+  # Two routes, both detection: bytes landing on a chunk's encoding fail to decode
+  # (unreadable; seen in CI), bytes inside a chunk's values decode to other values
+  # (fingerprint mismatch). Where the chunks sit in the file depends on the order of
+  # the asynchronous writes.
+  assert re.search(r"step 4 is (corrupt \(fingerprint mismatch|unreadable: corrupt or "
+                   r"incompatible).*trying an older step", log), log[-3000:]
+  assert "TensorStore details" not in log and "\n  'base'" not in log, log[-3000:]
   assert _resumed_from(log) == 2, log[-3000:]
   assert "Traceback" not in log and "skipped: non-finite" not in log, log[-3000:]
   got = _losses(wd)

@@ -691,8 +691,10 @@ class Checkpointer:
             state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
         state, meta = out.state, dict(out.meta or {})
       except Exception as e:  # pylint: disable=broad-except
-        msg = f"step {s}: {type(e).__name__}: {str(e)[:300]}"
-        logging.error("checkpoint %s is corrupt or incompatible (%s)", self.directory, msg)
+        msg = f"step {s}: {type(e).__name__}: {_one_line(str(e))}"
+        logging.error("checkpoint %s step %d is unreadable: corrupt or incompatible "
+                      "(%s)%s", self.directory, s, msg,
+                      "; trying an older step" if step is None else "")
         errs.append(msg)
         self._failed[s] = "unreadable"
         continue
@@ -732,6 +734,14 @@ class Checkpointer:
   def close(self) -> None:
     self.wait()
     self._mngr.close()
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+  """An exception's message as one log line: the text before TensorStore's spec dump
+  ("See full TensorStore details"), whitespace collapsed, at most ``limit`` chars."""
+  text = text.split("See full TensorStore details")[0]
+  text = " ".join(text.split())
+  return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def abstract_like(state, shardings):
