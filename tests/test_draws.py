@@ -171,6 +171,33 @@ def test_a_sampler_on_nan_logits_raises():
   assert np.asarray(x).min() >= 0
 
 
+def test_jit_sampler_composes_under_jit_vmap_and_the_callers_checkify():
+  """``jit_sampler`` inside the caller's ``jax.jit`` / ``jax.vmap`` (a notebook, MD4's
+  side-by-side bench) draws what it draws eagerly; under the caller's ``checkify`` a NaN
+  network is still an error. Before, the checkified call raised "Cannot abstractly
+  evaluate a checkify.check" under any outer transformation."""
+  from jax.experimental import checkify
+  v = 27
+  proc, sched = processes.Absorbing(v), schedules.get("log_linear")
+  logits = jax.random.normal(jax.random.PRNGKey(1), (v,))
+  apply_fn = lambda p, x, s: jnp.broadcast_to(p, x.shape + (v,))
+  fn = samplers.jit_sampler(apply_fn, proc, sched, (2, 8), steps=4)
+  key = jax.random.PRNGKey(0)
+  eager = np.asarray(fn(logits, key)[0])
+  np.testing.assert_array_equal(np.asarray(jax.jit(lambda p, k: fn(p, k)[0])(logits, key)),
+                                eager)
+  keys = jax.random.split(key, 3)
+  batched = np.asarray(jax.vmap(lambda k: fn(logits, k)[0])(keys))
+  for i in range(3):
+    np.testing.assert_array_equal(batched[i], np.asarray(fn(logits, keys[i])[0]))
+  nan_fn = samplers.jit_sampler(lambda p, x, s: apply_fn(p, x, s).at[:, 3, 5].set(jnp.nan),
+                                proc, sched, (2, 8), steps=4)
+  err, _ = jax.jit(checkify.checkify(lambda p, k: nan_fn(p, k)[0],
+                                     errors=checkify.user_checks))(logits, key)
+  with pytest.raises(checkify.JaxRuntimeError, match="NaN or no finite"):
+    err.throw()
+
+
 def test_two_level_race_at_gpt2_vocabulary():
   """V = 50,257 (blocks of 225; the last one padded): 20,000 draws from one law with
   known mass (Zipf s = 1.1 plus 5% on the very last outcome) against it by chi-square,

@@ -330,11 +330,16 @@ def jit_sampler(apply_fn: Callable, process: Process, schedule: Schedule, shape,
   when jitted closures captured parameters. The sampler runs under ``checkify``: a
   categorical draw from log-probabilities with a NaN or no finite entry (a NaN network,
   ``draws.categorical``) raises ``checkify.JaxRuntimeError`` on the host, one line.
-  ``fn.lower(params, key).compile()`` gives the same callable, compiled.
+  ``fn.lower(params, key).compile()`` gives the same callable, compiled. Called inside
+  another transformation (``jax.jit``, ``jax.vmap``, ``checkify.checkify`` of the
+  caller's function) it runs the plain sampler, whose checks the caller's ``checkify``
+  collects (outside one they are no-ops and a draw with no law returns
+  ``draws.NO_LAW``).
   """
-  return _Checked(jax.jit(checkify.checkify(lambda params, key: sample(
-      key, lambda x, s: apply_fn(params, x, s), process, schedule, shape, **kwargs),
-      errors=checkify.user_checks)))
+  run = lambda params, key: sample(key, lambda x, s: apply_fn(params, x, s), process,
+                                   schedule, shape, **kwargs)
+  return _Checked(jax.jit(checkify.checkify(run, errors=checkify.user_checks)),
+                  jax.jit(run))
 
 
 def jit_clamped_sampler(apply_fn: Callable, process: Process, schedule: Schedule, shape,
@@ -342,20 +347,28 @@ def jit_clamped_sampler(apply_fn: Callable, process: Process, schedule: Schedule
   """``fn(params, key, clamp_tokens, clamp_mask) -> (tokens, info)``: ``jit_sampler``
   with the clamp arrays ``[batch, length]`` as arguments too, so one compile serves every
   prompt (``long.generate`` runs it once per block)."""
-  return _Checked(jax.jit(checkify.checkify(lambda params, key, tokens, mask: sample(
+  run = lambda params, key, tokens, mask: sample(
       key, lambda x, s: apply_fn(params, x, s), process, schedule, shape,
-      clamp_tokens=tokens, clamp_mask=mask, **kwargs), errors=checkify.user_checks)))
+      clamp_tokens=tokens, clamp_mask=mask, **kwargs)
+  return _Checked(jax.jit(checkify.checkify(run, errors=checkify.user_checks)),
+                  jax.jit(run))
 
 
 class _Checked:
   """A checkified jitted sampler that raises its error on the host (one line: e.g. a
   categorical draw from NaN log-probabilities, ``draws.categorical``) and otherwise
-  returns what the sampler returns; ``lower`` reaches the jitted function."""
+  returns what the sampler returns; ``lower`` reaches the jitted function. Under a
+  transformation (any argument a tracer) the error cannot reach the host here, so the
+  plain jitted sampler runs instead and its checks belong to the caller's ``checkify``."""
 
-  def __init__(self, fn):
+  def __init__(self, fn, plain=None):
     self._fn = fn
+    self._plain = plain
 
   def __call__(self, *args):
+    if self._plain is not None and any(isinstance(leaf, jax.core.Tracer) for leaf in
+                                       jax.tree_util.tree_leaves(args)):
+      return self._plain(*args)
     err, out = self._fn(*args)
     err.throw()
     return out
