@@ -162,6 +162,12 @@ def condition_trip_count(lines):
   return None
 
 
+def _channel(rest: str):
+  """An instruction's ``channel_id`` (``None`` without one)."""
+  m = re.search(r"channel_id=(\d+)", rest)
+  return int(m.group(1)) if m else None
+
+
 _INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(.+?)\s+([a-z][\w\-]*)\((.*)$")
 
 
@@ -205,7 +211,8 @@ def collective_bytes(hlo_text: str, num_devices: int, slice_of=None):
       # the buffer, and the slices form the group.
       kind = MEGASCALE_KINDS.get(dcn.group(1), dcn.group(1).lower())
       g = len(set(slice_of)) if slice_of is not None else 2
-      comps[cur]["own"].append((kind, _shapes_bytes(type_text)[0], g, True))
+      comps[cur]["own"].append((kind, _shapes_bytes(type_text)[0], g, True,
+                                _channel(rest)))
       continue
     if kind in COLLECTIVES and not op.endswith("-done"):
       sizes = _shapes_bytes(type_text)
@@ -217,7 +224,7 @@ def collective_bytes(hlo_text: str, num_devices: int, slice_of=None):
       if slice_of is not None:
         cross = any(len({slice_of[i] for i in grp}) > 1
                     for grp in replica_groups(rest, num_devices))
-      comps[cur]["own"].append((kind, full, g, cross))
+      comps[cur]["own"].append((kind, full, g, cross, _channel(rest)))
     if op == "while":
       body = re.search(r"body=%?([\w.\-]+)", rest)
       trip = re.search(r'known_trip_count\D*?(\d+)', rest)
@@ -232,22 +239,30 @@ def collective_bytes(hlo_text: str, num_devices: int, slice_of=None):
   totals = {k: {"count": 0, "bytes": 0, "ring_bytes": 0.0}
             for k in COLLECTIVES + ("dcn",)}
   unknown = [0]
+  seen = {}              # channel id -> (entry, executions): one collective, many copies
 
   def visit(name, mult, depth=0):
     if name not in comps or depth > 50:
       return
-    for kind, full, g, cross in comps[name]["own"]:
-      factor = 2.0 if kind == "all-reduce" else 1.0
-      for k in (kind, "dcn") if cross else (kind,):
-        totals[k]["count"] += mult
-        totals[k]["bytes"] += mult * full
-        totals[k]["ring_bytes"] += mult * factor * full * (g - 1) / max(g, 1)
+    for i, own in enumerate(comps[name]["own"]):
+      if own[4] is not None:     # copies of one collective (the TPU compiler's async
+        key = ("channel", own[4])   # collective fusions repeat it): counted once
+        seen[key] = (own, max(mult, seen.get(key, (own, 0))[1]))
+      else:                      # a computation called from several places: each call
+        key = (name, i)
+        seen[key] = (own, seen.get(key, (own, 0))[1] + mult)
     for callee, trip in comps[name]["calls"]:
       if trip is None:
         unknown[0] += 1
       visit(callee, mult * (trip or 1), depth + 1)
 
   visit(entry or next(iter(comps)), 1)
+  for (kind, full, g, cross, _), mult in seen.values():
+    factor = 2.0 if kind == "all-reduce" else 1.0
+    for k in (kind, "dcn") if cross else (kind,):
+      totals[k]["count"] += mult
+      totals[k]["bytes"] += mult * full
+      totals[k]["ring_bytes"] += mult * factor * full * (g - 1) / max(g, 1)
   totals["unknown_trip_counts"] = unknown[0]
   return totals
 
