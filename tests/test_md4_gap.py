@@ -16,22 +16,22 @@ def test_md4_mlp_hidden_is_md4s_formula():
 
 
 def test_swapped_networks_have_the_swapped_mlp():
-  apply_fn, params = md4_gap._model(1, 64, 16, "md4_mlp")
+  apply_fn, params = md4_gap._model(1, 32, 16, "md4_mlp")
   block = params["trunk"]["block_0"]
-  assert block["mlp_in"]["kernel"].shape == (64, 192)
-  assert block["mlp_gate"]["kernel"].shape == (64, 192)
+  assert block["mlp_in"]["kernel"].shape == (32, 96)
+  assert block["mlp_gate"]["kernel"].shape == (32, 96)
   x = jnp.zeros((2, 16), jnp.int32)
   out = apply_fn(params, x, jnp.ones((2,)))
   assert out.shape == (2, 16, 27) and np.all(np.isfinite(np.asarray(out)))
   # Without the GELU the MLP is linear: a different function from the default's.
-  f_plain, p = md4_gap._model(1, 64, 16)
-  f_lin, _ = md4_gap._model(1, 64, 16, "no_gelu")
+  f_plain, p = md4_gap._model(1, 32, 16)
+  f_lin, _ = md4_gap._model(1, 32, 16, "no_gelu")
   a, b = (np.asarray(jax.jit(f)(p, x, jnp.ones((2,)))) for f in (f_plain, f_lin))
   assert a.shape == b.shape and not np.allclose(a, b)
 
 
 def test_tiny_run_prints_every_table(capsys):
-  best = md4_gap.run("1x64:16:2:4", repeats=1, md4=False)
+  best = md4_gap.run("1x32:16:2:4", repeats=1, md4=False)
   out = capsys.readouterr().out
   for title in ("null network", "forward", "loops (4 steps)"):
     assert title in out, out
