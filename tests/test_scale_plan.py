@@ -77,6 +77,7 @@ _HLO_ASYNC = """HloModule jit_step, entry_computation_layout={()->()}
 ENTRY %main (x: bf16[8,32]) -> bf16[8,32] {
   %x = bf16[8,32]{1,0} parameter(0)
   %while.4 = (s32[], bf16[8,32]{1,0}) while(%init), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"5"}}
+  %all-reduce.5 = f32[16]{0} all-reduce(%y), channel_id=7, replica_groups=[1,8]<=[8], to_apply=%add
   ROOT %r = bf16[8,32]{1,0} get-tuple-element(%while.4), index=1
 }
 """
@@ -90,6 +91,8 @@ def test_copies_of_one_collective_count_once():
   c = scale_plan.collective_bytes(_HLO_ASYNC, 8)
   assert c["all-gather"]["count"] == 2 * 5
   assert c["all-gather"]["bytes"] == 2 * 5 * 64 * 32 * 2
+  # another kind with the same channel number is another collective
+  assert c["all-reduce"]["count"] == 1 and c["all-reduce"]["bytes"] == 16 * 4
 
 
 def test_local_bytes_of_fsdp_shards_by_hand():
@@ -188,7 +191,9 @@ def test_tpu_plan_compiles_the_tiny_model_for_a_v5e_slice():
   assert r["hlo"].count("tpu_custom_call") >= 3          # splash fwd, dq, dkv
   param_bytes = r["num_params"] * 4
   assert r["params"] == param_bytes // 4
-  assert param_bytes <= r["collectives"]["all-gather"]["bytes"] <= 3 * param_bytes
+  # every sharded weight gathered at least once in bf16 (the compute dtype; the
+  # float32 bytes were the bound while async-fusion copies were counted), at most 3x
+  assert param_bytes // 2 <= r["collectives"]["all-gather"]["bytes"] <= 3 * param_bytes
   assert r["temp"] > 0 and r["peak"] >= r["argument"]
   assert 0.2 < r["flops"] / scale_plan.hand_flops(dict(r, b=2), 256) < 3.0
 
@@ -211,7 +216,7 @@ def test_tpu_plan_two_slices_reduce_gradients_across_dcn_only():
   r = scale_plan.compile_step(cfg, 512, mesh, 1, min_bytes=0)
   c = r["collectives"]
   param_bytes = r["num_params"] * 4
-  assert c["all-gather"]["bytes"] >= param_bytes          # in-slice weight gathers
+  assert c["all-gather"]["bytes"] >= param_bytes // 2     # in-slice bf16 weight gathers
   assert 0 < c["dcn"]["bytes"] < c["all-gather"]["bytes"]
   assert c["dcn"]["bytes"] >= param_bytes // 8            # the shards' gradients
   assert c["dcn"]["count"] == r["hlo"].count("_xla_megascale_transfer_type") // 2

@@ -162,10 +162,11 @@ def condition_trip_count(lines):
   return None
 
 
-def _channel(rest: str):
-  """An instruction's ``channel_id`` (``None`` without one)."""
+def _channel(rest: str, kind: str):
+  """``(kind, channel_id)`` of an instruction, ``None`` without one (send/recv channel
+  numbers are their own space: a send's id may equal an all-reduce's)."""
   m = re.search(r"channel_id=(\d+)", rest)
-  return int(m.group(1)) if m else None
+  return (kind, int(m.group(1))) if m else None
 
 
 _INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(.+?)\s+([a-z][\w\-]*)\((.*)$")
@@ -212,7 +213,7 @@ def collective_bytes(hlo_text: str, num_devices: int, slice_of=None):
       kind = MEGASCALE_KINDS.get(dcn.group(1), dcn.group(1).lower())
       g = len(set(slice_of)) if slice_of is not None else 2
       comps[cur]["own"].append((kind, _shapes_bytes(type_text)[0], g, True,
-                                _channel(rest)))
+                                _channel(rest, "send")))
       continue
     if kind in COLLECTIVES and not op.endswith("-done"):
       sizes = _shapes_bytes(type_text)
@@ -224,7 +225,7 @@ def collective_bytes(hlo_text: str, num_devices: int, slice_of=None):
       if slice_of is not None:
         cross = any(len({slice_of[i] for i in grp}) > 1
                     for grp in replica_groups(rest, num_devices))
-      comps[cur]["own"].append((kind, full, g, cross, _channel(rest)))
+      comps[cur]["own"].append((kind, full, g, cross, _channel(rest, kind)))
     if op == "while":
       body = re.search(r"body=%?([\w.\-]+)", rest)
       trip = re.search(r'known_trip_count\D*?(\d+)', rest)
