@@ -1,11 +1,18 @@
 """``experiments.benchmarks.md4_gap`` runs at a tiny size without MD4 (so it cannot rot),
 and its measurement-only MLP swaps build the networks they say."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from experiments.benchmarks import md4_gap
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_md4_mlp_hidden_is_md4s_formula():
@@ -37,3 +44,14 @@ def test_tiny_run_prints_every_table(capsys):
     assert title in out, out
   assert set(best) == {"tcsm", "tcsm gumbel32", "tcsm no_gelu", "tcsm md4_mlp"}
   assert all(0 < t < 60 for t in best.values()), best
+
+
+@pytest.mark.parametrize("flags_", [["--setting=abc"], ["--setting=1x32:16:2:0"],
+                                    ["--repeats=0"]])
+def test_bad_flags_are_one_line_and_status_2(flags_):
+  proc = subprocess.run([sys.executable, "-m", "experiments.benchmarks.md4_gap"] + flags_,
+                        capture_output=True, text=True, timeout=120, cwd=_REPO,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: --"), proc.stderr[-2000:]

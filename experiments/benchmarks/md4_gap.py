@@ -34,10 +34,11 @@ import time
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags
+from absl import flags
 
+from experiments import cli
 from experiments.benchmarks import sampling_speed
-from tcsm_jax import processes, sampling, schedules
+from tcsm_jax import errors, processes, sampling, schedules
 from tcsm_jax.models import transformer
 
 _SETTING = flags.DEFINE_string("setting", "6x384:256:16:32",
@@ -191,10 +192,32 @@ def run(setting, repeats, md4=False):
   return best
 
 
+def _check_flags():
+  """One line (status 2) for a malformed setting or a missing MD4 setup."""
+  try:
+    layers, width, tokens, batch, steps = sampling_speed.parse_setting(_SETTING.value)
+  except ValueError:
+    raise errors.FlagError(f"--setting must be LAYERSxWIDTH:TOKENS:BATCH:STEPS (e.g. "
+                           f"6x384:256:16:32), got {_SETTING.value!r}") from None
+  heads = max(1, width // 64)
+  if min(layers, width, tokens, batch, steps) < 1 or width % heads or (width // heads) % 2:
+    raise errors.FlagError(f"--setting needs positive sizes and a width that splits into "
+                           f"width // 64 heads of an even size, got {_SETTING.value!r}")
+  if _REPEATS.value < 1:
+    raise errors.FlagError(f"--repeats must be >= 1, got {_REPEATS.value}")
+  if _MD4.value:
+    try:
+      import md4_shim  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    except ImportError as e:
+      raise errors.FlagError(f"--md4 needs MD4 set up as ../shared/tools/md4_side_by_side"
+                             f" says (md4_shim importable): {e}") from None
+
+
 def main(argv):
   del argv
+  _check_flags()
   run(_SETTING.value, _REPEATS.value, _MD4.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)
