@@ -37,7 +37,8 @@ from typing import Dict, List, Tuple
 BINARIES = ("experiments.sample", "experiments.evaluate", "experiments.frontier",
             "experiments.finetune", "experiments.distill", "experiments.prepare_data",
             "experiments.study", "experiments.train", "experiments.reward_sweep",
-            "experiments.compare_targets", "experiments.judge", "experiments.convert")
+            "experiments.compare_targets", "experiments.judge", "experiments.convert",
+            "experiments.benchmarks.md4_gap")
 
 # Valid values of the required flags (each row appends its own; the last value wins).
 BASE: Dict[str, List[str]] = {
@@ -65,6 +66,7 @@ BASE: Dict[str, List[str]] = {
                                     "--outdir={root}/compare", "--variants=data:"],
     "experiments.judge": ["--judge=hf:{gpt2}", "--text_file={corpus}"],
     "experiments.convert": ["--from=mdlm:{mdlm}", "--workdir={root}/convert"],
+    "experiments.benchmarks.md4_gap": ["--setting=1x32:16:2:1", "--repeats=1"],
 }
 
 S, E, F = "experiments.sample", "experiments.evaluate", "experiments.frontier"
@@ -72,6 +74,7 @@ FT, D, P = "experiments.finetune", "experiments.distill", "experiments.prepare_d
 ST, T = "experiments.study", "experiments.train"
 RS, CT = "experiments.reward_sweep", "experiments.compare_targets"
 J, CV = "experiments.judge", "experiments.convert"
+MG = "experiments.benchmarks.md4_gap"
 
 _ROWS: List[Tuple] = [
     # experiments.sample
@@ -264,6 +267,10 @@ _ROWS: List[Tuple] = [
     (CV, "tokenizer", ["--tokenizer={missing}"], None),
     (CV, "data", ["--data={missing}"], None),
     (CV, "seq_len", ["--seq_len=-1"], None),
+    # experiments.benchmarks.md4_gap (--repeats is sampling_speed's, shared)
+    (MG, "setting", ["--setting=6x384"], None),
+    (MG, "setting", ["--setting=1x32:16:2:0"], None),
+    (MG, "md4", ["--md4=maybe"], None),
 ]
 # Flags every binary has (experiments/cli.py); study defines its own --compile_cache.
 for _b in BINARIES:
@@ -280,7 +287,7 @@ NO_BAD_VALUE: Dict[Tuple[str, str], str] = {}
 SUBPROCESS_ROWS = [
     (S, "length"), (E, "num_t"), (F, "samplers"), (FT, "num_samples"), (D, "top_k"),
     (P, "batch_docs"), (ST, "seeds"), (T, "summary_samples"), (RS, "betas"),
-    (CT, "variants"), (J, "max_length"), (CV, "seq_len")]
+    (CT, "variants"), (J, "max_length"), (CV, "seq_len"), (MG, "setting")]
 
 
 def fill(args: List[str], places: Dict[str, str]) -> List[str]:
