@@ -33,16 +33,29 @@ def _files(step_dir):
   return sorted(out, key=os.path.getsize)
 
 
-def _flip_64_bytes(step_dir):
-  """Flips 64 bytes in the middle of the step's largest array data file (same size)."""
+def _flip_64_bytes(step_dir, offset=None):
+  """Flips 64 bytes of the step's largest array data file (same size), at ``offset``
+  (default: the middle)."""
   path = _files(step_dir)[-1]
   size = os.path.getsize(path)
+  at = size // 2 if offset is None else offset
   with open(path, "r+b") as f:
-    f.seek(size // 2)
+    f.seek(at)
     b = f.read(64)
-    f.seek(size // 2)
+    f.seek(at)
     f.write(bytes(x ^ 0x5A for x in b))
   assert os.path.getsize(path) == size
+
+
+def _two_steps(tmp_path):
+  """``(directory, state 1, state 2)``: a checkpointer's directory with steps 1 and 2."""
+  d = str(tmp_path / "ck")
+  ck = ckpt_lib.Checkpointer(d, max_to_keep=3)
+  s1, s2 = _state(1), _state(2)
+  ck.save(1, s1, {"step": 1})
+  ck.save(2, s2, {"step": 2})
+  ck.close()
+  return d, s1, s2
 
 
 def _assert_tree_equal(a, b):
@@ -55,12 +68,7 @@ def _warnings(caplog):
 
 
 def test_flipped_bytes_fall_back_to_older_good_step(tmp_path, caplog):
-  d = str(tmp_path / "ck")
-  ck = ckpt_lib.Checkpointer(d, max_to_keep=3)
-  s1, s2 = _state(1), _state(2)
-  ck.save(1, s1, {"step": 1})
-  ck.save(2, s2, {"step": 2})
-  ck.close()
+  d, s1, s2 = _two_steps(tmp_path)
   _flip_64_bytes(os.path.join(d, "2"))
   # The flipped chunk decodes: plain orbax loads wrong values without complaint.
   raw = ocp.CheckpointManager(d).restore(2, args=ocp.args.Composite(
@@ -88,19 +96,8 @@ def test_undecodable_chunk_is_one_line_and_falls_back(tmp_path, caplog):
   """Bytes flipped on a chunk's encoding (offset 0 of the largest data file) fail to
   decode instead of decoding wrong: the step is reported unreadable in one line, without
   TensorStore's multi-line spec dump, and the older step is restored."""
-  d = str(tmp_path / "ck")
-  ck = ckpt_lib.Checkpointer(d, max_to_keep=3)
-  s1, s2 = _state(1), _state(2)
-  ck.save(1, s1, {"step": 1})
-  ck.save(2, s2, {"step": 2})
-  ck.close()
-  files = [os.path.join(r, f) for r, _, n in os.walk(os.path.join(d, "2", "state"))
-           for f in n if os.sep + "d" + os.sep in os.path.join(r, f)]
-  path = max(files, key=os.path.getsize)
-  with open(path, "r+b") as f:
-    b = f.read(64)
-    f.seek(0)
-    f.write(bytes(x ^ 0x5A for x in b))
+  d, s1, _ = _two_steps(tmp_path)
+  _flip_64_bytes(os.path.join(d, "2"), offset=0)
   ck = ckpt_lib.Checkpointer(d)
   with caplog.at_level(logging.WARNING):
     restored, meta, step = ck.restore(_abstract(s1))
