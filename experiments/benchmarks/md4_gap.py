@@ -162,7 +162,7 @@ def run(setting, repeats, md4=False):
           "tcsm gumbel32": (loop(lambda p, x, s: p[x], draw="gumbel32"), (table, key))}
   nets = {"tcsm": _model(layers, width, tokens)}
   if md4:
-    gen, fwd, mp = _md4(layers, width, tokens, batch, steps, null=True)
+    gen, _, mp = _md4(layers, width, tokens, batch, steps, null=True)
     null = {"md4": (jax.jit(gen), (mp, key)), **null}
   _print("null network: ms per step", _time(null, repeats), base, steps, "ms/step")
   # 2. One denoiser call.

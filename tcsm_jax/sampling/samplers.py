@@ -338,8 +338,7 @@ def jit_sampler(apply_fn: Callable, process: Process, schedule: Schedule, shape,
   """
   run = lambda params, key: sample(key, lambda x, s: apply_fn(params, x, s), process,
                                    schedule, shape, **kwargs)
-  return _Checked(jax.jit(checkify.checkify(run, errors=checkify.user_checks)),
-                  jax.jit(run))
+  return _Checked.jit(run)
 
 
 def jit_clamped_sampler(apply_fn: Callable, process: Process, schedule: Schedule, shape,
@@ -350,8 +349,7 @@ def jit_clamped_sampler(apply_fn: Callable, process: Process, schedule: Schedule
   run = lambda params, key, tokens, mask: sample(
       key, lambda x, s: apply_fn(params, x, s), process, schedule, shape,
       clamp_tokens=tokens, clamp_mask=mask, **kwargs)
-  return _Checked(jax.jit(checkify.checkify(run, errors=checkify.user_checks)),
-                  jax.jit(run))
+  return _Checked.jit(run)
 
 
 class _Checked:
@@ -364,6 +362,12 @@ class _Checked:
   def __init__(self, fn, plain=None):
     self._fn = fn
     self._plain = plain
+
+  @classmethod
+  def jit(cls, run: Callable) -> "_Checked":
+    """``run`` jitted twice: checkified (called from the host) and plain (called under
+    the caller's transformation)."""
+    return cls(jax.jit(checkify.checkify(run, errors=checkify.user_checks)), jax.jit(run))
 
   def __call__(self, *args):
     if self._plain is not None and any(isinstance(leaf, jax.core.Tracer) for leaf in
